@@ -1,0 +1,144 @@
+"""Sealing payloads into envelopes and opening them again, with typed failures.
+
+A consumer that cannot open an entry must say *why* (the dead-letter stream records it), so
+every way of failing has its own exception with a stable ``reason``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import UTC, datetime
+
+from google.protobuf.message import DecodeError, Message
+from google.protobuf.timestamp_pb2 import Timestamp
+from quantum.events.v1.envelope_pb2 import Envelope
+
+from runtime.core import tracing
+from runtime.core.ids import derive_span_id, new_event_id
+from runtime.core.registry import (
+    EventRegistry,
+    UnknownEventType,
+    UnknownSchemaVersion,
+    default_registry,
+)
+
+
+class EnvelopeError(ValueError):
+    """An entry that cannot be turned into a handled event; ``reason`` is a stable code."""
+
+    reason = "invalid"
+
+
+class UndecodableEvent(EnvelopeError):
+    reason = "undecodable"
+
+
+class UnknownEventTypeError(EnvelopeError):
+    reason = "unknown_type"
+
+
+class UnknownVersionError(EnvelopeError):
+    reason = "unknown_version"
+
+
+class InvalidEnvelope(EnvelopeError):
+    reason = "invalid"
+
+
+_REQUIRED_FIELDS = ("event_id", "event_type", "trace_id", "span_id")
+
+
+def timestamp(at: datetime | None = None) -> Timestamp:
+    """A protobuf Timestamp of ``at`` (default: now, UTC)."""
+    ts = Timestamp()
+    ts.FromDatetime(at if at is not None else datetime.now(UTC))
+    return ts
+
+
+def seal(
+    payload: Message,
+    *,
+    producer: str,
+    partition_key: str = "",
+    event_id: str | None = None,
+    causation_id: str = "",
+    trace: tracing.TraceContext | None = None,
+    occurred_at: datetime | None = None,
+    headers: Mapping[str, str] | None = None,
+    registry: EventRegistry | None = None,
+) -> Envelope:
+    """Wrap ``payload`` in an envelope.
+
+    The trace defaults to a child span of the current context (a new trace outside any); the
+    span id is derived from the event id, so a re-sealed event keeps its span.
+    """
+    event_type = (registry or default_registry()).for_message(payload)
+    event_id = event_id or new_event_id()
+    parent = trace or tracing.current()
+    ctx = (
+        parent.child(derive_span_id(event_id))
+        if parent is not None
+        else tracing.TraceContext(
+            trace_id=tracing.new_trace().trace_id, span_id=derive_span_id(event_id)
+        )
+    )
+    envelope = Envelope(
+        event_id=event_id,
+        event_type=event_type.name,
+        schema_version=event_type.version,
+        trace_id=ctx.trace_id,
+        span_id=ctx.span_id,
+        parent_span_id=ctx.parent_span_id,
+        causation_id=causation_id,
+        occurred_at=timestamp(occurred_at),
+        producer=producer,
+        partition_key=partition_key,
+        payload=payload.SerializeToString(deterministic=True),
+        headers=dict(headers or {}),
+    )
+    return envelope
+
+
+def decode_envelope(data: bytes) -> Envelope:
+    """Parse envelope bytes; raises ``UndecodableEvent`` or ``InvalidEnvelope``."""
+    envelope = Envelope()
+    try:
+        envelope.ParseFromString(data)
+    except (DecodeError, RuntimeError) as exc:
+        raise UndecodableEvent(f"entry is not a quantum.events.v1.Envelope: {exc}") from exc
+    missing = [name for name in _REQUIRED_FIELDS if not getattr(envelope, name)]
+    if missing:
+        raise InvalidEnvelope(f"envelope is missing required fields: {', '.join(missing)}")
+    if envelope.schema_version == 0:
+        raise InvalidEnvelope("envelope is missing required field: schema_version")
+    return envelope
+
+
+def open_payload(envelope: Envelope, registry: EventRegistry | None = None) -> Message:
+    """Decode the payload named by the envelope's type and version."""
+    try:
+        event_type = (registry or default_registry()).get(
+            envelope.event_type, envelope.schema_version
+        )
+    except UnknownSchemaVersion as exc:
+        raise UnknownVersionError(str(exc)) from exc
+    except UnknownEventType as exc:
+        raise UnknownEventTypeError(str(exc)) from exc
+    payload = event_type.message()
+    try:
+        payload.ParseFromString(envelope.payload)
+    except (DecodeError, RuntimeError) as exc:
+        raise UndecodableEvent(
+            f"payload of {envelope.event_type} v{envelope.schema_version} "
+            f"(event {envelope.event_id}) does not decode: {exc}"
+        ) from exc
+    return payload
+
+
+def trace_of(envelope: Envelope) -> tracing.TraceContext:
+    """The trace context an envelope's handler runs in: the event's own span."""
+    return tracing.TraceContext(
+        trace_id=envelope.trace_id,
+        span_id=envelope.span_id,
+        parent_span_id=envelope.parent_span_id,
+    )

@@ -1,0 +1,87 @@
+"""Identifiers: time-ordered event ids, W3C trace and span ids, and deterministic derivations.
+
+Event ids use the ULID layout (48-bit millisecond time + 80 random bits, Crockford base32,
+26 characters), so they sort by time as strings. Ids of a handler's outputs are *derived*
+from the input's id instead of drawn at random: a redelivered input then produces outputs
+with the same ids, which is what makes effects happen once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import threading
+import time
+
+_ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+_ULID_LEN = 26
+_TIME_CHARS = 10
+
+_rng = random.SystemRandom()
+_lock = threading.Lock()
+_last_ms = -1
+_last_rand = 0
+
+
+def _encode(value: int, length: int) -> str:
+    chars = []
+    for _ in range(length):
+        chars.append(_ALPHABET[value & 31])
+        value >>= 5
+    return "".join(reversed(chars))
+
+
+def new_event_id(now_ms: int | None = None) -> str:
+    """A new unique, time-ordered event id; ids made in one millisecond still sort in order."""
+    global _last_ms, _last_rand
+    ms = int(time.time() * 1000) if now_ms is None else now_ms
+    with _lock:
+        if ms <= _last_ms:
+            ms = _last_ms
+            _last_rand += 1
+        else:
+            _last_ms = ms
+            _last_rand = _rng.getrandbits(79)  # headroom so increments never overflow 80 bits
+        rand = _last_rand
+    return _encode(ms, _TIME_CHARS) + _encode(rand, _ULID_LEN - _TIME_CHARS)
+
+
+def event_id_time_ms(event_id: str) -> int:
+    """The millisecond timestamp inside an event id."""
+    value = 0
+    for char in event_id[:_TIME_CHARS]:
+        value = value * 32 + _ALPHABET.index(char)
+    return value
+
+
+def derive_event_id(cause_id: str, producer: str, index: int) -> str:
+    """The id of output number ``index`` that ``producer`` makes for input ``cause_id``.
+
+    Keeps the cause's time prefix (so ids stay roughly time-ordered) and replaces the random
+    part with a hash of (cause, producer, index): the same input always yields the same id.
+    """
+    digest = hashlib.blake2b(f"{cause_id}|{producer}|{index}".encode(), digest_size=10).digest()
+    return cause_id[:_TIME_CHARS] + _encode(int.from_bytes(digest, "big"), _ULID_LEN - _TIME_CHARS)
+
+
+def new_trace_id() -> str:
+    """A random, non-zero W3C trace id (32 lowercase hex characters)."""
+    while True:
+        value = _rng.getrandbits(128)
+        if value:
+            return f"{value:032x}"
+
+
+def new_span_id() -> str:
+    """A random, non-zero W3C span id (16 lowercase hex characters)."""
+    while True:
+        value = _rng.getrandbits(64)
+        if value:
+            return f"{value:016x}"
+
+
+def derive_span_id(event_id: str) -> str:
+    """The span id of the event with this id: deterministic, so a replay yields the same spans."""
+    digest = hashlib.blake2b(event_id.encode(), digest_size=8).digest()
+    value = int.from_bytes(digest, "big") or 1
+    return f"{value:016x}"

@@ -1,0 +1,1 @@
+"""The six trading domains. Each imports only ``runtime.core`` and generated code."""

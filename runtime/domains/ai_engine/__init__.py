@@ -1,0 +1,1 @@
+"""ai_engine: the pluggable signal model; market.tick in, ai.signal.generated out."""

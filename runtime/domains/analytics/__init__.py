@@ -1,0 +1,1 @@
+"""analytics: performance statistics; asks for DEFENSIVE when drawdown limits break."""

@@ -1,0 +1,1 @@
+"""execution: exchange adapters and the paper exchange; approved signals in, orders out."""

@@ -1,0 +1,1 @@
+"""market_data: feed adapters; publishes market.tick."""

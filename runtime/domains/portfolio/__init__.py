@@ -1,0 +1,1 @@
+"""portfolio: positions, realised and unrealised PnL, equity and drawdown."""

@@ -1,0 +1,1 @@
+"""risk_safety: pre-trade checks against the live policy; approves or rejects signals."""

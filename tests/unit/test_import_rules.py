@@ -1,0 +1,57 @@
+"""The import rules bite: one domain importing another makes lint-imports fail."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+LINT_IMPORTS = Path(sys.executable).parent / "lint-imports"
+
+
+def _copy_tree(dest: Path) -> None:
+    for name in ("runtime", "control_plane", "clients"):
+        shutil.copytree(
+            ROOT / name, dest / name, ignore=shutil.ignore_patterns("node", "__pycache__")
+        )
+    shutil.copy(ROOT / "pyproject.toml", dest / "pyproject.toml")
+
+
+def _lint(tree: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": f"{tree}{os.pathsep}{ROOT / 'gen' / 'python'}"}
+    return subprocess.run(
+        [str(LINT_IMPORTS), "--no-cache"],
+        cwd=tree,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+def test_the_real_tree_keeps_the_rules(tmp_path: Path) -> None:
+    _copy_tree(tmp_path)
+    result = _lint(tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_a_domain_importing_another_domain_fails(tmp_path: Path) -> None:
+    _copy_tree(tmp_path)
+    (tmp_path / "runtime/domains/execution/leak.py").write_text(
+        "import runtime.domains.risk_safety\n"
+    )
+    result = _lint(tmp_path)
+    assert result.returncode != 0
+    assert "Domains never import each other" in result.stdout
+    assert "BROKEN" in result.stdout
+
+
+def test_core_importing_the_control_plane_fails(tmp_path: Path) -> None:
+    _copy_tree(tmp_path)
+    (tmp_path / "runtime/core/leak.py").write_text("import control_plane\n")
+    result = _lint(tmp_path)
+    assert result.returncode != 0
+    assert "runtime.core imports no domain" in result.stdout

@@ -28,7 +28,9 @@ $(VENV)/.installed: pyproject.toml
 
 node_modules/.installed: package.json package-lock.json
 	@command -v npm >/dev/null || { echo "npm (Node >= 18) is required: install Node.js from your package manager"; exit 1; }
-	npm ci --no-audit --no-fund --loglevel=error
+	@# npm install, not npm ci: npm 11 omits other platforms' optional buf binaries from the
+	@# lock file, and npm ci then refuses it as out of sync. The lock file still pins versions.
+	npm install --no-audit --no-fund --loglevel=error
 	touch $@
 
 setup: $(VENV)/.installed node_modules/.installed

@@ -19,7 +19,7 @@ from google.protobuf.message import Message
 from quantum.events.v1 import options_pb2
 
 _PACKAGE_VERSION_RE = re.compile(r"^quantum\.events\.v(\d+)$")
-EVENT_PACKAGES = ("quantum.events.v1",)
+EVENT_PACKAGES = ("quantum.events.v1", "quantum.events.v2")
 
 
 class UnknownEventType(LookupError):

@@ -30,7 +30,7 @@ from typing import Any, ClassVar, TypeVar
 from google.protobuf.message import Message
 from quantum.events.v1.envelope_pb2 import Envelope
 
-from runtime.core import tracing
+from runtime.core import tracing, upcasting
 from runtime.core.envelope import open_payload, seal, trace_of
 from runtime.core.ids import derive_event_id
 from runtime.core.registry import EventRegistry, EventType, default_registry
@@ -49,14 +49,22 @@ def handles(method: F) -> F:
 class HandlerContext:
     """What a handler sees of the world besides its payload, and where its outputs go."""
 
-    __slots__ = ("_outputs", "envelope", "producer", "registry", "trace")
+    __slots__ = ("_outputs", "emit_versions", "envelope", "producer", "registry", "trace")
 
     def __init__(
-        self, envelope: Envelope, producer: str, registry: EventRegistry | None = None
+        self,
+        envelope: Envelope,
+        producer: str,
+        registry: EventRegistry | None = None,
+        emit_versions: Mapping[str, int] | None = None,
     ) -> None:
         self.envelope = envelope
         self.producer = producer
         self.registry = registry or default_registry()
+        # Which schema version each event type goes out as (default: QUANTUM_EMIT_VERSIONS).
+        self.emit_versions = (
+            upcasting.process_emit_versions() if emit_versions is None else emit_versions
+        )
         self.trace = trace_of(envelope)
         self._outputs: list[Envelope] = []
 
@@ -84,8 +92,12 @@ class HandlerContext:
         partition_key: str | None = None,
         headers: Mapping[str, str] | None = None,
     ) -> Envelope:
-        """Queue an output event; it is published before the input is acknowledged."""
+        """Queue an output event; it is published before the input is acknowledged.
+
+        The payload goes out at the schema version ``emit_versions`` names for its type.
+        """
         index = len(self._outputs)
+        payload = upcasting.for_emission(payload, self.emit_versions)
         envelope = seal(
             payload,
             producer=self.producer,
@@ -124,6 +136,8 @@ class Actor:
     """
 
     name: ClassVar[str] = ""
+    # Event type -> schema version this actor emits; None: the process's QUANTUM_EMIT_VERSIONS.
+    emit_versions: Mapping[str, int] | None = None
     _handler_specs: ClassVar[dict[type[Message], HandlerSpec]]
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -202,12 +216,15 @@ async def deliver(
     if payload is None:
         payload = open_payload(envelope, reg)
     spec = type(actor)._handler_specs.get(type(payload))
+    if spec is None:  # the actor may take this event type at another schema version
+        payload = upcasting.for_handler(payload, type(actor)._handler_specs)
+        spec = type(actor)._handler_specs.get(type(payload))
     if spec is None:
         raise UnhandledEventType(
             f"{type(actor).__name__} has no handler for {envelope.event_type} "
             f"v{envelope.schema_version}"
         )
-    ctx = HandlerContext(envelope, actor.name, reg)
+    ctx = HandlerContext(envelope, actor.name, reg, actor.emit_versions)
     with tracing.use(ctx.trace):
         result = getattr(actor, spec.method_name)(payload, ctx)
         if spec.is_async:

@@ -24,6 +24,7 @@ from typing import TypeVar, cast
 
 from google.protobuf.message import Message
 
+from runtime.core.envelope import UnknownVersionError
 from runtime.core.registry import EventRegistry, EventType, default_registry
 
 EMIT_VERSIONS_ENV = "QUANTUM_EMIT_VERSIONS"
@@ -152,7 +153,8 @@ def for_handler(
 
     Returns ``payload`` unchanged when a handler takes its exact class, or when no handler
     takes its event type at all (the caller reports that). When handlers take several
-    versions of the event type, the highest wins.
+    versions of the event type, the highest wins. Raises ``UnknownVersionError`` (reason
+    ``unknown_version``) when no chain of converters reaches the handler's version.
     """
     if type(payload) in handled:
         return payload
@@ -169,7 +171,14 @@ def for_handler(
     if not candidates:
         return payload
     target = max(candidates, key=lambda t: t.version)
-    return conv.convert(payload, target.version)
+    try:
+        return conv.convert(payload, target.version)
+    except SchemaConversionError as exc:
+        # For this consumer the version is as good as unknown: dead-letter it at once.
+        raise UnknownVersionError(
+            f"{arrived.name} v{arrived.version} cannot be read by a handler of "
+            f"v{target.version}: {exc}"
+        ) from exc
 
 
 def for_emission(

@@ -12,7 +12,7 @@ from quantum.events.v2 import ai_pb2 as ai_v2
 from quantum.events.v2 import execution_pb2 as execution_v2
 
 from runtime.core.actor import Actor, HandlerContext, deliver, handles
-from runtime.core.envelope import decode_envelope, open_payload, seal
+from runtime.core.envelope import UnknownVersionError, decode_envelope, open_payload, seal
 from runtime.core.registry import default_registry
 from runtime.core.schema_v2 import fill_totals
 from runtime.core.upcasting import (
@@ -237,3 +237,29 @@ async def test_a_payload_opened_by_the_runner_is_upcast_too() -> None:
     consumer = SignalConsumerV2()
     await deliver(consumer, envelope, payload=open_payload(envelope))
     assert consumer.seen[0].confidence.value == "0.73"
+
+
+class FillConsumerV1(Actor):
+    """A consumer not yet migrated: it keeps reading v1 while producers emit v2."""
+
+    name = "analytics"
+
+    def __init__(self) -> None:
+        self.seen: list[execution_v1.OrderFilled] = []
+
+    @handles
+    def on_fill(self, filled: execution_v1.OrderFilled, ctx: HandlerContext) -> None:
+        self.seen.append(filled)
+
+
+async def test_a_v1_handler_receives_v2_events_downcast() -> None:
+    consumer = FillConsumerV1()
+    await deliver(consumer, seal(filled_v2(), producer="execution"))
+    assert consumer.seen == [default_converters().convert(filled_v2(), 1)]
+
+
+async def test_an_event_a_handler_version_cannot_express_is_an_unknown_version() -> None:
+    envelope = seal(filled_v2(second_currency=True), producer="execution")
+    with pytest.raises(UnknownVersionError, match="cannot be read by a handler of v1") as info:
+        await deliver(FillConsumerV1(), envelope)
+    assert info.value.reason == "unknown_version"

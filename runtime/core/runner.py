@@ -1,0 +1,716 @@
+"""The domain runner: one actor, fed from its consumer groups, with the delivery guarantees.
+
+Per batch: XREADGROUP many entries, decode them, skip those already processed, run the
+actor's handlers one at a time (through ``actor.deliver``, the path replays use too), publish
+their outputs durably, then acknowledge — in one MULTI/EXEC with the processed-id marks and
+the actor's state snapshot, so that "acknowledged", "processed" and "state" never disagree.
+
+Why each step is where it is (DESIGN section 4):
+- outputs are published before the acknowledgement: a crash in between redelivers the input,
+  whose outputs come out again with the same ids (derived from the input), and downstream
+  skips them by id; nothing is lost;
+- the processed marks (one Redis set per ~17 minutes of event ids, with a TTL) make a
+  duplicate entry of one event (a publisher's retry after a lost reply) a no-op;
+- a failing handler is retried in place, with backoff, after committing the work before it;
+  each retry is a new delivery (XCLAIM), so the attempt count lives in the pending list and
+  survives restarts; past ``max_deliveries`` the entry goes to the dead-letter stream;
+- entries that cannot be opened go to the dead-letter stream at once, with the reason;
+- entries of a dead consumer are claimed after ``visibility_timeout_ms`` (XAUTOCLAIM), and
+  those being handled are kept alive (XCLAIM JUSTID) so that a slow handler keeps its work;
+- Redis errors are retried with capped backoff; a deleted group is recreated where this
+  consumer last acknowledged.
+
+Ordering: one runner handles its entries in stream order. Several runners of one domain keep
+per-partition-key order through *partition groups*: with ``partitions=N`` each runner reads the
+stream through its own group ``<domain>.p<i>of<N>`` and handles only the keys that hash to
+``i`` (acknowledging the rest unhandled), so a key is always handled by one runner, in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import zlib
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import redis.asyncio as aioredis
+from google.protobuf.message import Message
+from quantum.events.v1.envelope_pb2 import Envelope
+from redis.exceptions import ResponseError
+
+from runtime.core import tracing
+from runtime.core.actor import Actor, UnhandledEventType, deliver
+from runtime.core.backoff import Backoff
+from runtime.core.bus import ENVELOPE_FIELD, RETRYABLE_ERRORS, EventBus
+from runtime.core.dead_letters import REASONS, DeadLetter, Reason, now_ms, xadd_args
+from runtime.core.envelope import EnvelopeError, decode_envelope, open_payload, trace_of
+from runtime.core.keys import Keyspace
+from runtime.core.logs import get_logger
+from runtime.core.metrics import RuntimeMetrics, runtime_metrics
+from runtime.core.registry import EventRegistry, default_registry
+
+T = TypeVar("T")
+
+_log = get_logger("runtime.runner")
+
+# Errors a background duty (heartbeat, keep-alive, stats) notes and outlives.
+_BACKGROUND_ERRORS: tuple[type[Exception], ...] = (*RETRYABLE_ERRORS, ResponseError)
+
+# Processed marks are grouped by the first 6 characters of the event id: 30 bits of
+# milliseconds dropped, so one set holds about 17.5 minutes of events.
+PROCESSED_BUCKET_CHARS = 6
+
+
+@dataclass(frozen=True, slots=True)
+class RunnerConfig:
+    """How one runner consumes. Only ``consumer_name`` has no sensible default."""
+
+    consumer_name: str
+    batch_size: int = 500
+    block_ms: int = 1_000
+    max_deliveries: int = 5
+    visibility_timeout_ms: int = 30_000
+    claim_interval_ms: int | None = None  # default: half the visibility timeout
+    retry_base_ms: int = 100
+    retry_cap_ms: int = 5_000
+    reconnect_base_ms: int = 50
+    reconnect_cap_ms: int = 2_000
+    processed_ttl_s: int = 7 * 86_400
+    heartbeat_interval_s: float = 1.0
+    group_stats_interval_s: float = 5.0
+    start_id: str = "0"  # where a new group starts: "0" = the whole stream, "$" = new only
+    partition: int = 0
+    partitions: int = 1
+
+    def __post_init__(self) -> None:
+        if not self.consumer_name:
+            raise ValueError("RunnerConfig.consumer_name must name this consumer (e.g. host-pid)")
+        if self.max_deliveries < 1:
+            raise ValueError("max_deliveries must be at least 1")
+        if not 0 <= self.partition < self.partitions:
+            raise ValueError(
+                f"partition {self.partition} is outside 0..{self.partitions - 1} "
+                f"(partitions={self.partitions})"
+            )
+        if self.batch_size < 1 or self.block_ms < 1 or self.visibility_timeout_ms < 1:
+            raise ValueError("batch_size, block_ms and visibility_timeout_ms must be positive")
+
+
+def group_name(keyspace: Keyspace, domain: str, partition: int = 0, partitions: int = 1) -> str:
+    """The consumer group of a domain (of one of its partitions when it has several)."""
+    base = keyspace.group(domain)
+    return base if partitions == 1 else f"{base}.p{partition}of{partitions}"
+
+
+def partition_of(partition_key: str, partitions: int) -> int:
+    """Which partition owns a key: stable across processes and Python versions."""
+    if partitions == 1:
+        return 0
+    return zlib.crc32(partition_key.encode()) % partitions
+
+
+def state_key(keyspace: Keyspace, domain: str, partition: int = 0, partitions: int = 1) -> str:
+    """Where the runner keeps the actor's state snapshot."""
+    base = f"{keyspace.namespace}:state:{domain}"
+    return base if partitions == 1 else f"{base}.p{partition}of{partitions}"
+
+
+def processed_bucket(keyspace: Keyspace, domain: str, event_id: str) -> str:
+    """The set that holds the processed mark of ``event_id``."""
+    return f"{keyspace.processed(domain)}:{event_id[:PROCESSED_BUCKET_CHARS]}"
+
+
+class _Entry:
+    """One stream entry in the runner's hands."""
+
+    __slots__ = ("data", "deliveries", "entry_id", "envelope", "stream")
+
+    def __init__(self, stream: str, entry_id: bytes, data: bytes | None, deliveries: int) -> None:
+        self.stream = stream
+        self.entry_id = entry_id
+        self.data = data
+        self.deliveries = deliveries
+        self.envelope: Envelope | None = None
+
+
+class _Commit:
+    """What one commit makes durable: outputs, then acks + processed marks + dead letters."""
+
+    __slots__ = ("acks", "consumed", "dead", "outputs", "processed")
+
+    def __init__(self) -> None:
+        self.clear()
+
+    def clear(self) -> None:
+        self.acks: dict[str, list[bytes]] = {}
+        self.processed: list[str] = []
+        self.outputs: list[Envelope] = []
+        self.dead: list[DeadLetter] = []
+        self.consumed: dict[str, int] = {}
+
+    def ack(self, entry: _Entry) -> None:
+        ids = self.acks.get(entry.stream)
+        if ids is None:
+            self.acks[entry.stream] = [entry.entry_id]
+        else:
+            ids.append(entry.entry_id)
+
+    def __bool__(self) -> bool:
+        return bool(self.acks or self.outputs or self.dead)
+
+
+class DomainRunner:
+    """Runs one actor on the streams of the event types it handles. See the module doc."""
+
+    def __init__(
+        self,
+        actor: Actor,
+        redis: aioredis.Redis,
+        keyspace: Keyspace,
+        bus: EventBus,
+        config: RunnerConfig,
+        *,
+        registry: EventRegistry | None = None,
+        metrics: RuntimeMetrics | None = None,
+    ) -> None:
+        if not actor.name:
+            raise ValueError(f"{type(actor).__name__}.name is empty; every actor needs a name")
+        self.actor = actor
+        self.redis = redis
+        self.keyspace = keyspace
+        self.bus = bus
+        self.config = config
+        self.registry = registry or default_registry()
+        self.metrics = metrics or runtime_metrics()
+        self.domain = actor.name
+        self.group = group_name(keyspace, actor.name, config.partition, config.partitions)
+        self.streams: list[str] = sorted(
+            {keyspace.stream(t.name) for t in type(actor).consumes(self.registry)}
+        )
+        if not self.streams:
+            raise ValueError(f"{type(actor).__name__} has no @handles methods; nothing to consume")
+        self._state_key = state_key(keyspace, actor.name, config.partition, config.partitions)
+        self._heartbeat_key = keyspace.heartbeat(actor.name)
+        self._retry = Backoff(config.retry_base_ms / 1000, config.retry_cap_ms / 1000)
+        self._reconnect = Backoff(config.reconnect_base_ms / 1000, config.reconnect_cap_ms / 1000)
+        self._claim_interval_s = (
+            config.claim_interval_ms
+            if config.claim_interval_ms is not None
+            else config.visibility_timeout_ms / 2
+        ) / 1000
+        self._last_acked: dict[str, bytes] = {}
+        self._inflight: dict[str, list[bytes]] = {}
+        self._stopping = False
+        self._running = False
+        self._read_task: asyncio.Task[Any] | None = None
+        self._done = asyncio.Event()
+        self._done.set()
+        self._abandoned = False  # a retry was cut short by stop(): leave the rest pending
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Consume until ``stop()``; returns after the in-flight batch is acknowledged."""
+        if self._running:
+            raise RuntimeError(f"runner of {self.domain} is already running")
+        self._running = True
+        self._stopping = False
+        self._done.clear()
+        background: list[asyncio.Task[None]] = []
+        try:
+            await self._with_reconnect("start", self._ensure_groups)
+            await self._with_reconnect("start", self._restore_state)
+            await self.actor.on_start()
+            background = [
+                asyncio.create_task(self._heartbeat_loop(), name=f"{self.domain}-heartbeat"),
+                asyncio.create_task(self._stats_loop(), name=f"{self.domain}-group-stats"),
+                asyncio.create_task(self._keepalive_loop(), name=f"{self.domain}-keepalive"),
+            ]
+            _log.info(
+                "runner_started",
+                domain=self.domain,
+                group=self.group,
+                consumer=self.config.consumer_name,
+                streams=self.streams,
+            )
+            await self._consume()
+            await self.bus.flush()
+            await self.actor.on_stop()
+        finally:
+            for task in background:
+                task.cancel()
+            for task in background:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            self._running = False
+            self._done.set()
+            _log.info("runner_stopped", domain=self.domain, consumer=self.config.consumer_name)
+
+    async def stop(self) -> None:
+        """Stop reading, finish and acknowledge the batch in hand, flush; wait for ``run``."""
+        self._stopping = True
+        if self._read_task is not None and not self._read_task.done():
+            # Entries a cancelled read already took stay pending on this consumer and are
+            # read again (history) at the next start: nothing is lost.
+            self._read_task.cancel()
+        await self._done.wait()
+
+    @property
+    def running(self) -> bool:
+        return self._running
+
+    # -- the consume loop -------------------------------------------------------------------
+
+    async def _consume(self) -> None:
+        failures = 0
+        history = True  # first our own pending entries (a previous life of this consumer)
+        next_claim = time.monotonic() + self._claim_interval_s
+        while not self._stopping:
+            try:
+                if history:
+                    entries = await self._read(history=True)
+                    if not entries:
+                        history = False
+                        continue
+                elif time.monotonic() >= next_claim:
+                    next_claim = time.monotonic() + self._claim_interval_s
+                    entries = await self._claim_idle()
+                else:
+                    entries = await self._read(history=False)
+                if entries:
+                    await self._process(entries)
+                if failures:
+                    _log.info("redis_recovered", domain=self.domain, attempts=failures + 1)
+                    failures = 0
+            except RETRYABLE_ERRORS as exc:
+                if self._stopping:
+                    break
+                await self._pause_after(exc, failures, "consume")
+                failures += 1
+            except ResponseError as exc:
+                if not str(exc).startswith("NOGROUP"):
+                    raise
+                await self._recreate_groups(str(exc))
+
+    async def _read(self, *, history: bool) -> list[_Entry]:
+        ids = "0" if history else ">"
+        streams = dict.fromkeys(self.streams, ids)
+        read = self.redis.xreadgroup(
+            self.group,
+            self.config.consumer_name,
+            streams,  # type: ignore[arg-type]
+            count=self.config.batch_size,
+            block=None if history else self.config.block_ms,
+        )
+        self._read_task = asyncio.ensure_future(read)
+        try:
+            reply = await self._read_task
+        except asyncio.CancelledError:
+            if self._stopping:
+                return []
+            raise
+        finally:
+            self._read_task = None
+        entries: list[_Entry] = []
+        items = reply.items() if isinstance(reply, dict) else (reply or [])
+        for stream_name, stream_entries in items:
+            stream = stream_name.decode() if isinstance(stream_name, bytes) else str(stream_name)
+            if (
+                isinstance(stream_entries, list)
+                and stream_entries
+                and isinstance(stream_entries[0], list)
+            ):  # RESP3 wraps the entries once more
+                stream_entries = stream_entries[0]
+            for entry_id, fields in stream_entries:
+                data = fields.get(ENVELOPE_FIELD) if fields else None
+                entries.append(_Entry(stream, entry_id, data, 1))
+        if history and entries:
+            await self._fill_deliveries(entries)
+        return entries
+
+    async def _claim_idle(self) -> list[_Entry]:
+        """Take over entries another consumer left pending longer than the visibility timeout."""
+        entries: list[_Entry] = []
+        for stream in self.streams:
+            reply = await self.redis.execute_command(  # type: ignore[no-untyped-call]
+                "XAUTOCLAIM",
+                stream,
+                self.group,
+                self.config.consumer_name,
+                self.config.visibility_timeout_ms,
+                "0-0",
+                "COUNT",
+                self.config.batch_size,
+            )
+            claimed = reply[1] if reply else []
+            for item in claimed:
+                if not item:
+                    continue
+                entry_id, raw_fields = item[0], item[1]
+                data = _field(raw_fields, ENVELOPE_FIELD)
+                entries.append(_Entry(stream, entry_id, data, 1))
+        if entries:
+            await self._fill_deliveries(entries)
+            _log.warning(
+                "entries_claimed",
+                domain=self.domain,
+                consumer=self.config.consumer_name,
+                count=len(entries),
+            )
+        return entries
+
+    async def _fill_deliveries(self, entries: list[_Entry]) -> None:
+        """Read each entry's delivery count from the pending list (it survives restarts)."""
+        by_stream: dict[str, list[_Entry]] = {}
+        for entry in entries:
+            by_stream.setdefault(entry.stream, []).append(entry)
+        for stream, items in by_stream.items():
+            pending = await self.redis.xpending_range(
+                stream,
+                self.group,
+                min=items[0].entry_id,
+                max=items[-1].entry_id,
+                count=len(items) + 100,
+                consumername=self.config.consumer_name,
+            )
+            counts = {p["message_id"]: int(p["times_delivered"]) for p in pending}
+            for entry in items:
+                entry.deliveries = counts.get(entry.entry_id, entry.deliveries)
+
+    # -- handling a batch -------------------------------------------------------------------
+
+    async def _process(self, entries: list[_Entry]) -> None:
+        for entry in entries:
+            ids = self._inflight.get(entry.stream)
+            if ids is None:
+                self._inflight[entry.stream] = [entry.entry_id]
+            else:
+                ids.append(entry.entry_id)
+        try:
+            await self._process_batch(entries)
+        finally:
+            self._inflight = {}
+
+    async def _process_batch(self, entries: list[_Entry]) -> None:
+        self._abandoned = False
+        commit = _Commit()
+        ready: list[_Entry] = []
+        for entry in entries:
+            if entry.data is None:
+                # Trimmed from the stream while it was pending: nothing left to handle.
+                _log.warning(
+                    "pending_entry_trimmed",
+                    domain=self.domain,
+                    stream=entry.stream,
+                    entry_id=entry.entry_id.decode(),
+                )
+                commit.ack(entry)
+                continue
+            try:
+                entry.envelope = decode_envelope(entry.data)
+            except EnvelopeError as exc:
+                self._dead_letter(commit, entry, _reason(exc), exc)
+                continue
+            if (
+                self.config.partitions > 1
+                and partition_of(entry.envelope.partition_key, self.config.partitions)
+                != self.config.partition
+            ):
+                commit.ack(entry)  # another partition's runner handles this key
+                continue
+            ready.append(entry)
+        done = await self._already_processed([e.envelope.event_id for e in ready if e.envelope])
+        for entry in ready:
+            envelope = entry.envelope
+            assert envelope is not None
+            if envelope.event_id in done:
+                commit.ack(entry)
+                self.metrics.skipped.labels(self.domain, envelope.event_type).inc()
+                continue
+            await self._handle(commit, entry, envelope)
+            if self._abandoned:
+                break
+        await self._commit(commit)
+
+    async def _handle(self, commit: _Commit, entry: _Entry, envelope: Envelope) -> None:
+        """Run the handler of one entry, retrying in place; record the result in ``commit``."""
+        while True:
+            try:
+                payload: Message = open_payload(envelope, self.registry)
+                started = time.perf_counter()
+                outputs = await deliver(self.actor, envelope, self.registry, payload)
+            except (EnvelopeError, UnhandledEventType) as exc:
+                self._dead_letter(commit, entry, _reason(exc), exc)
+                return
+            except Exception as exc:
+                if entry.deliveries >= self.config.max_deliveries:
+                    with tracing.use(trace_of(envelope)):
+                        _log.error(
+                            "handler_failed_dead_lettered",
+                            domain=self.domain,
+                            event_type=envelope.event_type,
+                            event_id=envelope.event_id,
+                            attempts=entry.deliveries,
+                            error=f"{type(exc).__name__}: {exc}",
+                        )
+                    self._dead_letter(commit, entry, "handler_failed", exc)
+                    return
+                if not await self._redeliver(commit, entry, envelope, exc):
+                    return
+                continue
+            elapsed = time.perf_counter() - started
+            event_type = envelope.event_type
+            self.metrics.handler_latency.labels(self.domain, event_type).observe(elapsed)
+            commit.outputs.extend(outputs)
+            commit.ack(entry)
+            commit.processed.append(envelope.event_id)
+            commit.consumed[event_type] = commit.consumed.get(event_type, 0) + 1
+            return
+
+    async def _redeliver(
+        self, commit: _Commit, entry: _Entry, envelope: Envelope, exc: Exception
+    ) -> bool:
+        """Commit the work before a failed entry, back off, and deliver it again (XCLAIM).
+
+        Returns False when the entry is no longer ours to retry (acknowledged elsewhere, or
+        the runner is stopping: it stays pending and comes back at the next start).
+        """
+        delay = self._retry.delay(entry.deliveries - 1)
+        self.metrics.retries.labels(self.domain, envelope.event_type).inc()
+        with tracing.use(trace_of(envelope)):
+            _log.warning(
+                "handler_failed_retrying",
+                domain=self.domain,
+                event_type=envelope.event_type,
+                event_id=envelope.event_id,
+                attempt=entry.deliveries,
+                max_deliveries=self.config.max_deliveries,
+                retry_in_s=round(delay, 3),
+                error=f"{type(exc).__name__}: {exc}",
+            )
+        await self._commit(commit)
+        commit.clear()
+        deadline = time.monotonic() + delay
+        while time.monotonic() < deadline:
+            if self._stopping:
+                self._abandoned = True
+                return False
+            await asyncio.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
+        claimed = await self._with_reconnect(
+            "redeliver",
+            lambda: self.redis.xclaim(
+                entry.stream, self.group, self.config.consumer_name, 0, [entry.entry_id]
+            ),
+        )
+        if not claimed or claimed[0][1] is None:
+            return False
+        entry.deliveries += 1
+        return True
+
+    def _dead_letter(self, commit: _Commit, entry: _Entry, reason: Reason, exc: Exception) -> None:
+        envelope = entry.envelope
+        letter = DeadLetter(
+            original_stream=entry.stream,
+            original_entry_id=entry.entry_id.decode(),
+            payload=entry.data or b"",
+            reason=reason,
+            error_type=type(exc).__name__,
+            error_message=str(exc)[:4_000],
+            attempts=entry.deliveries,
+            failed_at_ms=now_ms(),
+            consumer=self.config.consumer_name,
+            event_type=envelope.event_type if envelope is not None else "",
+            event_id=envelope.event_id if envelope is not None else "",
+        )
+        if reason != "handler_failed":
+            _log.error(
+                "entry_dead_lettered",
+                domain=self.domain,
+                stream=entry.stream,
+                entry_id=letter.original_entry_id,
+                reason=reason,
+                error=f"{letter.error_type}: {letter.error_message}",
+            )
+        commit.dead.append(letter)
+        commit.ack(entry)
+        self.metrics.dead_letters.labels(self.domain, reason).inc()
+
+    async def _already_processed(self, event_ids: Sequence[str]) -> set[str]:
+        if not event_ids:
+            return set()
+        buckets: dict[str, list[str]] = {}
+        for event_id in event_ids:
+            buckets.setdefault(processed_bucket(self.keyspace, self.domain, event_id), []).append(
+                event_id
+            )
+
+        async def check() -> set[str]:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for key, ids in buckets.items():
+                    pipe.execute_command("SMISMEMBER", key, *ids)
+                replies = await pipe.execute()
+            found: set[str] = set()
+            for ids, flags in zip(buckets.values(), replies, strict=True):
+                found.update(i for i, flag in zip(ids, flags, strict=True) if flag)
+            return found
+
+        return await self._with_reconnect("processed-check", check)
+
+    async def _commit(self, commit: _Commit) -> None:
+        if not commit:
+            return
+        if commit.outputs:
+            await self.bus.publish_envelopes(commit.outputs)  # durable before the ack
+        state = self.actor.snapshot_state()
+
+        async def write() -> None:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                for letter in commit.dead:
+                    pipe.execute_command(*xadd_args(self.keyspace, self.domain, letter))
+                for stream, ids in commit.acks.items():
+                    pipe.execute_command("XACK", stream, self.group, *ids)
+                buckets: dict[str, list[str]] = {}
+                for event_id in commit.processed:
+                    buckets.setdefault(
+                        processed_bucket(self.keyspace, self.domain, event_id), []
+                    ).append(event_id)
+                for key, marks in buckets.items():
+                    pipe.execute_command("SADD", key, *marks)
+                    pipe.execute_command("EXPIRE", key, self.config.processed_ttl_s)
+                if state is not None:
+                    pipe.execute_command("SET", self._state_key, state)
+                await pipe.execute()
+
+        await self._with_reconnect("commit", write)
+        for stream, ids in commit.acks.items():
+            self._last_acked[stream] = max(ids, key=_entry_order)
+        for event_type, n in commit.consumed.items():
+            self.metrics.consumed.labels(self.domain, event_type).inc(n)
+
+    # -- groups, state, reconnects ----------------------------------------------------------
+
+    async def _ensure_groups(self) -> None:
+        for stream in self.streams:
+            try:
+                await self.redis.xgroup_create(
+                    stream, self.group, id=self.config.start_id, mkstream=True
+                )
+            except ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
+
+    async def _recreate_groups(self, error: str) -> None:
+        for stream in self.streams:
+            start = self._last_acked.get(stream, self.config.start_id.encode())
+            try:
+                await self.redis.xgroup_create(stream, self.group, id=start, mkstream=True)
+            except ResponseError as exc:
+                if "BUSYGROUP" in str(exc):
+                    continue
+                raise
+            _log.warning(
+                "consumer_group_recreated",
+                domain=self.domain,
+                group=self.group,
+                stream=stream,
+                from_id=start.decode() if isinstance(start, bytes) else start,
+                error=error,
+                hint="the group was deleted under a running consumer; entries after the last "
+                "acknowledged one are read again, those already processed are skipped",
+            )
+
+    async def _restore_state(self) -> None:
+        data = await self.redis.get(self._state_key)
+        if isinstance(data, bytes):
+            self.actor.restore_state(data)
+            _log.info("actor_state_restored", domain=self.domain, size=len(data))
+
+    async def _with_reconnect(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
+        """Run ``call``; on connection errors, back off and run it again until it succeeds."""
+        failures = 0
+        while True:
+            try:
+                return await call()
+            except RETRYABLE_ERRORS as exc:
+                await self._pause_after(exc, failures, what)
+                failures += 1
+
+    async def _pause_after(self, exc: BaseException, failures: int, what: str) -> None:
+        self.metrics.redis_errors.labels("runner").inc()
+        delay = self._reconnect.delay(failures)
+        _log.warning(
+            "redis_unavailable",
+            domain=self.domain,
+            during=what,
+            error=f"{type(exc).__name__}: {exc}",
+            attempt=failures + 1,
+            retry_in_s=round(delay, 3),
+        )
+        await asyncio.sleep(delay)
+
+    # -- background duties ------------------------------------------------------------------
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            with contextlib.suppress(*RETRYABLE_ERRORS):  # the consume loop reports outages
+                await self.redis.hset(self._heartbeat_key, self.config.consumer_name, str(now_ms()))
+            await asyncio.sleep(self.config.heartbeat_interval_s)
+
+    async def _keepalive_loop(self) -> None:
+        """Reset the idle time of entries in hand, so no one claims work still being done."""
+        interval = self.config.visibility_timeout_ms / 3000
+        while True:
+            await asyncio.sleep(interval)
+            inflight = self._inflight
+            for stream, ids in list(inflight.items()):
+                with contextlib.suppress(*_BACKGROUND_ERRORS):
+                    await self.redis.execute_command(  # type: ignore[no-untyped-call]
+                        "XCLAIM", stream, self.group, self.config.consumer_name, 0, *ids, "JUSTID"
+                    )
+
+    async def _stats_loop(self) -> None:
+        """Sample lag and pending per stream (XINFO GROUPS): periodically, not per event."""
+        while True:
+            for stream in self.streams:
+                try:
+                    groups = await self.redis.xinfo_groups(stream)
+                except _BACKGROUND_ERRORS:
+                    continue
+                for info in groups:
+                    name = info.get("name")
+                    if (name.decode() if isinstance(name, bytes) else name) != self.group:
+                        continue
+                    self.metrics.pending.labels(self.group, stream).set(float(info["pending"]))
+                    lag = info.get("lag")
+                    if lag is not None:
+                        self.metrics.lag.labels(self.group, stream).set(float(lag))
+            await asyncio.sleep(self.config.group_stats_interval_s)
+
+
+def _field(raw: Any, name: bytes) -> bytes | None:
+    """A field of a raw stream entry (a flat [k, v, k, v] list, or a dict)."""
+    if raw is None:
+        return None
+    if isinstance(raw, dict):
+        value = raw.get(name)
+        return value if isinstance(value, bytes) else None
+    for index in range(0, len(raw) - 1, 2):
+        if raw[index] == name:
+            value = raw[index + 1]
+            return value if isinstance(value, bytes) else None
+    return None
+
+
+def _entry_order(entry_id: bytes) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition(b"-")
+    return int(ms), int(seq or 0)
+
+
+def _reason(exc: EnvelopeError | UnhandledEventType) -> Reason:
+    for known in REASONS:
+        if known == exc.reason:
+            return known
+    return "invalid"

@@ -1,0 +1,174 @@
+"""The event bus and the domain runner, end to end against a real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+import redis.asyncio as aioredis
+from quantum.events.v1.envelope_pb2 import Envelope
+from quantum.events.v1.market_pb2 import MarketTick
+
+from runtime.core import tracing
+from runtime.core.bus import ENVELOPE_FIELD, EventBus
+from runtime.core.keys import Keyspace
+from runtime.core.metrics import RuntimeMetrics
+from runtime.core.runner import DomainRunner, RunnerConfig
+from runtime.core.trace_index import read_trace
+from tests.process.actors import TickCounter, tick
+
+
+@pytest.fixture
+async def bus(aredis: aioredis.Redis, keyspace: Keyspace) -> AsyncIterator[EventBus]:
+    bus = EventBus(aredis, keyspace, producer="market_data", metrics=RuntimeMetrics())
+    yield bus
+    await bus.close()
+
+
+async def wait_until(condition: Callable[[], bool], within_s: float = 10.0) -> None:
+    deadline = asyncio.get_running_loop().time() + within_s
+    while not condition():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.01)
+
+
+@contextlib.asynccontextmanager
+async def running(runner: DomainRunner) -> AsyncIterator[asyncio.Task[None]]:
+    task = asyncio.create_task(runner.run())
+    try:
+        yield task
+    finally:
+        await runner.stop()
+        await task
+
+
+async def test_publish_appends_one_envelope_field_to_the_type_stream(
+    bus: EventBus, aredis: aioredis.Redis, keyspace: Keyspace
+) -> None:
+    envelope = await bus.publish(tick("BTC", 1), partition_key="BTC")
+
+    entries = await aredis.xrange(keyspace.stream("market.tick"))
+    assert len(entries) == 1
+    _, fields = entries[0]
+    assert list(fields) == [ENVELOPE_FIELD]
+    stored = Envelope.FromString(fields[ENVELOPE_FIELD])
+    assert stored == envelope
+    assert stored.producer == "market_data"
+    assert stored.partition_key == "BTC"
+    assert bus.metrics.published.value("market.tick") == 1
+
+
+async def test_concurrent_publishes_keep_call_order_and_all_land(
+    bus: EventBus, aredis: aioredis.Redis, keyspace: Keyspace
+) -> None:
+    envelopes = await asyncio.gather(*(bus.publish(tick("ETH", i)) for i in range(1, 501)))
+
+    entries = await aredis.xrange(keyspace.stream("market.tick"))
+    ids = [Envelope.FromString(f[ENVELOPE_FIELD]).event_id for _, f in entries]
+    assert ids == [e.event_id for e in envelopes]
+
+
+async def test_publish_inside_a_trace_carries_it_and_indexes_the_trace(
+    bus: EventBus, aredis: aioredis.Redis, keyspace: Keyspace
+) -> None:
+    with tracing.span() as ctx:
+        first = await bus.publish(tick("BTC", 1))
+        second = await bus.publish(tick("BTC", 2))
+
+    assert first.trace_id == second.trace_id == ctx.trace_id
+    assert first.parent_span_id == ctx.span_id
+    assert await aredis.ttl(keyspace.trace(ctx.trace_id)) > 0
+    assert [e.event_id for e in await read_trace(aredis, keyspace, ctx.trace_id)] == [
+        first.event_id,
+        second.event_id,
+    ]
+
+
+async def test_maxlen_trims_streams_approximately_per_stream(
+    aredis: aioredis.Redis, keyspace: Keyspace
+) -> None:
+    bus = EventBus(aredis, keyspace, maxlen_per_stream={"market.tick": 100})
+    try:
+        await bus.publish_many([tick("BTC", i) for i in range(1, 2001)])
+    finally:
+        await bus.close()
+
+    length = await aredis.xlen(keyspace.stream("market.tick"))
+    assert 100 <= length < 2000
+
+
+async def test_runner_handles_published_events_in_order_and_acknowledges_them(
+    bus: EventBus, aredis: aioredis.Redis, keyspace: Keyspace
+) -> None:
+    actor = TickCounter()
+    runner = DomainRunner(
+        actor, aredis, keyspace, bus, RunnerConfig(consumer_name="c1", block_ms=50)
+    )
+    async with running(runner):
+        await bus.publish_many([tick("BTC", i) for i in range(1, 301)], partition_key="BTC")
+        await wait_until(lambda: actor.counts.get("BTC") == 300)
+    stream = keyspace.stream("market.tick")
+    info = await aredis.xinfo_groups(stream)
+    assert info[0]["name"] == b"tick_counter"
+    assert info[0]["pending"] == 0
+    assert actor.out_of_order == 0
+    outputs = await aredis.xrange(keyspace.stream("portfolio.pnl.updated"))
+    assert len(outputs) == 300
+
+
+async def test_outputs_continue_the_inputs_trace_with_causation(
+    bus: EventBus, aredis: aioredis.Redis, keyspace: Keyspace
+) -> None:
+    actor = TickCounter()
+    runner = DomainRunner(
+        actor, aredis, keyspace, bus, RunnerConfig(consumer_name="c1", block_ms=50)
+    )
+    async with running(runner):
+        source = await bus.publish(tick("BTC", 1), partition_key="BTC")
+        await wait_until(lambda: actor.counts.get("BTC") == 1)
+
+    ((_, fields),) = await aredis.xrange(keyspace.stream("portfolio.pnl.updated"))
+    output = Envelope.FromString(fields[ENVELOPE_FIELD])
+    assert output.trace_id == source.trace_id
+    assert output.parent_span_id == source.span_id
+    assert output.causation_id == source.event_id
+    assert output.producer == "tick_counter"
+    trace = await read_trace(aredis, keyspace, source.trace_id)
+    assert [e.event_id for e in trace] == sorted([source.event_id, output.event_id])
+
+
+async def test_runner_state_snapshot_is_restored_by_the_next_runner(
+    bus: EventBus, aredis: aioredis.Redis, keyspace: Keyspace
+) -> None:
+    first = TickCounter()
+    config = RunnerConfig(consumer_name="c1", block_ms=50)
+    async with running(DomainRunner(first, aredis, keyspace, bus, config)):
+        await bus.publish_many([tick("SOL", i) for i in range(1, 11)])
+        await wait_until(lambda: first.counts.get("SOL") == 10)
+
+    second = TickCounter()
+    async with running(DomainRunner(second, aredis, keyspace, bus, config)):
+        await bus.publish(tick("SOL", 11))
+        await wait_until(lambda: second.counts.get("SOL") == 11)
+    assert second.out_of_order == 0
+
+
+async def test_heartbeat_names_the_consumer(
+    bus: EventBus, aredis: aioredis.Redis, keyspace: Keyspace
+) -> None:
+    runner = DomainRunner(
+        TickCounter(), aredis, keyspace, bus, RunnerConfig(consumer_name="c7", block_ms=50)
+    )
+    async with running(runner):
+        for _ in range(200):
+            if await aredis.hget(keyspace.heartbeat("tick_counter"), "c7"):
+                break
+            await asyncio.sleep(0.01)
+    assert int(await aredis.hget(keyspace.heartbeat("tick_counter"), "c7")) > 0
+
+
+def test_market_tick_is_what_the_test_actor_takes() -> None:
+    assert TickCounter.consumes()[0].message is MarketTick

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 from quantum.events.v1 import ai_pb2 as ai_v1
@@ -263,3 +267,21 @@ async def test_an_event_a_handler_version_cannot_express_is_an_unknown_version()
     with pytest.raises(UnknownVersionError, match="cannot be read by a handler of v1") as info:
         await deliver(FillConsumerV1(), envelope)
     assert info.value.reason == "unknown_version"
+
+
+def test_the_process_setting_comes_from_quantum_emit_versions() -> None:
+    program = (
+        "from runtime.core.upcasting import process_emit_versions as p; print(sorted(p().items()))"
+    )
+    env = {**os.environ, "QUANTUM_EMIT_VERSIONS": "execution.order.filled=1"}
+    result = subprocess.run(
+        [sys.executable, "-c", program], env=env, capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "[('execution.order.filled', 1)]"
+
+    env["QUANTUM_EMIT_VERSIONS"] = "execution.order.filled=9"
+    failed = subprocess.run(
+        [sys.executable, "-c", program], env=env, capture_output=True, text=True, check=False
+    )
+    assert failed.returncode != 0
+    assert "has no schema version 9" in failed.stderr

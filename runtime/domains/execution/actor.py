@@ -1,0 +1,163 @@
+"""The execution actor: approved signals in, orders to the exchange, order events out.
+
+One approved signal yields at most one order: the order id is derived from the signal id,
+and the ids of signals already ordered are kept (and snapshotted), so a replayed or
+duplicated approval is recognised and submits nothing. The very same approval event handled
+again (a retry whose outputs may not have been published) gets its recorded outputs again,
+with the same event ids, without a second call to the exchange.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+from decimal import Decimal, InvalidOperation
+
+from google.protobuf.message import Message
+from quantum.events.v1.execution_pb2 import (
+    OrderFilled,
+    OrderRejected,
+    OrderRejectReason,
+    OrderSubmitted,
+)
+from quantum.events.v1.market_pb2 import MarketTick
+from quantum.events.v1.risk_pb2 import SignalApproved
+
+from runtime.core.actor import Actor, HandlerContext, handles
+from runtime.core.envelope import open_payload, timestamp
+from runtime.domains.execution.adapter import ExchangeAdapter, Fill, MarketOrder, Refusal
+from runtime.domains.execution.paper import PaperExchange
+
+
+def order_id_for(signal_id: str) -> str:
+    """The one order id a signal can ever have."""
+    return f"ord-{signal_id}"
+
+
+class Execution(Actor):
+    """Sends each approved signal to the exchange adapter exactly once."""
+
+    name = "execution"
+
+    def __init__(
+        self,
+        exchange: ExchangeAdapter | None = None,
+        *,
+        remember: int = 100_000,
+        recent_outputs: int = 1_000,
+    ) -> None:
+        self.exchange: ExchangeAdapter = exchange if exchange is not None else PaperExchange()
+        self.remember = remember
+        self.recent_outputs = recent_outputs
+        self.ordered: OrderedDict[str, None] = OrderedDict()
+        # approval event id -> the outputs it produced, for a retry of that same event
+        self._recent: OrderedDict[str, list[Message]] = OrderedDict()
+        self.filled = 0
+        self.refused = 0
+
+    @handles
+    def on_tick(self, tick: MarketTick, ctx: HandlerContext) -> None:
+        try:
+            price = Decimal(tick.price)
+        except InvalidOperation:
+            return
+        if price.is_finite() and price > 0:
+            self.exchange.on_price(tick.symbol, price, ctx.occurred_at)
+
+    @handles
+    async def on_approved(self, approved: SignalApproved, ctx: HandlerContext) -> None:
+        recorded = self._recent.get(ctx.event_id)
+        if recorded is not None:
+            for payload in recorded:
+                ctx.emit(payload, partition_key=approved.symbol)
+            return
+        if approved.signal_id in self.ordered:
+            return
+        self._remember(approved.signal_id)
+        start = len(ctx.outputs)
+        order_id = order_id_for(approved.signal_id)
+        now = timestamp(ctx.occurred_at)
+        ctx.emit(
+            OrderSubmitted(
+                order_id=order_id,
+                signal_id=approved.signal_id,
+                symbol=approved.symbol,
+                side=approved.side,
+                quantity=approved.quantity,
+                order_type="market",
+                exchange=self.exchange.name,
+                reduce_only=approved.reduce_only,
+                submitted_at=now,
+            ),
+            partition_key=approved.symbol,
+        )
+        try:
+            quantity = Decimal(approved.quantity)
+        except InvalidOperation:
+            quantity = Decimal(0)
+        if not quantity.is_finite() or quantity <= 0:
+            result: Fill | Refusal = Refusal(
+                OrderRejectReason.ORDER_REJECT_REASON_INVALID_QUANTITY,
+                f"approval of {approved.signal_id} has quantity {approved.quantity!r}; "
+                "it must be a decimal > 0",
+            )
+        else:
+            order = MarketOrder(
+                order_id, approved.symbol, approved.side, quantity, approved.reduce_only
+            )
+            result = await self.exchange.submit(order, ctx.occurred_at)
+        if isinstance(result, Refusal):
+            self.refused += 1
+            ctx.emit(
+                OrderRejected(
+                    order_id=order_id,
+                    signal_id=approved.signal_id,
+                    symbol=approved.symbol,
+                    side=approved.side,
+                    quantity=approved.quantity,
+                    reason=result.reason,
+                    detail=result.detail,
+                    exchange=self.exchange.name,
+                    rejected_at=now,
+                ),
+                partition_key=approved.symbol,
+            )
+            self._record(ctx, start)
+            return
+        fill = result
+        self.filled += 1
+        ctx.emit(
+            OrderFilled(
+                order_id=order_id,
+                signal_id=approved.signal_id,
+                symbol=approved.symbol,
+                side=approved.side,
+                quantity=f"{fill.quantity:f}",
+                price=f"{fill.price:f}",
+                fee=f"{fill.fee:f}",
+                fee_currency=fill.fee_currency,
+                slippage_bps=f"{fill.slippage_bps:f}",
+                exchange=self.exchange.name,
+                filled_at=now,
+            ),
+            partition_key=approved.symbol,
+        )
+        self._record(ctx, start)
+
+    def _record(self, ctx: HandlerContext, start: int) -> None:
+        self._recent[ctx.event_id] = [
+            open_payload(envelope, ctx.registry) for envelope in ctx.outputs[start:]
+        ]
+        while len(self._recent) > self.recent_outputs:
+            self._recent.popitem(last=False)
+
+    def _remember(self, signal_id: str) -> None:
+        self.ordered[signal_id] = None
+        while len(self.ordered) > self.remember:
+            self.ordered.popitem(last=False)
+
+    def snapshot_state(self) -> bytes:
+        return json.dumps({"ordered": list(self.ordered)}).encode()
+
+    def restore_state(self, data: bytes) -> None:
+        self.ordered = OrderedDict.fromkeys(json.loads(data)["ordered"])

@@ -1,0 +1,82 @@
+"""Pacing and sealing ticks for publication: the edge between a feed and the bus.
+
+A feed is a plain iterator of ticks with explicit times. ``paced`` turns it into an async
+iterator that follows the recorded time (scaled by ``speed``); the clock and sleep are
+injected, so tests and replays need no real waiting. ``tick_envelope`` seals a tick with its
+observation time as the event time, which every downstream domain uses as its clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from datetime import UTC, datetime
+
+from quantum.events.v1.envelope_pb2 import Envelope
+from quantum.events.v1.market_pb2 import MarketTick
+
+from runtime.core import tracing
+from runtime.core.envelope import seal
+
+PRODUCER = "market_data"
+
+
+def tick_time(tick: MarketTick) -> datetime:
+    """The tick's observation time (UTC)."""
+    return tick.observed_at.ToDatetime(tzinfo=UTC)
+
+
+async def paced(
+    ticks: Iterable[MarketTick],
+    *,
+    speed: float | None = 1.0,
+    limit: int | None = None,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> AsyncIterator[tuple[datetime, MarketTick]]:
+    """Yield ``(observed_at, tick)`` at the recorded pace divided by ``speed``.
+
+    ``speed=None`` replays as fast as the consumer takes them (still yielding to the event
+    loop now and then); ``limit`` stops after that many ticks.
+    """
+    if speed is not None and speed <= 0:
+        raise ValueError(f"speed must be > 0 (or None for as fast as possible), got {speed}")
+    first: datetime | None = None
+    started = clock()
+    for count, tick in enumerate(ticks):
+        if limit is not None and count >= limit:
+            return
+        at = tick_time(tick)
+        if first is None:
+            first = at
+        if speed is None:
+            if count % 256 == 0:
+                await sleep(0)
+        else:
+            due = (at - first).total_seconds() / speed
+            delay = due - (clock() - started)
+            if delay > 0:
+                await sleep(delay)
+        yield at, tick
+
+
+def tick_envelope(
+    tick: MarketTick,
+    *,
+    event_id: str | None = None,
+    trace: tracing.TraceContext | None = None,
+) -> Envelope:
+    """Seal a tick for the ``market.tick`` stream: keyed by symbol, timed by observation.
+
+    Give ``event_id`` and ``trace`` only for a deterministic replay (tests); a live feed
+    takes fresh ones, so two runs of one seed are still distinct events.
+    """
+    return seal(
+        tick,
+        producer=PRODUCER,
+        partition_key=tick.symbol,
+        event_id=event_id,
+        trace=trace,
+        occurred_at=tick_time(tick),
+    )

@@ -1,0 +1,157 @@
+"""The portfolio actor: fills and ticks in; positions opened and closed and PnL out."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta
+from decimal import Decimal, InvalidOperation
+
+from google.protobuf.timestamp_pb2 import Timestamp
+from quantum.events.v1.common_pb2 import Side
+from quantum.events.v1.market_pb2 import MarketTick
+from quantum.events.v1.portfolio_pb2 import PnlUpdated, PositionClosed, PositionOpened
+from quantum.events.v2.execution_pb2 import OrderFilled, PartialFill
+
+from runtime.core.actor import Actor, HandlerContext, handles
+from runtime.core.envelope import timestamp
+from runtime.domains.portfolio.ledger import Closed, Ledger, Opened
+
+
+class Portfolio(Actor):
+    """Keeps the ledger and reports every change to it.
+
+    Fills are read at schema v2 (an order filled by partial fills; v1 fills arrive upcast as
+    one partial fill). Every fill yields a PnlUpdated; a tick yields one only when it moves an
+    open position and, with ``tick_pnl_interval``, at most once per that much event time.
+    """
+
+    name = "portfolio"
+
+    def __init__(
+        self,
+        *,
+        starting_equity: Decimal = Decimal("100000"),
+        tick_pnl_interval: timedelta = timedelta(0),
+    ) -> None:
+        self.ledger = Ledger(starting_equity=starting_equity)
+        self.tick_pnl_interval = tick_pnl_interval
+        self._last_tick_pnl: datetime | None = None
+
+    @handles
+    def on_fill(self, fill: OrderFilled, ctx: HandlerContext) -> None:
+        if self.ledger.already_applied(fill.order_id):
+            return  # one order fills once: a redelivered fill changes nothing
+        now = ctx.occurred_at
+        self.ledger.start_day(now)
+        if not fill.fills:
+            raise ValueError(f"fill of order {fill.order_id} carries no partial fills")
+        at = timestamp(now)
+        for part in fill.fills:
+            quantity, price, fee = _fill_numbers(fill.order_id, part)
+            self._apply(fill.order_id, fill.symbol, fill.side, quantity, price, fee, at, ctx)
+        self._emit_pnl(fill.symbol, ctx)
+
+    def _apply(
+        self,
+        order_id: str,
+        symbol: str,
+        side: Side.ValueType,
+        quantity: Decimal,
+        price: Decimal,
+        fee: Decimal,
+        at: Timestamp,
+        ctx: HandlerContext,
+    ) -> None:
+        for change in self.ledger.apply_fill(order_id, symbol, side, quantity, price, fee):
+            if isinstance(change, Opened):
+                ctx.emit(
+                    PositionOpened(
+                        symbol=change.symbol,
+                        side=change.side,
+                        quantity=f"{change.quantity:f}",
+                        entry_price=f"{change.entry_price:f}",
+                        order_id=change.order_id,
+                        opened_at=at,
+                    ),
+                    partition_key=change.symbol,
+                )
+            elif isinstance(change, Closed):
+                ctx.emit(
+                    PositionClosed(
+                        symbol=change.symbol,
+                        side=change.side,
+                        quantity=f"{change.quantity:f}",
+                        entry_price=f"{change.entry_price:f}",
+                        exit_price=f"{change.exit_price:f}",
+                        realized_pnl=f"{change.realized_pnl:f}",
+                        order_id=change.order_id,
+                        closed_at=at,
+                    ),
+                    partition_key=change.symbol,
+                )
+
+    @handles
+    def on_tick(self, tick: MarketTick, ctx: HandlerContext) -> None:
+        try:
+            price = Decimal(tick.price)
+        except InvalidOperation:
+            return
+        if not price.is_finite() or price <= 0:
+            return
+        now = ctx.occurred_at
+        self.ledger.start_day(now)
+        if not self.ledger.mark(tick.symbol, price):
+            return
+        if (
+            self.tick_pnl_interval
+            and self._last_tick_pnl is not None
+            and now - self._last_tick_pnl < self.tick_pnl_interval
+        ):
+            return
+        self._last_tick_pnl = now
+        self._emit_pnl(tick.symbol, ctx)
+
+    def pnl(self, symbol: str, at: datetime) -> PnlUpdated:
+        """The account's numbers now, as the event that reports them."""
+        ledger = self.ledger
+        return PnlUpdated(
+            realized_pnl=f"{ledger.realized_pnl:f}",
+            unrealized_pnl=f"{ledger.unrealized_pnl:f}",
+            equity=f"{ledger.equity:f}",
+            peak_equity=f"{ledger.peak_equity:f}",
+            exposure=f"{ledger.exposure:f}",
+            drawdown=f"{ledger.drawdown:f}",
+            daily_pnl=f"{ledger.daily_pnl:f}",
+            open_positions=len(ledger.positions),
+            symbol=symbol,
+            as_of=timestamp(at),
+        )
+
+    def _emit_pnl(self, symbol: str, ctx: HandlerContext) -> None:
+        ctx.emit(self.pnl(symbol, ctx.occurred_at), partition_key=symbol)
+
+    def snapshot_state(self) -> bytes:
+        return json.dumps(self.ledger.to_json(), sort_keys=True).encode()
+
+    def restore_state(self, data: bytes) -> None:
+        self.ledger = Ledger.from_json(json.loads(data))
+
+
+def _fill_numbers(order_id: str, part: PartialFill) -> tuple[Decimal, Decimal, Decimal]:
+    try:
+        quantity = Decimal(part.quantity)
+        price = Decimal(part.price)
+        fee = Decimal(part.fee or "0")
+    except InvalidOperation as exc:
+        raise ValueError(
+            f"fill of order {order_id} has a quantity, price or fee that is not a decimal: "
+            f"{part.quantity!r}, {part.price!r}, {part.fee!r}"
+        ) from exc
+    if not (quantity.is_finite() and price.is_finite() and fee.is_finite()):
+        raise ValueError(f"fill of order {order_id} has a non-finite number")
+    if quantity <= 0 or price <= 0:
+        raise ValueError(
+            f"fill of order {order_id} needs quantity > 0 and price > 0, got "
+            f"{part.quantity} at {part.price}"
+        )
+    return quantity, price, fee

@@ -1,0 +1,150 @@
+"""execution: the paper exchange's fills and the one-order-per-signal guarantee."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+from quantum.events.v1.common_pb2 import Side
+from quantum.events.v1.execution_pb2 import (
+    OrderFilled,
+    OrderRejected,
+    OrderRejectReason,
+    OrderSubmitted,
+)
+from quantum.events.v1.market_pb2 import MarketTick
+from quantum.events.v1.risk_pb2 import SignalApproved
+
+from runtime.core.actor import deliver
+from runtime.core.envelope import open_payload
+from runtime.domains.execution import Execution, Fill, MarketOrder, PaperExchange, order_id_for
+from tests.domains.support import at, envelope, run
+
+
+def _approved(
+    signal_id: str = "sig-1", side: Side.ValueType = Side.SIDE_BUY, quantity: str = "0.5"
+) -> SignalApproved:
+    return SignalApproved(
+        signal_id=signal_id,
+        symbol="BTC-USD",
+        side=side,
+        quantity=quantity,
+        reference_price="50000",
+    )
+
+
+def _execution() -> Execution:
+    return Execution(PaperExchange(slippage_bps=Decimal("2"), fee_bps=Decimal("10")))
+
+
+async def _with_price(price: str = "50000") -> Execution:
+    execution = _execution()
+    assert await run(execution, MarketTick(symbol="BTC-USD", price=price, sequence=1)) == []
+    return execution
+
+
+async def test_buy_fills_at_last_price_plus_slippage_with_fee() -> None:
+    execution = await _with_price("50000")
+    submitted, filled = await run(execution, _approved(), when=at(3))
+    assert isinstance(submitted, OrderSubmitted)
+    assert isinstance(filled, OrderFilled)
+    assert submitted.order_id == filled.order_id == order_id_for("sig-1") == "ord-sig-1"
+    assert (submitted.order_type, submitted.exchange, submitted.quantity) == (
+        "market",
+        "paper",
+        "0.5",
+    )
+    # 50,000 x (1 + 2 bps) = 50,010; fee 10 bps of 0.5 x 50,010 = 25.005
+    assert (filled.price, filled.quantity, filled.fee) == (
+        "50010.00000000",
+        "0.5",
+        "25.00500000",
+    )
+    assert (filled.fee_currency, filled.slippage_bps, filled.signal_id) == ("USD", "2", "sig-1")
+    assert filled.filled_at.ToDatetime() == at(3).replace(tzinfo=None)
+
+
+async def test_sell_fills_below_the_last_price() -> None:
+    execution = await _with_price("50000")
+    _, filled = await run(execution, _approved(side=Side.SIDE_SELL))
+    assert isinstance(filled, OrderFilled)
+    assert filled.price == "49990.00000000"
+
+
+async def test_fills_follow_the_latest_tick() -> None:
+    execution = await _with_price("50000")
+    await run(execution, MarketTick(symbol="BTC-USD", price="40000", sequence=2))
+    _, filled = await run(execution, _approved())
+    assert isinstance(filled, OrderFilled)
+    assert filled.price == "40008.00000000"
+
+
+async def test_no_tick_yet_means_submitted_then_rejected() -> None:
+    execution = _execution()
+    submitted, rejected = await run(execution, _approved())
+    assert isinstance(submitted, OrderSubmitted)
+    assert isinstance(rejected, OrderRejected)
+    assert rejected.reason == OrderRejectReason.ORDER_REJECT_REASON_NO_MARKET_PRICE
+    assert "BTC-USD" in rejected.detail
+    assert rejected.order_id == "ord-sig-1"
+
+
+async def test_a_non_positive_quantity_is_rejected() -> None:
+    execution = await _with_price()
+    _, rejected = await run(execution, _approved(quantity="0"))
+    assert isinstance(rejected, OrderRejected)
+    assert rejected.reason == OrderRejectReason.ORDER_REJECT_REASON_INVALID_QUANTITY
+
+
+async def test_a_second_approval_of_one_signal_submits_nothing() -> None:
+    execution = await _with_price()
+    assert len(await run(execution, _approved())) == 2
+    assert await run(execution, _approved()) == []  # same signal in another event
+    assert execution.filled == 1
+
+
+async def test_a_retried_approval_event_repeats_its_outputs_without_a_second_order() -> None:
+    execution = await _with_price("50000")
+    event = envelope(_approved())
+    first = await deliver(execution, event)
+    await run(execution, MarketTick(symbol="BTC-USD", price="60000", sequence=2))
+    again = await deliver(execution, event)  # e.g. a retry after its publish failed
+    assert again == first  # same ids, same fill price: downstream skips them
+    assert execution.filled == 1
+
+
+async def test_the_ordered_signals_survive_a_restart() -> None:
+    execution = await _with_price()
+    await run(execution, _approved("sig-A"))
+    restarted = await _with_price()
+    restarted.restore_state(execution.snapshot_state())
+    assert await run(restarted, _approved("sig-A")) == []
+    outputs = await run(restarted, _approved("sig-B"))
+    assert [type(o) for o in outputs] == [OrderSubmitted, OrderFilled]
+
+
+async def test_outputs_are_deterministic_for_the_same_input() -> None:
+    event = envelope(_approved())
+    a, b = await _with_price(), await _with_price()
+    assert await deliver(a, event) == await deliver(b, event)
+
+
+def test_paper_exchange_refuses_negative_costs() -> None:
+    with pytest.raises(ValueError, match="slippage_bps"):
+        PaperExchange(slippage_bps=Decimal(-1))
+
+
+def test_paper_fill_is_exact() -> None:
+    paper = PaperExchange(slippage_bps=Decimal("1"), fee_bps=Decimal("7.5"))
+    paper.on_price("ETH-USD", Decimal("3000.01"), at(0))
+    fill = paper.fill(MarketOrder("o", "ETH-USD", Side.SIDE_BUY, Decimal("0.333333"), False))
+    assert isinstance(fill, Fill)
+    assert fill.price == Decimal("3000.31000100")
+    assert fill.fee == Decimal("0.75007675")
+
+
+async def test_deliver_outputs_decode() -> None:
+    execution = await _with_price()
+    outs = await deliver(execution, envelope(_approved()))
+    assert [o.event_type for o in outs] == ["execution.order.submitted", "execution.order.filled"]
+    assert all(open_payload(o) for o in outs)

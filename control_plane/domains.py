@@ -1,0 +1,131 @@
+"""What the control plane knows about the domains: consumer groups, lag, pending, heartbeats.
+
+Everything is read from Redis, so the control plane also describes domains running in other
+processes: a domain is every consumer group of this namespace's streams (the group name is
+the domain name) plus every domain the composition root registered.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+from google.protobuf.timestamp_pb2 import Timestamp
+from quantum.control.v1.runtime_service_pb2 import ConsumerGroupInfo, DomainInfo
+
+from runtime.core.keys import Keyspace
+
+# A domain that beat within this many seconds is RUNNING; within STALE_AFTER_S, DEGRADED.
+RUNNING_WITHIN_S = 5.0
+STALE_AFTER_S = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class DomainFigures:
+    """One domain as the health check sees it."""
+
+    info: DomainInfo
+    heartbeat_age_s: float | None
+    lag: int
+    pending: int
+
+
+def _text(value: object) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return "" if value is None else str(value)
+
+
+def _group_field(group: Mapping[object, object], name: str) -> object:
+    return group.get(name, group.get(name.encode()))
+
+
+def _int(value: object) -> int:
+    try:
+        return int(_text(value) or 0)
+    except ValueError:
+        return 0
+
+
+class DomainInspector:
+    """Reads the domains' consumer groups and heartbeats."""
+
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        keyspace: Keyspace,
+        consumes: Mapping[str, Sequence[str]] | None = None,
+    ) -> None:
+        self._redis = redis
+        self._keyspace = keyspace
+        self._consumes = {name: list(types) for name, types in (consumes or {}).items()}
+
+    async def _streams(self) -> list[str]:
+        prefix = self._keyspace.stream("")
+        found = [
+            _text(key)
+            async for key in self._redis.scan_iter(match=f"{prefix}*", count=1000, _type="STREAM")
+        ]
+        return sorted(found)
+
+    async def figures(self) -> list[DomainFigures]:
+        """Every known domain with its groups, newest heartbeat, total lag and pending."""
+        streams = await self._streams()
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for stream in streams:
+                pipe.xinfo_groups(stream)
+            replies = await pipe.execute(raise_on_error=False)
+        groups: dict[str, list[ConsumerGroupInfo]] = {}
+        for stream, reply in zip(streams, replies, strict=True):
+            if isinstance(reply, BaseException):
+                continue
+            for group in reply:
+                lag_value = _group_field(group, "lag")
+                info = ConsumerGroupInfo(
+                    stream=stream,
+                    group=_text(_group_field(group, "name")),
+                    consumers=_int(_group_field(group, "consumers")),
+                    pending=_int(_group_field(group, "pending")),
+                    lag=_int(lag_value) if lag_value is not None else 0,
+                    last_delivered_id=_text(_group_field(group, "last-delivered-id")),
+                )
+                groups.setdefault(info.group, []).append(info)
+        names = sorted(set(groups) | set(self._consumes))
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for name in names:
+                pipe.hvals(self._keyspace.heartbeat(name))
+            beats = await pipe.execute()
+        now_ms = time.time() * 1000
+        result = []
+        for name, values in zip(names, beats, strict=True):
+            newest = max((_int(v) for v in values), default=0)
+            age_s = (now_ms - newest) / 1000 if newest else None
+            domain_groups = groups.get(name, [])
+            prefix = self._keyspace.stream("")
+            consumes = self._consumes.get(name) or sorted(
+                g.stream.removeprefix(prefix) for g in domain_groups
+            )
+            domain = DomainInfo(
+                name=name, consumes=consumes, groups=domain_groups, state=_state(age_s)
+            )
+            if newest:
+                stamp = Timestamp()
+                stamp.FromMilliseconds(newest)
+                domain.last_heartbeat.CopyFrom(stamp)
+            result.append(
+                DomainFigures(
+                    info=domain,
+                    heartbeat_age_s=age_s,
+                    lag=sum(g.lag for g in domain_groups),
+                    pending=sum(g.pending for g in domain_groups),
+                )
+            )
+        return result
+
+
+def _state(age_s: float | None) -> str:
+    if age_s is None or age_s > STALE_AFTER_S:
+        return "STOPPED"
+    return "RUNNING" if age_s <= RUNNING_WITHIN_S else "DEGRADED"

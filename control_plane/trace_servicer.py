@@ -1,0 +1,91 @@
+"""TraceService: a whole trace in one read, and live events as they happen."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+import redis.asyncio as aioredis
+from grpc import aio
+from quantum.control.v1 import trace_service_pb2 as pb
+from quantum.control.v1 import trace_service_pb2_grpc as pb_grpc
+
+from control_plane.errors import ControlPlaneError, Reason, bad_field
+from control_plane.live_feed import EventFilter, LiveFeed
+from control_plane.redis_reads import lrange_all
+from control_plane.stored_events import parse_envelope, stored_event
+from runtime.core.keys import Keyspace
+from runtime.core.registry import EventRegistry
+
+_TRACE_ID_RE = re.compile(r"^[0-9a-f]{32}$")
+
+
+def check_trace_id(value: str, field_path: str = "trace_id") -> str:
+    if not _TRACE_ID_RE.match(value) or value == "0" * 32:
+        raise bad_field(
+            field_path, f"must be 32 lowercase hex characters (a W3C trace id), got {value!r}"
+        )
+    return value
+
+
+class TraceServicer(pb_grpc.TraceServiceServicer):
+    def __init__(
+        self, redis: aioredis.Redis, keyspace: Keyspace, registry: EventRegistry, feed: LiveFeed
+    ) -> None:
+        self._redis = redis
+        self._keyspace = keyspace
+        self._registry = registry
+        self._feed = feed
+
+    async def GetTrace(
+        self, request: pb.GetTraceRequest, context: aio.ServicerContext[Any, Any]
+    ) -> pb.GetTraceResponse:
+        trace_id = check_trace_id(request.trace_id)
+        items = await lrange_all(self._redis, self._keyspace.trace(trace_id))
+        envelopes = [e for e in (parse_envelope(item) for item in items) if e is not None]
+        if not envelopes:
+            raise ControlPlaneError(
+                grpc.StatusCode.NOT_FOUND,
+                f"no events of trace {trace_id} are in the trace index: the id is wrong or "
+                "the trace is older than the index's time to live",
+                Reason.TRACE_NOT_FOUND,
+                {"trace_id": trace_id},
+            )
+        # Event ids are ULIDs: they sort by time. The index may hold an event twice (a
+        # redelivery indexes it again); show it once.
+        unique = {e.event_id: e for e in envelopes}
+        ordered = sorted(unique.values(), key=lambda e: e.event_id)
+        return pb.GetTraceResponse(
+            trace_id=trace_id,
+            events=[
+                stored_event(self._keyspace.stream(e.event_type), "", e, self._registry)
+                for e in ordered
+            ],
+        )
+
+    async def SubscribeTraces(
+        self, request: pb.SubscribeTracesRequest, context: aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[pb.SubscribeTracesResponse]:
+        if request.trace_id:
+            check_trace_id(request.trace_id)
+        known = set(self._registry.names())
+        for index, name in enumerate(request.event_types):
+            if name not in known:
+                raise bad_field(
+                    f"event_types[{index}]",
+                    f"unknown event type {name!r}; known: {', '.join(sorted(known))}",
+                )
+        event_filter = EventFilter(
+            trace_id=request.trace_id,
+            event_types=frozenset(request.event_types),
+            domains=frozenset(request.domains),
+            symbols=frozenset(request.symbols),
+        )
+        subscription = await self._feed.subscribe(event_filter)
+        try:
+            async for event in subscription:
+                yield pb.SubscribeTracesResponse(event=event)
+        finally:
+            await subscription.close()

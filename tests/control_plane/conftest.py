@@ -1,0 +1,96 @@
+"""An in-process control plane on the test Redis, with a viewer and an operator token."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+from grpc import aio
+
+from control_plane.auth import Role, TokenTable
+from control_plane.config import ControlPlaneConfig
+from control_plane.server import ControlPlane
+from runtime.core.bus import EventBus
+from runtime.core.keys import Keyspace
+from runtime.core.metrics import RuntimeMetrics
+from runtime.core.policy.store import PolicyStore
+from tests.process.actors import TickCounter
+
+Metadata = tuple[tuple[str, str], ...]
+
+
+@dataclass
+class Harness:
+    plane: ControlPlane
+    store: PolicyStore
+    bus: EventBus
+    redis: aioredis.Redis
+    keyspace: Keyspace
+    channel: aio.Channel
+    address: str
+    viewer_token: str
+    operator_token: str
+
+    @property
+    def viewer(self) -> Metadata:
+        return (("authorization", f"Bearer {self.viewer_token}"),)
+
+    @property
+    def operator(self) -> Metadata:
+        return (("authorization", f"Bearer {self.operator_token}"),)
+
+    def as_role(self, role: str) -> Metadata | None:
+        return {"none": None, "viewer": self.viewer, "operator": self.operator}[role]
+
+
+async def start_harness(
+    redis: aioredis.Redis,
+    keyspace: Keyspace,
+    state_dir: Path,
+    *,
+    queue_size: int = 1024,
+) -> Harness:
+    viewer_token, operator_token = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
+    tokens = TokenTable(
+        [("vera", Role.VIEWER, viewer_token), ("otto", Role.OPERATOR, operator_token)]
+    )
+    store = PolicyStore(redis, keyspace, state_dir=state_dir)
+    await store.start()
+    bus = EventBus(redis, keyspace, producer="test", metrics=RuntimeMetrics())
+    plane = ControlPlane(
+        redis,
+        keyspace,
+        store,
+        config=ControlPlaneConfig(
+            grpc_addr="127.0.0.1:0", metrics_addr="", subscriber_queue_size=queue_size
+        ),
+        tokens=tokens,
+        domain_factories={"tick_counter": TickCounter},
+        publisher=bus,
+    )
+    port = await plane.start()
+    address = f"127.0.0.1:{port}"
+    channel = aio.insecure_channel(address)
+    return Harness(
+        plane, store, bus, redis, keyspace, channel, address, viewer_token, operator_token
+    )
+
+
+async def stop_harness(harness: Harness) -> None:
+    await harness.channel.close()
+    await harness.plane.stop(grace=0)
+    await harness.bus.close()
+    await harness.store.stop()
+
+
+@pytest.fixture
+async def harness(
+    aredis: aioredis.Redis, keyspace: Keyspace, tmp_path: Path
+) -> AsyncIterator[Harness]:
+    running = await start_harness(aredis, keyspace, tmp_path)
+    yield running
+    await stop_harness(running)

@@ -1,0 +1,103 @@
+"""TraceService: whole traces in order, and live events with filters and a slow-client cut-off."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import pytest
+from grpc import aio
+from quantum.control.v1 import trace_service_pb2 as pb
+from quantum.control.v1.trace_service_pb2_grpc import TraceServiceStub
+
+from control_plane.errors import details_of
+from tests.control_plane.conftest import Harness, start_harness, stop_harness
+from tests.control_plane.support import causal_chain, tick_envelopes, wait_until
+
+
+async def drain(
+    call: aio.UnaryStreamCall[pb.SubscribeTracesRequest, pb.SubscribeTracesResponse],
+) -> None:
+    async for _ in call:
+        pass
+
+
+async def test_get_trace_returns_every_event_oldest_first_with_causation(harness: Harness) -> None:
+    trace_id, chain = causal_chain(4)
+    await harness.bus.publish_envelopes(reversed(chain))  # indexed newest first
+    response = await TraceServiceStub(harness.channel).GetTrace(
+        pb.GetTraceRequest(trace_id=trace_id), metadata=harness.viewer
+    )
+    assert [e.envelope.event_id for e in response.events] == [e.event_id for e in chain]
+    assert [e.envelope.causation_id for e in response.events[1:]] == [
+        e.event_id for e in chain[:-1]
+    ]
+    assert response.events[0].stream == harness.keyspace.stream("market.tick")
+    assert '"symbol":"ETH-USD"' in response.events[0].payload_json.replace(" ", "")
+
+
+async def test_get_trace_of_a_malformed_id_is_invalid_argument(harness: Harness) -> None:
+    with pytest.raises(aio.AioRpcError) as caught:
+        await TraceServiceStub(harness.channel).GetTrace(
+            pb.GetTraceRequest(trace_id="not-hex"), metadata=harness.viewer
+        )
+    details = details_of(caught.value)
+    assert details.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert [v.field for v in details.violations] == ["trace_id"]
+
+
+async def test_get_trace_of_an_unknown_id_is_not_found(harness: Harness) -> None:
+    with pytest.raises(aio.AioRpcError) as caught:
+        await TraceServiceStub(harness.channel).GetTrace(
+            pb.GetTraceRequest(trace_id="ab" * 16), metadata=harness.viewer
+        )
+    assert details_of(caught.value).reason == "TRACE_NOT_FOUND"
+
+
+async def test_subscribe_sends_only_the_events_that_match_the_filter(harness: Harness) -> None:
+    trace_id, chain = causal_chain(3)
+    call = TraceServiceStub(harness.channel).SubscribeTraces(
+        pb.SubscribeTracesRequest(trace_id=trace_id, symbols=["ETH-USD"]),
+        metadata=harness.viewer,
+    )
+    await wait_until(lambda: harness.plane.live_feed.following)
+    await harness.bus.publish_envelopes([*tick_envelopes(5), *chain, *tick_envelopes(5)])
+    received = [(await asyncio.wait_for(call.read(), 10)).event for _ in range(3)]
+    assert [e.envelope.event_id for e in received] == [e.event_id for e in chain]
+    assert all(e.entry_id for e in received)
+    call.cancel()
+
+
+async def test_subscribe_with_an_unknown_event_type_is_invalid_argument(harness: Harness) -> None:
+    call = TraceServiceStub(harness.channel).SubscribeTraces(
+        pb.SubscribeTracesRequest(event_types=["no.such.event"]), metadata=harness.viewer
+    )
+    with pytest.raises(aio.AioRpcError) as caught:
+        await call.read()
+    assert [v.field for v in details_of(caught.value).violations] == ["event_types[0]"]
+
+
+async def test_a_subscriber_that_does_not_read_is_cut_off_with_resource_exhausted(
+    aredis: object, keyspace: object, tmp_path: object
+) -> None:
+    h = await start_harness(aredis, keyspace, tmp_path, queue_size=32)  # type: ignore[arg-type]
+    # No BDP probing: the client's receive window stays 64 KiB, so an idle reader stalls
+    # the server's writes quickly.
+    channel = aio.insecure_channel(h.address, options=[("grpc.http2.bdp_probe", 0)])
+    try:
+        call = TraceServiceStub(channel).SubscribeTraces(
+            pb.SubscribeTracesRequest(), metadata=h.viewer
+        )
+        await wait_until(lambda: h.plane.live_feed.following)
+        for _ in range(100):  # small batches: each XREAD round fits the queue
+            await h.bus.publish_envelopes(tick_envelopes(20))
+        # The publisher was never held up; the subscriber's stream ends in RESOURCE_EXHAUSTED.
+        with pytest.raises(aio.AioRpcError) as caught:
+            await asyncio.wait_for(drain(call), 30)
+        details = details_of(caught.value)
+        assert details.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert details.reason == "SUBSCRIBER_TOO_SLOW"
+        await wait_until(lambda: h.plane.live_feed.subscriber_count == 0)
+    finally:
+        await channel.close()
+        await stop_harness(h)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Awaitable, Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 
 import pytest
@@ -275,6 +275,13 @@ async def test_switch_to_defensive_changes_the_next_decision() -> None:
     third = await _decide(risk, _signal("BTC-USD", confidence="0.80", n=3), at(3))
     assert isinstance(third, SignalApproved)
     assert third.quantity == "0.010000"  # DEFENSIVE: 0.5% of equity
+
+
+async def test_yesterdays_loss_does_not_block_today() -> None:
+    risk, _ = _risk()
+    await run(risk, PnlUpdated(equity="97000", daily_pnl="-3000"), when=at(0))
+    out = await _decide(risk, _signal(), at(0) + timedelta(days=1))
+    assert isinstance(out, SignalApproved)
 
 
 async def test_equity_from_pnl_updates_drives_the_size() -> None:

@@ -84,8 +84,7 @@ class RiskSafety(Actor):
 
     @handles
     def on_pnl(self, pnl: PnlUpdated, ctx: HandlerContext) -> None:
-        self.book.equity = Decimal(pnl.equity)
-        self.book.daily_pnl = Decimal(pnl.daily_pnl)
+        self.book.record_pnl(Decimal(pnl.equity), Decimal(pnl.daily_pnl), ctx.occurred_at)
 
     @handles
     def on_position_opened(self, opened: PositionOpened, ctx: HandlerContext) -> None:

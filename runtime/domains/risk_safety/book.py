@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -29,6 +29,7 @@ class Book:
     def __init__(self, starting_equity: Decimal) -> None:
         self.equity = starting_equity
         self.daily_pnl = Decimal(0)
+        self.pnl_day: date | None = None  # the UTC day daily_pnl belongs to
         self.holdings: dict[str, Holding] = {}
         self.marks: dict[str, Decimal] = {}
         self.order_times: deque[datetime] = deque()
@@ -48,11 +49,16 @@ class Book:
         """Gross exposure: the sum of |quantity x mark| over open holdings."""
         return sum((self.notional(symbol) for symbol in self.holdings), Decimal(0))
 
-    @property
-    def daily_loss_pct(self) -> Decimal:
-        """Today's loss as a percent of start-of-day equity (0 when not losing)."""
+    def record_pnl(self, equity: Decimal, daily_pnl: Decimal, at: datetime) -> None:
+        self.equity = equity
+        self.daily_pnl = daily_pnl
+        self.pnl_day = at.date()
+
+    def daily_loss_pct(self, now: datetime) -> Decimal:
+        """Today's loss as a percent of start-of-day equity (0 when not losing, or when the
+        last PnL report was of another day: a new day starts with a clean slate)."""
         start_of_day = self.equity - self.daily_pnl
-        if self.daily_pnl >= 0 or start_of_day <= 0:
+        if self.pnl_day != now.date() or self.daily_pnl >= 0 or start_of_day <= 0:
             return Decimal(0)
         return -self.daily_pnl / start_of_day * 100
 
@@ -93,6 +99,7 @@ class Book:
         return {
             "equity": str(self.equity),
             "daily_pnl": str(self.daily_pnl),
+            "pnl_day": self.pnl_day.isoformat() if self.pnl_day else None,
             "holdings": {s: [int(h.side), str(h.quantity)] for s, h in self.holdings.items()},
             "marks": {s: str(p) for s, p in self.marks.items()},
             "order_times": [t.isoformat() for t in self.order_times],
@@ -102,6 +109,7 @@ class Book:
     def from_json(cls, data: dict[str, Any]) -> Book:
         book = cls(Decimal(data["equity"]))
         book.daily_pnl = Decimal(data["daily_pnl"])
+        book.pnl_day = date.fromisoformat(data["pnl_day"]) if data.get("pnl_day") else None
         book.holdings = {
             s: Holding(Side.ValueType(int(side)), Decimal(q))
             for s, (side, q) in data["holdings"].items()

@@ -101,7 +101,7 @@ def decide(
             ",".join(sorted(limits.allowed_symbols)),
             signal.symbol,
         )
-    loss_pct = book.daily_loss_pct
+    loss_pct = book.daily_loss_pct(now)
     if loss_pct >= limits.max_daily_loss_pct:
         return Rejection(
             RejectReason.REJECT_REASON_DAILY_LOSS_LIMIT_REACHED,

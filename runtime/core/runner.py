@@ -325,7 +325,9 @@ class DomainRunner:
             ):  # RESP3 wraps the entries once more
                 stream_entries = stream_entries[0]
             for entry_id, fields in stream_entries:
-                data = fields.get(ENVELOPE_FIELD) if fields else None
+                # No fields: the entry was trimmed away while pending. Fields without an
+                # envelope: a foreign entry, which fails decoding below (dead-lettered).
+                data = fields.get(ENVELOPE_FIELD, b"") if fields else None
                 entries.append(_Entry(stream, entry_id, data, 1))
         if history and entries:
             await self._fill_deliveries(entries)
@@ -430,6 +432,7 @@ class DomainRunner:
                 commit.ack(entry)
                 self.metrics.skipped.labels(self.domain, envelope.event_type).inc()
                 continue
+            done.add(envelope.event_id)  # a duplicate later in this batch is skipped too
             await self._handle(commit, entry, envelope)
             if self._abandoned:
                 break
@@ -667,8 +670,8 @@ class DomainRunner:
             inflight = self._inflight
             for stream, ids in list(inflight.items()):
                 with contextlib.suppress(*_BACKGROUND_ERRORS):
-                    await self.redis.execute_command(  # type: ignore[no-untyped-call]
-                        "XCLAIM", stream, self.group, self.config.consumer_name, 0, *ids, "JUSTID"
+                    await self.redis.xclaim(
+                        stream, self.group, self.config.consumer_name, 0, ids, justid=True
                     )
 
     async def _stats_loop(self) -> None:
@@ -691,17 +694,18 @@ class DomainRunner:
 
 
 def _field(raw: Any, name: bytes) -> bytes | None:
-    """A field of a raw stream entry (a flat [k, v, k, v] list, or a dict)."""
+    """A field of a raw stream entry (a flat [k, v, k, v] list, or a dict); b"" when absent,
+    None when the entry itself is gone."""
     if raw is None:
         return None
     if isinstance(raw, dict):
         value = raw.get(name)
-        return value if isinstance(value, bytes) else None
+        return value if isinstance(value, bytes) else b""
     for index in range(0, len(raw) - 1, 2):
         if raw[index] == name:
             value = raw[index + 1]
-            return value if isinstance(value, bytes) else None
-    return None
+            return value if isinstance(value, bytes) else b""
+    return b""
 
 
 def _entry_order(entry_id: bytes) -> tuple[int, int]:

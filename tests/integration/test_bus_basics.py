@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 import pytest
 import redis.asyncio as aioredis
@@ -17,6 +16,7 @@ from runtime.core.keys import Keyspace
 from runtime.core.metrics import RuntimeMetrics
 from runtime.core.runner import DomainRunner, RunnerConfig
 from runtime.core.trace_index import read_trace
+from tests.integration.bus_support import running, wait_until
 from tests.process.actors import TickCounter, tick
 
 
@@ -25,24 +25,6 @@ async def bus(aredis: aioredis.Redis, keyspace: Keyspace) -> AsyncIterator[Event
     bus = EventBus(aredis, keyspace, producer="market_data", metrics=RuntimeMetrics())
     yield bus
     await bus.close()
-
-
-async def wait_until(condition: Callable[[], bool], within_s: float = 10.0) -> None:
-    deadline = asyncio.get_running_loop().time() + within_s
-    while not condition():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.01)
-
-
-@contextlib.asynccontextmanager
-async def running(runner: DomainRunner) -> AsyncIterator[asyncio.Task[None]]:
-    task = asyncio.create_task(runner.run())
-    try:
-        yield task
-    finally:
-        await runner.stop()
-        await task
 
 
 async def test_publish_appends_one_envelope_field_to_the_type_stream(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 from quantum.events.v1.market_pb2 import MarketTick
@@ -51,3 +52,39 @@ def tick(symbol: str, sequence: int, padding: int = 0) -> MarketTick:
     return MarketTick(
         symbol=symbol, price="100.25", sequence=sequence, source="test" + "x" * padding
     )
+
+
+class FlakyTicks(Actor):
+    """Fails on the sequences in ``fail_times`` that many times, then handles them."""
+
+    name = "flaky_ticks"
+
+    def __init__(self, fail_times: dict[int, int] | None = None) -> None:
+        self.fail_times = dict(fail_times or {})
+        self.calls: dict[int, int] = {}
+        self.handled: list[int] = []
+
+    @handles
+    def on_tick(self, tick: MarketTick, ctx: HandlerContext) -> None:
+        self.calls[tick.sequence] = self.calls.get(tick.sequence, 0) + 1
+        if self.fail_times.get(tick.sequence, 0) > 0:
+            self.fail_times[tick.sequence] -= 1
+            raise RuntimeError(f"exchange unavailable for sequence {tick.sequence}")
+        self.handled.append(tick.sequence)
+        ctx.emit(PnlUpdated(symbol=tick.symbol, realized_pnl=str(tick.sequence)))
+
+
+class SlowTicks(Actor):
+    """Takes ``delay_s`` per tick (asynchronously), recording who handled what."""
+
+    name = "slow_ticks"
+
+    def __init__(self, delay_s: float, log: list[tuple[str, int]], who: str) -> None:
+        self.delay_s = delay_s
+        self.log = log
+        self.who = who
+
+    @handles
+    async def on_tick(self, tick: MarketTick, ctx: HandlerContext) -> None:
+        await asyncio.sleep(self.delay_s)
+        self.log.append((self.who, tick.sequence))

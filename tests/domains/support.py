@@ -160,6 +160,10 @@ class Chain:
     def __init__(self, actors: Sequence[Actor]) -> None:
         self.actors = list(actors)
         self.log: list[Envelope] = []
+        self._consumers: dict[str, list[Actor]] = {}
+        for actor in self.actors:
+            for event_type in type(actor).consumes():
+                self._consumers.setdefault(event_type.name, []).append(actor)
 
     async def publish(self, first: Envelope) -> list[Envelope]:
         queue: deque[Envelope] = deque([first])
@@ -167,11 +171,10 @@ class Chain:
         while queue:
             event = queue.popleft()
             self.log.append(event)
-            for actor in self.actors:
-                if event.event_type in {t.name for t in type(actor).consumes()}:
-                    outputs = await deliver(actor, event)
-                    produced.extend(outputs)
-                    queue.extend(outputs)
+            for actor in self._consumers.get(event.event_type, []):
+                outputs = await deliver(actor, event)
+                produced.extend(outputs)
+                queue.extend(outputs)
         return produced
 
     async def publish_all(self, events: Iterable[Envelope]) -> None:

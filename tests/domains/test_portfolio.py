@@ -44,7 +44,8 @@ def _pnl(outputs: list[Message]) -> PnlUpdated:
 
 
 def _portfolio() -> Portfolio:
-    return Portfolio(starting_equity=Decimal("10000"))
+    """Reports on every tick (no interval), so each test sees each move."""
+    return Portfolio(starting_equity=Decimal("10000"), tick_pnl_interval=timedelta(0))
 
 
 async def test_opening_fill_opens_a_position_and_charges_the_fee() -> None:
@@ -194,7 +195,7 @@ async def test_snapshot_and_restore_keep_positions() -> None:
     pf = _portfolio()
     await run(pf, _fill("o1", BUY, "2", "100", fee="0.2"))
     await run(pf, _tick("105"))
-    again = Portfolio()
+    again = _portfolio()
     again.restore_state(pf.snapshot_state())
     assert again.ledger == pf.ledger
     closed, _ = await run(again, _fill("o2", SELL, "2", "110"))

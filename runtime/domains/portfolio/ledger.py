@@ -63,6 +63,20 @@ class Closed:
 Change = Opened | Closed
 
 
+@dataclass(frozen=True, slots=True)
+class Figures:
+    """The account's numbers at one moment, as reported in portfolio.pnl.updated."""
+
+    realized_pnl: Decimal
+    unrealized_pnl: Decimal
+    equity: Decimal
+    peak_equity: Decimal
+    exposure: Decimal
+    drawdown: Decimal
+    daily_pnl: Decimal
+    open_positions: int
+
+
 @dataclass(slots=True)
 class Ledger:
     starting_equity: Decimal
@@ -87,7 +101,8 @@ class Ledger:
         total = Decimal(0)
         for symbol, pos in self.positions.items():
             mark = self.marks.get(symbol, pos.entry_price)
-            total += _sign(pos.side) * (mark - pos.entry_price) * pos.quantity
+            diff = mark - pos.entry_price
+            total += (diff if pos.side == Side.SIDE_BUY else -diff) * pos.quantity
         return q(total)
 
     @property
@@ -106,14 +121,30 @@ class Ledger:
     @property
     def drawdown(self) -> Decimal:
         """(peak - equity) / peak, a fraction in [0, 1] (0 when the peak is not positive)."""
-        if self.peak_equity <= 0:
-            return Decimal(0)
-        fraction = (self.peak_equity - self.equity) / self.peak_equity
-        return q(min(max(fraction, Decimal(0)), Decimal(1)))
+        return self.figures().drawdown
 
     @property
     def daily_pnl(self) -> Decimal:
         return q(self.equity - self.day_start_equity)
+
+    def figures(self) -> Figures:
+        """Every reported number at once, each computed once (this runs on every report)."""
+        unrealized = self.unrealized_pnl
+        equity = q(self.starting_equity + self.realized_pnl + unrealized)
+        peak = self.peak_equity
+        drawdown = Decimal(0)
+        if peak > 0:
+            drawdown = q(min(max((peak - equity) / peak, Decimal(0)), Decimal(1)))
+        return Figures(
+            realized_pnl=self.realized_pnl,
+            unrealized_pnl=unrealized,
+            equity=equity,
+            peak_equity=peak,
+            exposure=self.exposure,
+            drawdown=drawdown,
+            daily_pnl=q(equity - self.day_start_equity),
+            open_positions=len(self.positions),
+        )
 
     # --- changing ------------------------------------------------------------------------
     def start_day(self, at: datetime) -> None:

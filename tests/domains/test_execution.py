@@ -22,7 +22,10 @@ from tests.domains.support import at, envelope, run
 
 
 def _approved(
-    signal_id: str = "sig-1", side: Side.ValueType = Side.SIDE_BUY, quantity: str = "0.5"
+    signal_id: str = "sig-1",
+    side: Side.ValueType = Side.SIDE_BUY,
+    quantity: str = "0.5",
+    reduce_only: bool = False,
 ) -> SignalApproved:
     return SignalApproved(
         signal_id=signal_id,
@@ -30,6 +33,7 @@ def _approved(
         side=side,
         quantity=quantity,
         reference_price="50000",
+        reduce_only=reduce_only,
     )
 
 
@@ -118,6 +122,7 @@ async def test_the_ordered_signals_survive_a_restart() -> None:
     await run(execution, _approved("sig-A"))
     restarted = await _with_price()
     restarted.restore_state(execution.snapshot_state())
+    assert restarted.held == {"BTC-USD": Decimal("0.5")}
     assert await run(restarted, _approved("sig-A")) == []
     outputs = await run(restarted, _approved("sig-B"))
     assert [type(o) for o in outputs] == [OrderSubmitted, OrderFilled]
@@ -148,3 +153,28 @@ async def test_deliver_outputs_decode() -> None:
     outs = await deliver(execution, envelope(_approved()))
     assert [o.event_type for o in outs] == ["execution.order.submitted", "execution.order.filled"]
     assert all(open_payload(o) for o in outs)
+
+
+async def test_a_reduce_only_order_is_cut_to_the_filled_position() -> None:
+    execution = await _with_price()
+    await run(execution, _approved("sig-open", quantity="0.3"))
+    submitted, filled = await run(
+        execution, _approved("sig-close", Side.SIDE_SELL, quantity="0.5", reduce_only=True)
+    )
+    assert isinstance(submitted, OrderSubmitted)
+    assert submitted.reduce_only
+    assert submitted.quantity == "0.3"
+    assert isinstance(filled, OrderFilled)
+    assert filled.quantity == "0.3"
+    assert execution.held == {"BTC-USD": Decimal(0)}
+
+
+@pytest.mark.parametrize("side", [Side.SIDE_BUY, Side.SIDE_SELL])
+async def test_a_reduce_only_order_never_opens_or_grows_a_position(side: int) -> None:
+    execution = await _with_price()
+    if side == Side.SIDE_BUY:
+        await run(execution, _approved("sig-open", quantity="0.3"))  # long: BUY would grow it
+    _, rejected = await run(execution, _approved("sig-r", side, reduce_only=True))
+    assert isinstance(rejected, OrderRejected)
+    assert rejected.reason == OrderRejectReason.ORDER_REJECT_REASON_EXCHANGE_REFUSED
+    assert "would open or grow" in rejected.detail

@@ -14,6 +14,7 @@ from collections import OrderedDict
 from decimal import Decimal, InvalidOperation
 
 from google.protobuf.message import Message
+from quantum.events.v1.common_pb2 import Side
 from quantum.events.v1.execution_pb2 import (
     OrderFilled,
     OrderRejected,
@@ -50,6 +51,8 @@ class Execution(Actor):
         self.remember = remember
         self.recent_outputs = recent_outputs
         self.ordered: OrderedDict[str, None] = OrderedDict()
+        # symbol -> signed quantity filled so far (long > 0): what reduce-only orders may cut
+        self.held: dict[str, Decimal] = {}
         # approval event id -> the outputs it produced, for a retry of that same event
         self._recent: OrderedDict[str, list[Message]] = OrderedDict()
         self.filled = 0
@@ -77,13 +80,14 @@ class Execution(Actor):
         start = len(ctx.outputs)
         order_id = order_id_for(approved.signal_id)
         now = timestamp(ctx.occurred_at)
+        quantity, refusal = self._checked_quantity(approved)
         ctx.emit(
             OrderSubmitted(
                 order_id=order_id,
                 signal_id=approved.signal_id,
                 symbol=approved.symbol,
                 side=approved.side,
-                quantity=approved.quantity,
+                quantity=f"{quantity:f}" if refusal is None else approved.quantity,
                 order_type="market",
                 exchange=self.exchange.name,
                 reduce_only=approved.reduce_only,
@@ -91,16 +95,9 @@ class Execution(Actor):
             ),
             partition_key=approved.symbol,
         )
-        try:
-            quantity = Decimal(approved.quantity)
-        except InvalidOperation:
-            quantity = Decimal(0)
-        if not quantity.is_finite() or quantity <= 0:
-            result: Fill | Refusal = Refusal(
-                OrderRejectReason.ORDER_REJECT_REASON_INVALID_QUANTITY,
-                f"approval of {approved.signal_id} has quantity {approved.quantity!r}; "
-                "it must be a decimal > 0",
-            )
+        result: Fill | Refusal
+        if refusal is not None:
+            result = refusal
         else:
             order = MarketOrder(
                 order_id, approved.symbol, approved.side, quantity, approved.reduce_only
@@ -126,6 +123,8 @@ class Execution(Actor):
             return
         fill = result
         self.filled += 1
+        signed = fill.quantity if approved.side == Side.SIDE_BUY else -fill.quantity
+        self.held[approved.symbol] = self.held.get(approved.symbol, Decimal(0)) + signed
         ctx.emit(
             OrderFilled(
                 order_id=order_id,
@@ -144,6 +143,32 @@ class Execution(Actor):
         )
         self._record(ctx, start)
 
+    def _checked_quantity(self, approved: SignalApproved) -> tuple[Decimal, Refusal | None]:
+        """The quantity to send, or why not: a reduce-only order never opens or grows a
+        position (it is cut to what is held), whatever risk_safety believed when it approved."""
+        try:
+            quantity = Decimal(approved.quantity)
+        except InvalidOperation:
+            quantity = Decimal(0)
+        if not quantity.is_finite() or quantity <= 0:
+            return quantity, Refusal(
+                OrderRejectReason.ORDER_REJECT_REASON_INVALID_QUANTITY,
+                f"approval of {approved.signal_id} has quantity {approved.quantity!r}; "
+                "it must be a decimal > 0",
+            )
+        if not approved.reduce_only:
+            return quantity, None
+        held = self.held.get(approved.symbol, Decimal(0))
+        buying = approved.side == Side.SIDE_BUY
+        if held == 0 or (held > 0) == buying:
+            return quantity, Refusal(
+                OrderRejectReason.ORDER_REJECT_REASON_EXCHANGE_REFUSED,
+                f"reduce-only {Side.Name(approved.side)} of {approved.quantity} "
+                f"{approved.symbol} would open or grow a position: the filled position is "
+                f"{held}",
+            )
+        return min(quantity, abs(held)), None
+
     def _record(self, ctx: HandlerContext, start: int) -> None:
         self._recent[ctx.event_id] = [
             open_payload(envelope, ctx.registry) for envelope in ctx.outputs[start:]
@@ -157,7 +182,11 @@ class Execution(Actor):
             self.ordered.popitem(last=False)
 
     def snapshot_state(self) -> bytes:
-        return json.dumps({"ordered": list(self.ordered)}).encode()
+        return json.dumps(
+            {"ordered": list(self.ordered), "held": {s: f"{q:f}" for s, q in self.held.items()}}
+        ).encode()
 
     def restore_state(self, data: bytes) -> None:
-        self.ordered = OrderedDict.fromkeys(json.loads(data)["ordered"])
+        state = json.loads(data)
+        self.ordered = OrderedDict.fromkeys(state["ordered"])
+        self.held = {s: Decimal(q) for s, q in state.get("held", {}).items()}

@@ -6,6 +6,7 @@ every way of failing has its own exception with a stable ``reason``.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
 
@@ -14,7 +15,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from quantum.events.v1.envelope_pb2 import Envelope
 
 from runtime.core import tracing
-from runtime.core.ids import derive_span_id, new_event_id
+from runtime.core.ids import derive_span_id, new_event_id, new_trace_id
 from runtime.core.registry import (
     EventRegistry,
     UnknownEventType,
@@ -75,28 +76,33 @@ def seal(
     event_type = (registry or default_registry()).for_message(payload)
     event_id = event_id or new_event_id()
     parent = trace or tracing.current()
-    ctx = (
-        parent.child(derive_span_id(event_id))
-        if parent is not None
-        else tracing.TraceContext(
-            trace_id=tracing.new_trace().trace_id, span_id=derive_span_id(event_id)
-        )
-    )
+    # The span's fields are set directly (not through TraceContext): this is the publish hot
+    # path, and the parent context was validated when it was made.
+    if parent is not None:
+        trace_id, parent_span_id = parent.trace_id, parent.span_id
+    else:
+        trace_id, parent_span_id = new_trace_id(), ""
     envelope = Envelope(
         event_id=event_id,
         event_type=event_type.name,
         schema_version=event_type.version,
-        trace_id=ctx.trace_id,
-        span_id=ctx.span_id,
-        parent_span_id=ctx.parent_span_id,
+        trace_id=trace_id,
+        span_id=derive_span_id(event_id),
+        parent_span_id=parent_span_id,
         causation_id=causation_id,
-        occurred_at=timestamp(occurred_at),
+        occurred_at=timestamp(occurred_at) if occurred_at is not None else _now_timestamp(),
         producer=producer,
         partition_key=partition_key,
         payload=payload.SerializeToString(deterministic=True),
-        headers=dict(headers or {}),
     )
+    if headers:
+        envelope.headers.update(headers)
     return envelope
+
+
+def _now_timestamp() -> Timestamp:
+    now_ns = time.time_ns()
+    return Timestamp(seconds=now_ns // 1_000_000_000, nanos=now_ns % 1_000_000_000)
 
 
 def decode_envelope(data: bytes) -> Envelope:

@@ -83,9 +83,41 @@ async def test_fills_follow_the_latest_tick() -> None:
     assert filled.price == "40008.00000000"
 
 
-async def test_no_tick_yet_means_submitted_then_rejected() -> None:
+async def test_fills_at_the_last_tick_as_of_the_orders_event_time() -> None:
     execution = _execution()
-    submitted, rejected = await run(execution, _approved())
+    await run(execution, MarketTick(symbol="BTC-USD", price="50000", sequence=1), when=at(0))
+    await run(execution, MarketTick(symbol="BTC-USD", price="60000", sequence=2), when=at(5))
+    _, filled = await run(execution, _approved(), when=at(1))  # decided before the 60,000
+    assert isinstance(filled, OrderFilled)
+    assert filled.price == "50010.00000000"
+
+
+async def test_before_its_decision_tick_arrives_an_order_fills_at_its_reference_price() -> None:
+    execution = _execution()
+    await run(execution, MarketTick(symbol="BTC-USD", price="40000", sequence=1), when=at(0))
+    approved = _approved()
+    approved.reference_price = "45000"  # the tick at t=1 that execution has not seen yet
+    _, filled = await run(execution, approved, when=at(1))
+    assert isinstance(filled, OrderFilled)
+    assert filled.price == "45009.00000000"
+
+
+def test_a_late_tick_takes_its_place_in_time() -> None:
+    paper = PaperExchange(slippage_bps=Decimal(0))
+    paper.on_price("X", Decimal(10), at(0))
+    paper.on_price("X", Decimal(30), at(2))
+    paper.on_price("X", Decimal(20), at(1))  # arrives late
+    order = MarketOrder("o", "X", Side.SIDE_BUY, Decimal(1), False)
+    fills = [paper.fill(order, at(t)) for t in (0, 1, 1.5, 2)]
+    assert [f.price for f in fills if isinstance(f, Fill)] == [10, 20, 20, 30]
+    assert paper.last_price("X") == 30
+
+
+async def test_no_tick_and_no_reference_price_means_submitted_then_rejected() -> None:
+    execution = _execution()
+    approved = _approved()
+    approved.reference_price = ""
+    submitted, rejected = await run(execution, approved)
     assert isinstance(submitted, OrderSubmitted)
     assert isinstance(rejected, OrderRejected)
     assert rejected.reason == OrderRejectReason.ORDER_REJECT_REASON_NO_MARKET_PRICE
@@ -142,7 +174,7 @@ def test_paper_exchange_refuses_negative_costs() -> None:
 def test_paper_fill_is_exact() -> None:
     paper = PaperExchange(slippage_bps=Decimal("1"), fee_bps=Decimal("7.5"))
     paper.on_price("ETH-USD", Decimal("3000.01"), at(0))
-    fill = paper.fill(MarketOrder("o", "ETH-USD", Side.SIDE_BUY, Decimal("0.333333"), False))
+    fill = paper.fill(MarketOrder("o", "ETH-USD", Side.SIDE_BUY, Decimal("0.333333"), False), at(1))
     assert isinstance(fill, Fill)
     assert fill.price == Decimal("3000.31000100")
     assert fill.fee == Decimal("0.75007675")

@@ -100,7 +100,12 @@ class Execution(Actor):
             result = refusal
         else:
             order = MarketOrder(
-                order_id, approved.symbol, approved.side, quantity, approved.reduce_only
+                order_id,
+                approved.symbol,
+                approved.side,
+                quantity,
+                approved.reduce_only,
+                _reference_price(approved.reference_price),
             )
             result = await self.exchange.submit(order, ctx.occurred_at)
         if isinstance(result, Refusal):
@@ -190,3 +195,11 @@ class Execution(Actor):
         state = json.loads(data)
         self.ordered = OrderedDict.fromkeys(state["ordered"])
         self.held = {s: Decimal(q) for s, q in state.get("held", {}).items()}
+
+
+def _reference_price(text: str) -> Decimal | None:
+    try:
+        price = Decimal(text)
+    except InvalidOperation:
+        return None
+    return price if price.is_finite() and price > 0 else None

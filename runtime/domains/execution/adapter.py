@@ -22,6 +22,8 @@ class MarketOrder:
     side: Side.ValueType
     quantity: Decimal
     reduce_only: bool
+    # The price the order was decided at (the decision tick's), when known.
+    reference_price: Decimal | None = None
 
 
 @dataclass(frozen=True, slots=True)

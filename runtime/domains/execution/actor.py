@@ -44,7 +44,7 @@ class Execution(Actor):
         self,
         exchange: ExchangeAdapter | None = None,
         *,
-        remember: int = 100_000,
+        remember: int = 10_000,
         recent_outputs: int = 1_000,
     ) -> None:
         self.exchange: ExchangeAdapter = exchange if exchange is not None else PaperExchange()
@@ -53,6 +53,7 @@ class Execution(Actor):
         self.ordered: OrderedDict[str, None] = OrderedDict()
         # symbol -> signed quantity filled so far (long > 0): what reduce-only orders may cut
         self.held: dict[str, Decimal] = {}
+        self._snapshot: bytes | None = None  # the runner asks once per batch; ticks change nothing
         # approval event id -> the outputs it produced, for a retry of that same event
         self._recent: OrderedDict[str, list[Message]] = OrderedDict()
         self.filled = 0
@@ -77,6 +78,7 @@ class Execution(Actor):
         if approved.signal_id in self.ordered:
             return
         self._remember(approved.signal_id)
+        self._snapshot = None
         start = len(ctx.outputs)
         order_id = order_id_for(approved.signal_id)
         now = timestamp(ctx.occurred_at)
@@ -187,14 +189,16 @@ class Execution(Actor):
             self.ordered.popitem(last=False)
 
     def snapshot_state(self) -> bytes:
-        return json.dumps(
-            {"ordered": list(self.ordered), "held": {s: f"{q:f}" for s, q in self.held.items()}}
-        ).encode()
+        if self._snapshot is None:
+            held = {symbol: f"{q:f}" for symbol, q in self.held.items()}
+            self._snapshot = json.dumps({"ordered": list(self.ordered), "held": held}).encode()
+        return self._snapshot
 
     def restore_state(self, data: bytes) -> None:
         state = json.loads(data)
         self.ordered = OrderedDict.fromkeys(state["ordered"])
         self.held = {s: Decimal(q) for s, q in state.get("held", {}).items()}
+        self._snapshot = None
 
 
 def _reference_price(text: str) -> Decimal | None:

@@ -87,7 +87,7 @@ class Ledger:
     day: date | None = None
     day_start_equity: Decimal = Decimal(0)
     applied_orders: OrderedDict[str, None] = field(default_factory=OrderedDict)
-    remember: int = 100_000
+    remember: int = 1_000  # fills remembered by order id, a guard behind the runner's own
 
     def __post_init__(self) -> None:
         if not self.peak_equity:

@@ -1,10 +1,18 @@
 """The pre-trade checks: one signal, the policy and the book in; a decision out.
 
-Signals are read as ``quantum.events.v2.SignalGenerated`` (v1 signals arrive upcast by the
-runtime). A pure function, so every rule can be read in one place and tested without events. Checks
+A pure function, so every rule can be read in one place and tested without events. Checks
 run in a fixed order; the first that fails names the decision with a fixed reason code, the
-limit and the value that broke it. Orders that only reduce or close a position pass the
-checks that guard new risk (allow-list, daily loss, open positions, notional, leverage).
+limit and the value that broke it:
+
+  HALTED -> no price -> confidence -> [a signal against an open position: close it]
+  -> REDUCING -> allow-list -> daily loss -> open positions -> position notional
+  -> leverage -> order size -> order rate
+
+A signal against an open position becomes a reduce-only order for the whole position; it
+skips the checks that guard new risk. Otherwise the order is sized at ``risk_per_trade_pct``
+of equity, capped by the room left under ``max_position_notional`` and under
+``max_leverage`` x equity, and rounded down to ``quantity_step``. Signals are read as
+``quantum.events.v2.SignalGenerated`` (v1 signals arrive upcast by the runtime).
 """
 
 from __future__ import annotations

@@ -82,6 +82,8 @@ class RunnerConfig:
     heartbeat_interval_s: float = 1.0
     group_stats_interval_s: float = 5.0
     start_id: str = "0"  # where a new group starts: "0" = the whole stream, "$" = new only
+    prefetch: bool = True  # read the next batch while handling this one
+    recent_ids: int = 100_000  # handled ids remembered in memory (duplicates in flight)
     partition: int = 0
     partitions: int = 1
 
@@ -126,7 +128,7 @@ def processed_bucket(keyspace: Keyspace, domain: str, event_id: str) -> str:
 class _Entry:
     """One stream entry in the runner's hands."""
 
-    __slots__ = ("data", "deliveries", "entry_id", "envelope", "stream")
+    __slots__ = ("bucket", "data", "deliveries", "entry_id", "envelope", "stream")
 
     def __init__(self, stream: str, entry_id: bytes, data: bytes | None, deliveries: int) -> None:
         self.stream = stream
@@ -134,6 +136,19 @@ class _Entry:
         self.data = data
         self.deliveries = deliveries
         self.envelope: Envelope | None = None
+        self.bucket = ""  # the processed-marks set of its event id
+
+
+class _Batch:
+    """One read, prepared: what to handle, what is already processed, what to commit."""
+
+    __slots__ = ("commit", "done", "entries", "ready")
+
+    def __init__(self, entries: list[_Entry]) -> None:
+        self.entries = entries
+        self.ready: list[_Entry] = []
+        self.done: set[str] = set()
+        self.commit = _Commit()
 
 
 class _Commit:
@@ -146,7 +161,7 @@ class _Commit:
 
     def clear(self) -> None:
         self.acks: dict[str, list[bytes]] = {}
-        self.processed: list[str] = []
+        self.processed: list[_Entry] = []
         self.outputs: list[Envelope] = []
         self.dead: list[DeadLetter] = []
         self.consumed: dict[str, int] = {}
@@ -202,10 +217,11 @@ class DomainRunner:
             else config.visibility_timeout_ms / 2
         ) / 1000
         self._last_acked: dict[str, bytes] = {}
-        self._inflight: dict[str, list[bytes]] = {}
+        self._held: list[_Batch] = []  # read and not yet committed: kept alive
+        self._recent: dict[str, None] = {}  # ids handled lately, oldest first
+        self._processed_prefix = keyspace.processed(actor.name) + ":"
         self._stopping = False
         self._running = False
-        self._read_task: asyncio.Task[Any] | None = None
         self._done = asyncio.Event()
         self._done.set()
         self._abandoned = False  # a retry was cut short by stop(): leave the rest pending
@@ -252,10 +268,6 @@ class DomainRunner:
     async def stop(self) -> None:
         """Stop reading, finish and acknowledge the batch in hand, flush; wait for ``run``."""
         self._stopping = True
-        if self._read_task is not None and not self._read_task.done():
-            # Entries a cancelled read already took stay pending on this consumer and are
-            # read again (history) at the next start: nothing is lost.
-            self._read_task.cancel()
         await self._done.wait()
 
     @property
@@ -268,52 +280,67 @@ class DomainRunner:
         failures = 0
         history = True  # first our own pending entries (a previous life of this consumer)
         next_claim = time.monotonic() + self._claim_interval_s
-        while not self._stopping:
-            try:
-                if history:
-                    entries = await self._read(history=True)
-                    if not entries:
-                        history = False
-                        continue
-                elif time.monotonic() >= next_claim:
-                    next_claim = time.monotonic() + self._claim_interval_s
-                    entries = await self._claim_idle()
-                else:
-                    entries = await self._read(history=False)
-                if entries:
-                    await self._process(entries)
-                if failures:
-                    _log.info("redis_recovered", domain=self.domain, attempts=failures + 1)
-                    failures = 0
-            except RETRYABLE_ERRORS as exc:
-                if self._stopping:
-                    break
-                await self._pause_after(exc, failures, "consume")
-                failures += 1
-            except ResponseError as exc:
-                if not str(exc).startswith("NOGROUP"):
-                    raise
-                await self._recreate_groups(str(exc))
+        # While a batch is handled, the next one is read (and checked against the processed
+        # marks): the round trips overlap the handling instead of adding to it.
+        prefetch: asyncio.Task[_Batch] | None = None
+        try:
+            while True:
+                try:
+                    if prefetch is not None:
+                        task, prefetch = prefetch, None
+                        batch = await task  # a read is never cancelled: it returns in block_ms
+                    elif self._stopping:
+                        break
+                    elif history:
+                        batch = await self._fetch(history=True)
+                        if not batch.entries:
+                            history = False
+                            continue
+                    elif time.monotonic() >= next_claim:
+                        next_claim = time.monotonic() + self._claim_interval_s
+                        batch = await self._prepare(await self._claim_idle())
+                    else:
+                        batch = await self._fetch(history=False)
+                    if (
+                        not history
+                        and not self._stopping
+                        and time.monotonic() < next_claim
+                        and self.config.prefetch
+                    ):
+                        prefetch = asyncio.create_task(self._fetch(history=False))
+                    if batch.entries:
+                        await self._process(batch)
+                    if failures:
+                        _log.info("redis_recovered", domain=self.domain, attempts=failures + 1)
+                        failures = 0
+                except RETRYABLE_ERRORS as exc:
+                    if self._stopping:
+                        break
+                    await self._pause_after(exc, failures, "consume")
+                    failures += 1
+                except ResponseError as exc:
+                    if not str(exc).startswith("NOGROUP"):
+                        raise
+                    await self._recreate_groups(str(exc))
+        finally:
+            if prefetch is not None:
+                prefetch.cancel()
+                with contextlib.suppress(BaseException):
+                    await prefetch
+
+    async def _fetch(self, *, history: bool) -> _Batch:
+        return await self._prepare(await self._read(history=history))
 
     async def _read(self, *, history: bool) -> list[_Entry]:
         ids = "0" if history else ">"
         streams = dict.fromkeys(self.streams, ids)
-        read = self.redis.xreadgroup(
+        reply: Any = await self.redis.xreadgroup(
             self.group,
             self.config.consumer_name,
             streams,  # type: ignore[arg-type]
             count=self.config.batch_size,
             block=None if history else self.config.block_ms,
         )
-        self._read_task = asyncio.ensure_future(read)
-        try:
-            reply = await self._read_task
-        except asyncio.CancelledError:
-            if self._stopping:
-                return []
-            raise
-        finally:
-            self._read_task = None
         entries: list[_Entry] = []
         items = reply.items() if isinstance(reply, dict) else (reply or [])
         for stream_name, stream_entries in items:
@@ -384,22 +411,13 @@ class DomainRunner:
 
     # -- handling a batch -------------------------------------------------------------------
 
-    async def _process(self, entries: list[_Entry]) -> None:
-        for entry in entries:
-            ids = self._inflight.get(entry.stream)
-            if ids is None:
-                self._inflight[entry.stream] = [entry.entry_id]
-            else:
-                ids.append(entry.entry_id)
-        try:
-            await self._process_batch(entries)
-        finally:
-            self._inflight = {}
-
-    async def _process_batch(self, entries: list[_Entry]) -> None:
-        self._abandoned = False
-        commit = _Commit()
-        ready: list[_Entry] = []
+    async def _prepare(self, entries: list[_Entry]) -> _Batch:
+        """Decode a read, dead-letter what cannot be opened, and look up processed marks."""
+        batch = _Batch(entries)
+        self._held.append(batch)  # kept alive from now on, until committed
+        commit = batch.commit
+        ready = batch.ready
+        partitions = self.config.partitions
         for entry in entries:
             if entry.data is None:
                 # Trimmed from the stream while it was pending: nothing left to handle.
@@ -412,27 +430,45 @@ class DomainRunner:
                 commit.ack(entry)
                 continue
             try:
-                entry.envelope = decode_envelope(entry.data)
+                entry.envelope = envelope = decode_envelope(entry.data)
             except EnvelopeError as exc:
                 self._dead_letter(commit, entry, _reason(exc), exc)
                 continue
             if (
-                self.config.partitions > 1
-                and partition_of(entry.envelope.partition_key, self.config.partitions)
-                != self.config.partition
+                partitions > 1
+                and partition_of(envelope.partition_key, partitions) != self.config.partition
             ):
                 commit.ack(entry)  # another partition's runner handles this key
                 continue
             ready.append(entry)
-        done = await self._already_processed([e.envelope.event_id for e in ready if e.envelope])
-        for entry in ready:
+        try:
+            batch.done = await self._already_processed(ready)
+        except BaseException:
+            self._held.remove(batch)
+            raise
+        return batch
+
+    async def _process(self, batch: _Batch) -> None:
+        try:
+            await self._process_batch(batch)
+        finally:
+            with contextlib.suppress(ValueError):
+                self._held.remove(batch)
+
+    async def _process_batch(self, batch: _Batch) -> None:
+        self._abandoned = False
+        commit = batch.commit
+        done = batch.done
+        recent = self._recent
+        for entry in batch.ready:
             envelope = entry.envelope
             assert envelope is not None
-            if envelope.event_id in done:
+            event_id = envelope.event_id
+            if event_id in done or event_id in recent:
                 commit.ack(entry)
                 self.metrics.skipped.labels(self.domain, envelope.event_type).inc()
                 continue
-            done.add(envelope.event_id)  # a duplicate later in this batch is skipped too
+            done.add(event_id)  # a duplicate later in this batch is skipped too
             await self._handle(commit, entry, envelope)
             if self._abandoned:
                 break
@@ -469,7 +505,8 @@ class DomainRunner:
             self.metrics.handler_latency.labels(self.domain, event_type).observe(elapsed)
             commit.outputs.extend(outputs)
             commit.ack(entry)
-            commit.processed.append(envelope.event_id)
+            commit.processed.append(entry)
+            self._remember(envelope.event_id)
             commit.consumed[event_type] = commit.consumed.get(event_type, 0) + 1
             return
 
@@ -513,6 +550,12 @@ class DomainRunner:
         entry.deliveries += 1
         return True
 
+    def _remember(self, event_id: str) -> None:
+        recent = self._recent
+        recent[event_id] = None
+        if len(recent) > self.config.recent_ids:
+            del recent[next(iter(recent))]
+
     def _dead_letter(self, commit: _Commit, entry: _Entry, reason: Reason, exc: Exception) -> None:
         envelope = entry.envelope
         letter = DeadLetter(
@@ -541,20 +584,29 @@ class DomainRunner:
         commit.ack(entry)
         self.metrics.dead_letters.labels(self.domain, reason).inc()
 
-    async def _already_processed(self, event_ids: Sequence[str]) -> set[str]:
-        if not event_ids:
+    async def _already_processed(self, entries: Sequence[_Entry]) -> set[str]:
+        if not entries:
             return set()
         buckets: dict[str, list[str]] = {}
-        for event_id in event_ids:
-            buckets.setdefault(processed_bucket(self.keyspace, self.domain, event_id), []).append(
-                event_id
-            )
+        for entry in entries:
+            assert entry.envelope is not None
+            event_id = entry.envelope.event_id
+            entry.bucket = self._processed_prefix + event_id[:PROCESSED_BUCKET_CHARS]
+            ids = buckets.get(entry.bucket)
+            if ids is None:
+                buckets[entry.bucket] = [event_id]
+            else:
+                ids.append(event_id)
 
         async def check() -> set[str]:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for key, ids in buckets.items():
-                    pipe.execute_command("SMISMEMBER", key, *ids)
-                replies = await pipe.execute()
+            if len(buckets) == 1:
+                ((key, ids),) = buckets.items()
+                replies = [await self.redis.execute_command("SMISMEMBER", key, *ids)]  # type: ignore[no-untyped-call]
+            else:
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    for key, ids in buckets.items():
+                        pipe.execute_command("SMISMEMBER", key, *ids)
+                    replies = await pipe.execute()
             found: set[str] = set()
             for ids, flags in zip(buckets.values(), replies, strict=True):
                 found.update(i for i, flag in zip(ids, flags, strict=True) if flag)
@@ -576,10 +628,9 @@ class DomainRunner:
                 for stream, ids in commit.acks.items():
                     pipe.execute_command("XACK", stream, self.group, *ids)
                 buckets: dict[str, list[str]] = {}
-                for event_id in commit.processed:
-                    buckets.setdefault(
-                        processed_bucket(self.keyspace, self.domain, event_id), []
-                    ).append(event_id)
+                for entry in commit.processed:
+                    assert entry.envelope is not None
+                    buckets.setdefault(entry.bucket, []).append(entry.envelope.event_id)
                 for key, marks in buckets.items():
                     pipe.execute_command("SADD", key, *marks)
                     pipe.execute_command("EXPIRE", key, self.config.processed_ttl_s)
@@ -667,8 +718,11 @@ class DomainRunner:
         interval = self.config.visibility_timeout_ms / 3000
         while True:
             await asyncio.sleep(interval)
-            inflight = self._inflight
-            for stream, ids in list(inflight.items()):
+            by_stream: dict[str, list[Any]] = {}
+            for batch in list(self._held):
+                for entry in batch.entries:
+                    by_stream.setdefault(entry.stream, []).append(entry.entry_id)
+            for stream, ids in by_stream.items():
                 with contextlib.suppress(*_BACKGROUND_ERRORS):
                     await self.redis.xclaim(
                         stream, self.group, self.config.consumer_name, 0, ids, justid=True

@@ -1,0 +1,282 @@
+"""``python -m bench bus``: the event bus and runner, end to end, against a bare redis-py loop.
+
+Three measurements on one private redis-server (started here, stopped after):
+
+- ``baseline_events_per_s``: a producer process XADDs 200-byte payloads in pipelines of 1,000
+  and a consumer process reads them with XREADGROUP COUNT 1000 and acknowledges each read
+  with one XACK — no envelope, no handler, no guarantees. The floor of what Redis and
+  redis-py allow on this machine.
+- ``events_per_s``: the same shape through the runtime: a producer process publishes with
+  ``EventBus.publish`` (concurrent calls, auto-batched), a consumer process runs a
+  ``DomainRunner`` with a one-handler domain; from the first publish to the last
+  acknowledgement (processed marks and all).
+- ``p50_ms`` / ``p99_ms``: publish-to-handler latency at a fixed offered load (default
+  10,000 events/s): the producer publishes on a 1 ms schedule, the handler measures the time
+  since the envelope was sealed.
+
+Producer and consumer run in separate processes, as in production, so the numbers include
+the contention for this machine's cores with Redis itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing as mp
+import os
+import statistics
+import sys
+import time
+from typing import Any
+
+from quantum.events.v1.market_pb2 import MarketTick
+
+from runtime.core.actor import Actor, HandlerContext, handles
+from runtime.core.bus import EventBus
+from runtime.core.host import install_uvloop
+from runtime.core.keys import Keyspace
+from runtime.core.metrics import RuntimeMetrics
+from runtime.core.redis_server import start_redis_server
+from runtime.core.runner import DomainRunner, RunnerConfig
+
+PAYLOAD_BYTES = 200
+STREAM = "bench:baseline"
+
+
+def payload_tick(sequence: int = 1) -> MarketTick:
+    """A MarketTick whose serialized payload is PAYLOAD_BYTES long."""
+    tick = MarketTick(symbol="BTCUSDT", price="64123.50", bid="64123.25", ask="64123.75")
+    tick.volume = "1.2500"
+    tick.sequence = sequence
+    base = len(tick.SerializeToString())
+    tick.source = "x" * max(0, PAYLOAD_BYTES - base - 3)
+    while len(tick.SerializeToString()) > PAYLOAD_BYTES:
+        tick.source = tick.source[:-1]
+    return tick
+
+
+class BenchSink(Actor):
+    """The one domain of the benchmark: counts, and measures latency when asked to."""
+
+    name = "bench_sink"
+
+    def __init__(self, target: int, measure: bool = False) -> None:
+        self.count = 0
+        self.target = target
+        self.reached = asyncio.Event()
+        self.measure = measure
+        self.latencies: list[float] = []
+
+    @handles
+    def on_tick(self, tick: MarketTick, ctx: HandlerContext) -> None:
+        self.count += 1
+        if self.count == self.target:
+            self.reached.set()
+        if self.measure:
+            sealed = ctx.envelope.occurred_at
+            sealed_s = sealed.seconds + sealed.nanos / 1e9
+            self.latencies.append(time.time() - sealed_s)
+
+
+# -- the bare redis-py baseline --------------------------------------------------------------
+
+
+def _baseline_producer(url: str, events: int, start_at: float) -> None:
+    install_uvloop()
+    import redis.asyncio as aioredis
+
+    async def main() -> None:
+        client = aioredis.Redis.from_url(url)
+        data = b"x" * PAYLOAD_BYTES
+        await asyncio.sleep(max(0.0, start_at - time.time()))
+        sent = 0
+        while sent < events:
+            n = min(1_000, events - sent)
+            async with client.pipeline(transaction=False) as pipe:
+                for _ in range(n):
+                    pipe.xadd(STREAM, {b"payload": data}, maxlen=1_000_000, approximate=True)
+                await pipe.execute()
+            sent += n
+        await client.aclose()
+
+    asyncio.run(main())
+
+
+def _baseline_consumer(url: str, events: int, result: Any) -> None:
+    install_uvloop()
+    import redis.asyncio as aioredis
+
+    async def main() -> None:
+        client = aioredis.Redis.from_url(url)
+        seen = 0
+        first = 0.0
+        while seen < events:
+            reply = await client.xreadgroup("g", "c", {STREAM: ">"}, count=1_000, block=1_000)
+            if not reply:
+                continue
+            entries = reply[0][1]
+            if not first:
+                first = time.time()
+            await client.xack(STREAM, "g", *[entry_id for entry_id, _ in entries])
+            seen += len(entries)
+        result.put(time.time())
+        await client.aclose()
+
+    asyncio.run(main())
+
+
+def measure_baseline(url: str, events: int) -> float:
+    import redis
+
+    client = redis.Redis.from_url(url)
+    client.delete(STREAM)
+    client.xgroup_create(STREAM, "g", id="0", mkstream=True)
+    ctx = mp.get_context("spawn")
+    result = ctx.Queue()
+    start_at = time.time() + 1.5  # both processes imported and connected by then
+    consumer = ctx.Process(target=_baseline_consumer, args=(url, events, result))
+    producer = ctx.Process(target=_baseline_producer, args=(url, events, start_at))
+    consumer.start()
+    producer.start()
+    finished = result.get(timeout=600)
+    producer.join()
+    consumer.join()
+    client.delete(STREAM)
+    client.close()
+    return events / (finished - start_at)
+
+
+# -- the runtime -----------------------------------------------------------------------------
+
+
+def _runtime_producer(url: str, namespace: str, events: int, start_at: float, rate: int) -> None:
+    """Publish ``events`` ticks: as fast as possible (rate 0) or at ``rate`` per second."""
+    install_uvloop()
+    import redis.asyncio as aioredis
+
+    async def main() -> None:
+        client = aioredis.Redis.from_url(url)
+        bus = EventBus(
+            client,
+            Keyspace(namespace),
+            producer="market_data",
+            maxlen=2_000_000,
+            metrics=RuntimeMetrics(),
+        )
+        tick = payload_tick()
+        await asyncio.sleep(max(0.0, start_at - time.time()))
+        if rate == 0:
+            sent = 0
+            while sent < events:
+                n = min(1_000, events - sent)
+                await asyncio.gather(
+                    *(bus.publish(tick, partition_key="BTCUSDT") for _ in range(n))
+                )
+                sent += n
+        else:
+            began = time.perf_counter()
+            sent = 0
+            pending: set[asyncio.Task[Any]] = set()
+            while sent < events:
+                due = min(events, int((time.perf_counter() - began) * rate) + 1)
+                for _ in range(due - sent):
+                    task = asyncio.ensure_future(bus.publish(tick, partition_key="BTCUSDT"))
+                    pending.add(task)
+                    task.add_done_callback(pending.discard)
+                sent = due
+                await asyncio.sleep(0.001)
+            await asyncio.gather(*pending)
+        await bus.close()
+        await client.aclose()
+
+    asyncio.run(main())
+
+
+def _runtime_consumer(url: str, namespace: str, events: int, measure: bool, result: Any) -> None:
+    install_uvloop()
+    import redis.asyncio as aioredis
+
+    async def main() -> None:
+        client = aioredis.Redis.from_url(url)
+        keyspace = Keyspace(namespace)
+        metrics = RuntimeMetrics()
+        bus = EventBus(client, keyspace, producer=BenchSink.name, metrics=metrics)
+        actor = BenchSink(events, measure=measure)
+        runner = DomainRunner(
+            actor,
+            client,
+            keyspace,
+            bus,
+            RunnerConfig(consumer_name="bench", batch_size=1_000, block_ms=100),
+            metrics=metrics,
+        )
+        task = asyncio.create_task(runner.run())
+        await actor.reached.wait()  # all handled; now wait for the last acknowledgement
+        while metrics.consumed.value(BenchSink.name, "market.tick") < events:  # noqa: ASYNC110
+            await asyncio.sleep(0.0002)
+        finished = time.time()
+        await runner.stop()
+        await task
+        await bus.close()
+        await client.aclose()
+        result.put((finished, actor.latencies))
+
+    asyncio.run(main())
+
+
+def measure_runtime(url: str, events: int, rate: int) -> tuple[float, list[float]]:
+    """Run producer and consumer processes; (events per second, latencies in seconds)."""
+    namespace = f"bench-{os.getpid()}-{rate}"
+    ctx = mp.get_context("spawn")
+    result = ctx.Queue()
+    start_at = time.time() + 2.0
+    consumer = ctx.Process(
+        target=_runtime_consumer, args=(url, namespace, events, rate > 0, result)
+    )
+    producer = ctx.Process(target=_runtime_producer, args=(url, namespace, events, start_at, rate))
+    consumer.start()
+    producer.start()
+    finished, latencies = result.get(timeout=600)
+    producer.join()
+    consumer.join()
+    return events / (finished - start_at), latencies
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def run(argv: list[str]) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(prog="python -m bench bus")
+    parser.add_argument("--events", type=int, default=200_000, help="events per throughput run")
+    parser.add_argument("--rate", type=int, default=10_000, help="offered load for latency")
+    parser.add_argument("--latency-seconds", type=float, default=3.0)
+    args = parser.parse_args(argv)
+    server = start_redis_server()
+    try:
+        print(f"bench bus: redis-server on port {server.port}", file=sys.stderr)
+        baseline = measure_baseline(server.url, args.events)
+        print(f"bench bus: baseline {baseline:,.0f} events/s", file=sys.stderr)
+        throughput, _ = measure_runtime(server.url, args.events, rate=0)
+        print(f"bench bus: runtime {throughput:,.0f} events/s", file=sys.stderr)
+        latency_events = int(args.rate * args.latency_seconds)
+        _, latencies = measure_runtime(server.url, latency_events, rate=args.rate)
+        # The first second warms up connections and caches: leave it out.
+        steady = latencies[args.rate :] or latencies
+    finally:
+        server.stop()
+    return {
+        "events_per_s": round(throughput),
+        "baseline_events_per_s": round(baseline),
+        "ratio_to_baseline": round(throughput / baseline, 3),
+        "p50_ms": round(statistics.median(steady) * 1000, 3),
+        "p99_ms": round(_percentile(steady, 0.99) * 1000, 3),
+        "max_ms": round(max(steady) * 1000, 3),
+        "offered_load_per_s": args.rate,
+        "latency_samples": len(steady),
+        "events": args.events,
+        "payload_bytes": len(payload_tick().SerializeToString()),
+        "cpus": os.cpu_count(),
+        "load_average_1m": round(os.getloadavg()[0], 2),
+    }

@@ -164,14 +164,19 @@ class TokenTable:
 def bearer_token(metadata: Iterable[tuple[str, str | bytes]] | None) -> str | None:
     """The token of an ``authorization: Bearer <token>`` metadata entry, if any."""
     for key, value in metadata or ():
-        if key.lower() != "authorization":
-            continue
-        text = value.decode() if isinstance(value, bytes) else value
-        scheme, _, token = text.strip().partition(" ")
-        if scheme.lower() == "bearer" and token.strip():
-            return token.strip()
-        return None
+        if key.lower() == "authorization":
+            return parse_bearer(value)
     return None
+
+
+def parse_bearer(value: str | bytes | None) -> str | None:
+    """The token of an ``authorization`` value ``Bearer <token>``; None for anything else."""
+    if value is None:
+        return None
+    text = value.decode() if isinstance(value, bytes) else value
+    scheme, _, token = text.strip().partition(" ")
+    token = token.strip()
+    return token if scheme.lower() == "bearer" and token else None
 
 
 # The services anyone may call: probes and tooling must work without a token.
@@ -204,7 +209,7 @@ def required_role(method: str) -> Role | None:
 
 def authorize(
     tokens: TokenTable, method: str, metadata: Iterable[tuple[str, str | bytes]] | None
-) -> Principal | None:
+) -> Principal | None:  # the whole check in one call; the server splits it for speed
     """The caller's principal when it may call ``method``; raises ControlPlaneError if not.
 
     Returns None for open methods. With no tokens configured every caller is ANONYMOUS (the
@@ -213,9 +218,13 @@ def authorize(
     needed = required_role(method)
     if needed is None:
         return None
+    return authorize_token(tokens, needed, method, bearer_token(metadata))
+
+
+def authorize_token(tokens: TokenTable, needed: Role, method: str, token: str | None) -> Principal:
+    """The principal behind ``token`` when it holds ``needed``; raises ControlPlaneError."""
     if not tokens.enabled:
         return ANONYMOUS
-    token = bearer_token(metadata)
     if token is None:
         raise ControlPlaneError(
             grpc.StatusCode.UNAUTHENTICATED,

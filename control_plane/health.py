@@ -85,6 +85,8 @@ class ServingWatcher:
         self._redis = redis
         self._services = ["", *services]
         self._interval_s = interval_s
+        self._ping_timeout_s = max(2 * interval_s, 1.0)
+        self._failures = 0
         self._task: asyncio.Task[None] | None = None
         self.serving: bool | None = None
 
@@ -108,15 +110,16 @@ class ServingWatcher:
 
     async def _check_once(self) -> None:
         try:
-            await ping_ms(self._redis, timeout_s=max(self._interval_s, 0.5))
-            serving = True
-        except Exception as exc:  # any failure to answer means: not serving
-            serving = False
-            if self.serving is not False:
-                log.warning("redis_lost", error=f"{type(exc).__name__}: {exc}")
+            await ping_ms(self._redis, timeout_s=self._ping_timeout_s)
+            self._failures = 0
+        except Exception as exc:  # any failure to answer counts
+            self._failures += 1
+            if self._failures == 1:
+                log.warning("redis_ping_failed", error=f"{type(exc).__name__}: {exc}")
+        # One slow answer on a busy loop is not an outage: flip after two failures in a row.
+        serving = self._failures < 2 and not (self.serving is None and self._failures)
         if serving != self.serving:
-            if serving and self.serving is False:
-                log.info("redis_back")
+            log.info("redis_back" if serving else "redis_lost", serving=serving)
             self.serving = serving
             status = (
                 health_pb2.HealthCheckResponse.SERVING

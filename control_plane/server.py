@@ -188,12 +188,14 @@ class ControlPlane:
             ("grpc.max_concurrent_streams", self.config.max_concurrent_streams),
             ("grpc.so_reuseport", 0),
         ]
-        server = aio.server(interceptors=[CallWrapper(self.tokens)], options=options)
+        server = aio.server(options=options)
+        # Our services get auth, tracing and error mapping; health and reflection stay open.
+        wrapped = CallWrapper(self.tokens).registrar(server)
         policy, trace, replay, runtime = self._servicers
-        policy_service_pb2_grpc.add_PolicyServiceServicer_to_server(policy, server)
-        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(trace, server)
-        replay_service_pb2_grpc.add_ReplayServiceServicer_to_server(replay, server)
-        runtime_service_pb2_grpc.add_RuntimeServiceServicer_to_server(runtime, server)
+        policy_service_pb2_grpc.add_PolicyServiceServicer_to_server(policy, wrapped)
+        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(trace, wrapped)
+        replay_service_pb2_grpc.add_ReplayServiceServicer_to_server(replay, wrapped)
+        runtime_service_pb2_grpc.add_RuntimeServiceServicer_to_server(runtime, wrapped)
         health_pb2_grpc.add_HealthServicer_to_server(self.health_servicer, server)
         reflection.enable_server_reflection(
             (

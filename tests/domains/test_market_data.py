@@ -15,6 +15,7 @@ from runtime.domains.market_data import (
     CsvFeedError,
     SimulatedFeed,
     paced,
+    paced_batches,
     tick_envelope,
     tick_time,
 )
@@ -166,6 +167,34 @@ async def test_paced_refuses_a_non_positive_speed() -> None:
     with pytest.raises(ValueError, match="speed"):
         async for _ in paced([], speed=0):
             pass
+
+
+async def test_paced_batches_groups_what_is_due_and_keeps_the_pace() -> None:
+    clock = FakeClock()
+    ticks = list(itertools.islice(_feed(1, rate=10.0), 10))  # 0.1 s apart
+    batches = [
+        batch async for batch in paced_batches(ticks, speed=1.0, sleep=clock.sleep, clock=clock)
+    ]
+    assert [t for batch in batches for t in batch] == ticks
+    assert clock.now == pytest.approx(0.9)
+    fast = [b async for b in paced_batches(ticks, speed=None, max_batch=4, sleep=clock.sleep)]
+    assert [len(b) for b in fast] == [4, 4, 2]
+
+
+async def test_paced_batches_sends_a_backlog_at_once() -> None:
+    clock = FakeClock()
+    ticks = list(itertools.islice(_feed(1, rate=10.0), 6))
+
+    async def slow_consumer() -> list[int]:
+        sizes = []
+        async for batch in paced_batches(ticks, speed=1.0, sleep=clock.sleep, clock=clock):
+            sizes.append(len(batch))
+            clock.now += 0.35  # the publisher lagged: the ticks due meanwhile come together
+        return sizes
+
+    sizes = await slow_consumer()
+    assert sum(sizes) == 6
+    assert max(sizes) > 1
 
 
 def test_tick_envelope_is_keyed_by_symbol_and_timed_by_observation() -> None:

@@ -61,6 +61,52 @@ async def paced(
         yield at, tick
 
 
+async def paced_batches(
+    ticks: Iterable[MarketTick],
+    *,
+    speed: float | None = 1.0,
+    max_batch: int = 500,
+    limit: int | None = None,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> AsyncIterator[list[MarketTick]]:
+    """Like ``paced``, but yields every tick that is due at once, up to ``max_batch``.
+
+    Publishing a batch with one call (``EventBus.publish_envelopes``) instead of awaiting a
+    round trip per tick is what lets a fast feed keep up with its recorded pace.
+    """
+    if max_batch < 1:
+        raise ValueError(f"max_batch must be at least 1, got {max_batch}")
+    if speed is not None and speed <= 0:
+        raise ValueError(f"speed must be > 0 (or None for as fast as possible), got {speed}")
+    first: datetime | None = None
+    started = clock()
+    batch: list[MarketTick] = []
+    for count, tick in enumerate(ticks):
+        if limit is not None and count >= limit:
+            break
+        if speed is not None:
+            at = tick_time(tick)
+            if first is None:
+                first = at
+            delay = (at - first).total_seconds() / speed - (clock() - started)
+            if delay > 0:
+                if batch:
+                    yield batch
+                    batch = []
+                    delay = (at - first).total_seconds() / speed - (clock() - started)
+                if delay > 0:
+                    await sleep(delay)
+        batch.append(tick)
+        if len(batch) >= max_batch:
+            yield batch
+            batch = []
+            if speed is None:
+                await sleep(0)
+    if batch:
+        yield batch
+
+
 def tick_envelope(
     tick: MarketTick,
     *,

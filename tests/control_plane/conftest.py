@@ -12,7 +12,7 @@ import redis.asyncio as aioredis
 from grpc import aio
 
 from control_plane.auth import Role, TokenTable
-from control_plane.config import ControlPlaneConfig
+from control_plane.config import ControlPlaneConfig, TlsConfig
 from control_plane.server import ControlPlane
 from runtime.core.bus import EventBus
 from runtime.core.keys import Keyspace
@@ -53,6 +53,9 @@ async def start_harness(
     state_dir: Path,
     *,
     queue_size: int = 1024,
+    grpc_addr: str = "127.0.0.1:0",
+    metrics_addr: str = "",
+    tls: TlsConfig | None = None,
 ) -> Harness:
     viewer_token, operator_token = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
     tokens = TokenTable(
@@ -66,7 +69,10 @@ async def start_harness(
         keyspace,
         store,
         config=ControlPlaneConfig(
-            grpc_addr="127.0.0.1:0", metrics_addr="", subscriber_queue_size=queue_size
+            grpc_addr=grpc_addr,
+            metrics_addr=metrics_addr,
+            subscriber_queue_size=queue_size,
+            tls=tls,
         ),
         tokens=tokens,
         domain_factories={"tick_counter": TickCounter},

@@ -1,0 +1,1 @@
+"""``quantumctl``: the operator's command line for the control plane."""

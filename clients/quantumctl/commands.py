@@ -1,0 +1,407 @@
+"""What each ``quantumctl`` command does: a call, then a table or JSON lines."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+from google.protobuf import json_format
+from google.protobuf.message import Message
+from quantum.control.v1 import runtime_service_pb2 as runtime_pb
+from quantum.control.v1.stored_event_pb2 import StoredEvent
+from quantum.events.v1 import policy_pb2
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from clients.control_client import ControlClient, ControlError, event_range
+from clients.quantumctl.dashboard import run_dashboard
+
+_STATUS_STYLE = {
+    runtime_pb.HEALTH_STATUS_HEALTHY: "green",
+    runtime_pb.HEALTH_STATUS_DEGRADED: "yellow",
+    runtime_pb.HEALTH_STATUS_CRITICAL: "red",
+}
+
+
+def as_dict(message: Message) -> dict[str, Any]:
+    result: dict[str, Any] = json_format.MessageToDict(
+        message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    )
+    return result
+
+
+def health_name(status: int) -> str:
+    return runtime_pb.HealthStatus.Name(status).removeprefix("HEALTH_STATUS_")  # type: ignore[arg-type]
+
+
+@dataclass
+class Output:
+    """Where results go: rich tables for people, or JSON lines (``--json``) for scripts."""
+
+    json: bool
+    console: Console
+    errors: Console
+
+    def message(self, message: Message) -> None:
+        self.data(as_dict(message))
+
+    def data(self, value: Any) -> None:
+        sys.stdout.write(json.dumps(value, sort_keys=True) + "\n")
+        sys.stdout.flush()
+
+    def table(self, table: Table) -> None:
+        self.console.print(table)
+
+    def error(self, error: ControlError) -> None:
+        if self.json:
+            details = error.details
+            self.data(
+                {
+                    "error": {
+                        "code": details.code.name,
+                        "reason": details.reason,
+                        "message": details.message,
+                        "metadata": dict(details.metadata),
+                        "field_violations": [
+                            {"field": v.field, "description": v.description}
+                            for v in details.violations
+                        ],
+                    }
+                }
+            )
+            return
+        self.errors.print(
+            f"[red]error[/red] {error.code.name} ({error.reason}): {error.details.message}"
+        )
+        for violation in error.violations:
+            self.errors.print(f"  [bold]{violation.field}[/bold]: {violation.description}")
+
+
+# -- policy -----------------------------------------------------------------------------------
+
+
+def policy_table(policy: policy_pb2.Policy) -> Table:
+    mode = policy_pb2.RiskMode.Name(policy.mode).removeprefix("RISK_MODE_")
+    state = policy_pb2.TradingState.Name(policy.trading_state).removeprefix("TRADING_STATE_")
+    table = Table(
+        title=f"policy v{policy.version}: mode {mode}, trading {state}",
+        caption=f"by {policy.updated_by or '-'}: {policy.reason or '-'}",
+    )
+    table.add_column("limit")
+    for name in ("aggressive", "normal", "defensive"):
+        style = "bold" if name.upper() == mode else ""
+        table.add_column(name + (" (active)" if style else ""), style=style)
+    for field in policy_pb2.ModeLimits.DESCRIPTOR.fields:
+        values = []
+        for name in ("aggressive", "normal", "defensive"):
+            value = getattr(getattr(policy, name), field.name)
+            values.append(", ".join(value) if field.name == "allowed_symbols" else str(value))
+        table.add_row(field.name, *values)
+    return table
+
+
+async def policy_get(client: ControlClient, args: argparse.Namespace, out: Output) -> int:
+    policy = await client.get_policy()
+    if out.json:
+        out.message(policy)
+    else:
+        out.table(policy_table(policy))
+    return 0
+
+
+async def policy_set_mode(client: ControlClient, args: argparse.Namespace, out: Output) -> int:
+    try:
+        mode: str | int = args.mode
+        policy = await client.switch_mode(
+            mode, reason=args.reason, expected_version=args.expected_version
+        )
+    except ValueError:
+        out.errors.print(f"[red]error[/red] {args.mode!r} is not aggressive, normal or defensive")
+        return 2
+    if out.json:
+        out.message(policy)
+    else:
+        out.table(policy_table(policy))
+    return 0
+
+
+def parse_changes(items: list[str]) -> dict[str, object]:
+    changes: dict[str, object] = {}
+    for item in items:
+        path, sep, value = item.partition("=")
+        if not sep or not path:
+            raise ValueError(f"{item!r} is not PATH=VALUE, for example normal.max_leverage=2.5")
+        changes[path.strip()] = value.strip()
+    return changes
+
+
+async def policy_update(client: ControlClient, args: argparse.Namespace, out: Output) -> int:
+    try:
+        changes = parse_changes(args.changes)
+        policy = await client.update_policy(
+            changes, reason=args.reason, expected_version=args.expected_version
+        )
+    except ValueError as exc:
+        out.errors.print(f"[red]error[/red] {exc}")
+        return 2
+    if out.json:
+        out.message(policy)
+    else:
+        out.table(policy_table(policy))
+    return 0
+
+
+async def policy_watch(client: ControlClient, args: argparse.Namespace, out: Output) -> int:
+    async for update in client.watch_policy(args.after_version):
+        if out.json:
+            out.message(update)
+        elif update.HasField("change"):
+            change = update.change
+            out.console.print(
+                f"v{change.version} {change.changed_at.ToJsonString()} {change.changed_by}: "
+                f"{', '.join(change.changed_fields)} ({change.reason})"
+            )
+        else:
+            out.table(policy_table(update.policy))
+    return 0
+
+
+async def policy_history(client: ControlClient, args: argparse.Namespace, out: Output) -> int:
+    page = await client.policy_history(args.page_size, args.page_token)
+    if out.json:
+        out.message(page)
+        return 0
+    table = Table(title="policy history (newest first)")
+    for column in ("version", "changed at", "by", "fields", "reason"):
+        table.add_column(column)
+    for change in page.changes:
+        table.add_row(
+            str(change.version),
+            change.changed_at.ToJsonString(),
+            change.changed_by,
+            ", ".join(change.changed_fields),
+            change.reason,
+        )
+    if page.next_page_token:
+        table.caption = f"more: --page-token {page.next_page_token}"
+    out.table(table)
+    return 0
+
+
+# -- health and domains -----------------------------------------------------------------------
+
+
+def health_table(response: runtime_pb.GetSystemHealthResponse) -> Table:
+    style = _STATUS_STYLE.get(response.status, "")
+    table = Table(title=f"system health: [{style}]{health_name(response.status)}[/{style}]")
+    for column in ("component", "status", "detail", "figures"):
+        table.add_column(column)
+    for component in response.components:
+        colour = _STATUS_STYLE.get(component.status, "")
+        table.add_row(
+            component.name,
+            f"[{colour}]{health_name(component.status)}[/{colour}]",
+            component.detail,
+            ", ".join(f"{k}={v}" for k, v in sorted(component.figures.items())),
+        )
+    return table
+
+
+async def health(client: ControlClient, args: argparse.Namespace, out: Output) -> int:
+    response = await client.system_health()
+    if out.json:
+        out.message(response)
+    else:
+        out.table(health_table(response))
+    return 0 if response.status == runtime_pb.HEALTH_STATUS_HEALTHY else 3
+
+
+def domains_table(domains: list[runtime_pb.DomainInfo]) -> Table:
+    table = Table(title="domains")
+    for column in ("domain", "state", "stream", "consumers", "lag", "pending", "last delivered"):
+        table.add_column(column)
+    for domain in domains:
+        if not domain.groups:
+            table.add_row(domain.name, domain.state, "-", "-", "-", "-", "-")
+        for index, group in enumerate(domain.groups):
+            table.add_row(
+                domain.name if index == 0 else "",
+                domain.state if index == 0 else "",
+                group.stream,
+                str(group.consumers),
+                str(group.lag),
+                str(group.pending),
+                group.last_delivered_id,
+            )
+    return table
+
+
+async def domains(client: ControlClient, args: argparse.Namespace, out: Output) -> int:
+    found = await client.list_domains()
+    if out.json:
+        for domain in found:
+            out.message(domain)
+    else:
+        out.table(domains_table(found))
+    return 0
+
+
+# -- traces and events ------------------------------------------------------------------------
+
+
+def events_table(title: str, events: list[StoredEvent]) -> Table:
+    table = Table(title=title)
+    for column in ("time", "type", "producer", "key", "event id", "caused by", "payload"):
+        table.add_column(column, overflow="fold")
+    for event in events:
+        envelope = event.envelope
+        table.add_row(
+            envelope.occurred_at.ToJsonString(),
+            envelope.event_type,
+            envelope.producer,
+            envelope.partition_key,
+            envelope.event_id,
+            envelope.causation_id or "-",
+            event.payload_json,
+        )
+    return table
+
+
+async def trace_get(client: ControlClient, args: argparse.Namespace, out: Output) -> int:
+    found = await client.get_trace(args.trace_id)
+    if out.json:
+        for event in found:
+            out.message(event)
+    else:
+        out.table(events_table(f"trace {args.trace_id}: {len(found)} events", found))
+    return 0
+
+
+def _event_line(event: StoredEvent) -> str:
+    envelope = event.envelope
+    return (
+        f"{envelope.occurred_at.ToJsonString()} {envelope.event_type:<28} "
+        f"{envelope.producer:<12} {envelope.partition_key:<10} trace={envelope.trace_id} "
+        f"{event.payload_json}"
+    )
+
+
+async def trace_follow(client: ControlClient, args: argparse.Namespace, out: Output) -> int:
+    seen = 0
+    async for event in client.follow(
+        trace_id=args.trace_id,
+        event_types=args.event_types,
+        domains=args.domains,
+        symbols=args.symbols,
+    ):
+        if out.json:
+            out.message(event)
+        else:
+            out.console.print(_event_line(event), markup=False, highlight=False)
+        seen += 1
+        if args.count and seen >= args.count:
+            break
+    return 0
+
+
+def _range(args: argparse.Namespace) -> Any:
+    return event_range(
+        args.event_type,
+        start_id=args.start_id,
+        end_id=args.end_id,
+        start_time=args.since,
+        end_time=args.until,
+        limit=args.limit,
+    )
+
+
+async def events(client: ControlClient, args: argparse.Namespace, out: Output) -> int:
+    found = []
+    async for event in client.read_events(_range(args)):
+        if out.json:
+            out.message(event)
+        else:
+            found.append(event)
+    if not out.json:
+        out.table(events_table(f"{args.event_type}: {len(found)} events", found))
+    return 0
+
+
+async def replay(client: ControlClient, args: argparse.Namespace, out: Output) -> int:
+    failures = outputs = 0
+    mode = "publishing" if args.publish else "dry run"
+    with Progress(
+        TextColumn(f"replay to {args.domain} ({mode})"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=out.errors,
+        disable=out.json,
+        transient=False,
+    ) as progress:
+        task = progress.add_task("replay", total=None)
+        async for step in client.replay(args.domain, _range(args), publish=args.publish):
+            progress.update(task, completed=step.processed, total=step.total)
+            outputs += len(step.outputs)
+            if step.error:
+                failures += 1
+            if out.json:
+                out.message(step)
+            elif step.error:
+                progress.console.print(
+                    f"[red]failed[/red] {step.input.entry_id}: {step.error}", markup=True
+                )
+    if not out.json:
+        out.console.print(
+            f"{outputs} outputs, {failures} failed inputs"
+            + (" (published)" if args.publish else " (dry run: nothing published)")
+        )
+    return 1 if failures else 0
+
+
+# -- dead letters -----------------------------------------------------------------------------
+
+
+async def dlq_list(client: ControlClient, args: argparse.Namespace, out: Output) -> int:
+    page = await client.dead_letters(args.domain, args.page_size, args.page_token)
+    if out.json:
+        out.message(page)
+        return 0
+    table = Table(title=f"dead letters of {args.domain}")
+    for column in ("entry id", "failed at", "stream", "reason", "attempts", "error", "redriven"):
+        table.add_column(column, overflow="fold")
+    for letter in page.dead_letters:
+        table.add_row(
+            letter.entry_id,
+            letter.failed_at.ToJsonString(),
+            letter.original_stream,
+            letter.reason,
+            str(letter.attempts),
+            f"{letter.error_type}: {letter.error_message}",
+            letter.redriven_entry_id or "-",
+        )
+    if page.next_page_token:
+        table.caption = f"more: --page-token {page.next_page_token}"
+    out.table(table)
+    return 0
+
+
+async def dlq_redrive(client: ControlClient, args: argparse.Namespace, out: Output) -> int:
+    response = await client.redrive(args.domain, args.entry_ids)
+    if out.json:
+        out.message(response)
+    else:
+        out.console.print(
+            f"redriven {response.redriven}, already redriven before {response.already_redriven}"
+        )
+    return 0
+
+
+async def top(client: ControlClient, args: argparse.Namespace, out: Output) -> int:
+    return await run_dashboard(
+        client, out.console, refresh_s=args.refresh, duration_s=args.duration, as_json=out.json
+    )

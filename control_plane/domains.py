@@ -7,6 +7,7 @@ the domain name) plus every domain the composition root registered.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -30,6 +31,15 @@ class DomainFigures:
     heartbeat_age_s: float | None
     lag: int
     pending: int
+
+
+# A domain split over N runners reads each stream through groups "<domain>.p<i>of<N>".
+_PARTITION_SUFFIX = re.compile(r"\.p\d+of\d+$")
+
+
+def domain_of_group(group: str) -> str:
+    """The domain a consumer group belongs to (partition groups included)."""
+    return _PARTITION_SUFFIX.sub("", group)
 
 
 def _text(value: object) -> str:
@@ -91,7 +101,7 @@ class DomainInspector:
                     lag=_int(lag_value) if lag_value is not None else 0,
                     last_delivered_id=_text(_group_field(group, "last-delivered-id")),
                 )
-                groups.setdefault(info.group, []).append(info)
+                groups.setdefault(domain_of_group(info.group), []).append(info)
         names = sorted(set(groups) | set(self._consumes))
         async with self._redis.pipeline(transaction=False) as pipe:
             for name in names:
@@ -105,7 +115,7 @@ class DomainInspector:
             domain_groups = groups.get(name, [])
             prefix = self._keyspace.stream("")
             consumes = self._consumes.get(name) or sorted(
-                g.stream.removeprefix(prefix) for g in domain_groups
+                {g.stream.removeprefix(prefix) for g in domain_groups}
             )
             domain = DomainInfo(
                 name=name, consumes=consumes, groups=domain_groups, state=_state(age_s)

@@ -140,8 +140,15 @@ class ReplayServicer(pb_grpc.ReplayServiceServicer):
                 "this control plane has no event bus to publish replay outputs through",
                 Reason.PUBLISHER_UNAVAILABLE,
             )
-        total = await count_range(self._redis, stream_range)
         actor = factory()
+        if not isinstance(actor, Actor):
+            raise ControlPlaneError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"domain {domain!r} is a feed, not an actor: it consumes no events to replay",
+                Reason.DOMAIN_UNKNOWN,
+                {"domain": domain},
+            )
+        total = await count_range(self._redis, stream_range)
         await actor.on_start()
         processed = 0
         try:

@@ -82,8 +82,9 @@ def _consumes(
 ) -> dict[str, list[str]]:
     found: dict[str, list[str]] = {}
     for name, factory in factories.items():
-        actor: Actor = factory()  # a throwaway instance: consumes() reads its class
-        found[name] = [t.name for t in type(actor).consumes(registry)]
+        actor = factory()  # a throwaway instance: consumes() reads its class
+        if isinstance(actor, Actor):
+            found[name] = [t.name for t in type(actor).consumes(registry)]
     return found
 
 

@@ -1,4 +1,213 @@
 """The composition root: the only module that imports core, every domain and the control plane.
 
-It wires them together for ``quantum run``; nothing else may import it (import-linter).
+It wires them for ``quantum run`` (all six domains, or those named by ``--domains``, sharing
+consumer groups with other processes) and ``quantum control-plane``. Nothing else may import
+it (import-linter): domains stay unaware of each other and of how they are hosted.
 """
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import redis.asyncio as aioredis
+from quantum.events.v1.market_pb2 import MarketTick
+
+from control_plane.config import ConfigError
+from control_plane.server import ControlPlane, config_from_args
+from control_plane.server import main as control_plane_main
+from runtime import report
+from runtime.core.actor import Actor
+from runtime.core.bus import EventBus
+from runtime.core.host import Runtime, default_consumer_name, install_uvloop
+from runtime.core.keys import Keyspace
+from runtime.core.logs import configure_logging, get_logger
+from runtime.core.policy.store import PolicyStore
+from runtime.core.redis_server import RedisServerNotFound, redis_url
+from runtime.core.runner import RunnerConfig
+from runtime.domains.ai_engine import AiEngine
+from runtime.domains.analytics import Analytics
+from runtime.domains.execution import Execution, PaperExchange
+from runtime.domains.market_data import CsvFeed, CsvFeedError, SimulatedFeed, paced, tick_envelope
+from runtime.domains.portfolio import Portfolio
+from runtime.domains.risk_safety import RiskSafety
+
+log = get_logger("runtime.bootstrap")
+
+ActorFactory = Callable[[], Actor]
+FEED_DOMAIN = "market_data"
+DRAIN_TIMEOUT_S = 10.0
+
+
+def actor_factories(store: PolicyStore, equity: Decimal) -> dict[str, ActorFactory]:
+    """How each consuming domain is built; the same in every process that hosts it."""
+    return {
+        "ai_engine": AiEngine,
+        "risk_safety": lambda: RiskSafety(store, starting_equity=equity),
+        "execution": lambda: Execution(PaperExchange()),
+        "portfolio": lambda: Portfolio(starting_equity=equity),
+        "analytics": lambda: Analytics(store),
+    }
+
+
+def _feed(args: argparse.Namespace) -> Iterable[MarketTick]:
+    if args.feed is not None:
+        return CsvFeed(args.feed)
+    return SimulatedFeed.for_symbols(
+        args.symbols, seed=args.seed, start=datetime.now(UTC), rate=args.rate
+    )
+
+
+async def _publish_feed(
+    bus: EventBus, ticks: Iterable[MarketTick], speed: float | None, stop: asyncio.Event
+) -> int:
+    """Publish ticks at their recorded pace until the feed ends or ``stop`` is set.
+
+    Stopping by event rather than by cancellation lets the publish in hand complete, so
+    every tick the feed produced is either on the stream or was never sent.
+    """
+    published = 0
+    async for _, tick in paced(ticks, speed=speed):
+        if stop.is_set():
+            break
+        await bus.publish_envelope(tick_envelope(tick))
+        published += 1
+    return published
+
+
+async def _idle(redis: aioredis.Redis, keyspace: Keyspace, actors: Sequence[Actor]) -> bool:
+    """True when every group of the hosted domains has nothing undelivered or pending."""
+    for actor in actors:
+        for event_type in actor.consumes():
+            try:
+                groups = await redis.xinfo_groups(keyspace.stream(event_type.name))
+            except Exception:
+                continue
+            for group in groups:
+                name = group["name"]
+                name = name.decode() if isinstance(name, bytes) else name
+                if not name.startswith(keyspace.group(actor.name)):
+                    continue
+                if int(group.get("pending") or 0) or int(group.get("lag") or 0):
+                    return False
+    return True
+
+
+async def _drain(redis: aioredis.Redis, keyspace: Keyspace, actors: Sequence[Actor]) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + DRAIN_TIMEOUT_S
+    while loop.time() < deadline:
+        if await _idle(redis, keyspace, actors):
+            return
+        await asyncio.sleep(0.1)
+    log.warning("drain_timeout", seconds=DRAIN_TIMEOUT_S)
+
+
+async def _run(args: argparse.Namespace, url: str) -> int:
+    keyspace = Keyspace(args.namespace)
+    redis = aioredis.Redis.from_url(url, socket_connect_timeout=2.0)
+    store = PolicyStore(redis, keyspace, state_dir=Path(args.state_dir))
+    await store.start()
+    since = await report.stream_positions(redis, keyspace)
+    factories = actor_factories(store, args.equity)
+    hosted = [name for name in args.domains if name != FEED_DOMAIN]
+    actors = [factories[name]() for name in hosted]
+    bus = EventBus(redis, keyspace, producer="runtime")
+    runtime = Runtime(actors, redis, keyspace, bus, RunnerConfig(default_consumer_name()))
+    plane: ControlPlane | None = None
+    if not args.no_control_plane:
+        plane = ControlPlane(
+            redis,
+            keyspace,
+            store,
+            config=config_from_args(args),
+            domain_factories=factories,
+            publisher=bus,
+        )
+        await plane.start()
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    runtime_task = asyncio.create_task(runtime.run(), name="runtime")
+    feed_task: asyncio.Task[int] | None = None
+    feed_stop = asyncio.Event()
+    if FEED_DOMAIN in args.domains:
+        feed_task = asyncio.create_task(
+            _publish_feed(bus, _feed(args), args.speed, feed_stop), name="feed"
+        )
+    log.info("run_started", domains=list(args.domains), namespace=keyspace.namespace)
+    waiters: list[asyncio.Future[Any]] = [asyncio.ensure_future(stop.wait()), runtime_task]
+    if feed_task is not None:
+        waiters.append(feed_task)
+    timeout = args.duration
+    exit_code = 0
+    try:
+        while True:
+            done, _ = await asyncio.wait(
+                waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+            if feed_task is not None and feed_task in done and not stop.is_set():
+                if feed_task.exception() is not None:
+                    raise feed_task.exception()  # type: ignore[misc]
+                log.info("feed_ended", ticks=feed_task.result())
+                waiters.remove(feed_task)
+                feed_task = None
+                if args.duration is None:
+                    break  # a recorded feed ran out: finish its events, then stop
+                continue
+            break
+    except (CsvFeedError, ValueError) as exc:
+        print(f"quantum run: {exc}", file=sys.stderr)
+        exit_code = 2
+    finally:
+        if feed_task is not None:
+            feed_stop.set()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(feed_task, timeout=5.0)
+        await bus.flush()
+        if not runtime_task.done():
+            await _drain(redis, keyspace, actors)
+        runtime.stop()
+        try:
+            await runtime_task
+        except Exception:
+            log.exception("runtime_failed")
+            exit_code = exit_code or 1
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        if plane is not None:
+            await plane.stop(grace=1.0)
+        await bus.close()
+        summary = await report.summarize(redis, keyspace, since)
+        await store.stop()
+        await redis.aclose()
+    print(summary.render(), flush=True)
+    return exit_code
+
+
+def run(args: argparse.Namespace) -> int:
+    """``quantum run``: host the chosen domains until the duration ends or Ctrl-C."""
+    configure_logging(args.log_level)
+    install_uvloop()
+    try:
+        with contextlib.ExitStack() as stack:
+            url = args.redis_url or stack.enter_context(redis_url())
+            return asyncio.run(_run(args, url))
+    except (RedisServerNotFound, ConfigError) as exc:
+        print(f"quantum run: {exc}", file=sys.stderr)
+        return 2
+
+
+def control_plane(argv: Sequence[str]) -> int:
+    """``quantum control-plane``: serve only the gRPC control plane."""
+    return control_plane_main(argv)

@@ -59,5 +59,7 @@ def configure_logging(level: str | int = "INFO", stream: BinaryIO | None = None)
 
 def get_logger(name: str) -> FilteringBoundLogger:
     """A logger that names its component in every line."""
-    logger: FilteringBoundLogger = structlog.get_logger(name).bind(logger=name)
+    # Initial values, not .bind(): binding would build the logger now, with the configuration
+    # of import time; the lazy proxy picks up configure_logging later. ('logger' is reserved.)
+    logger: FilteringBoundLogger = structlog.get_logger(logger_name=name)
     return logger

@@ -1,0 +1,169 @@
+"""``quantum``: the runtime's command line.
+
+    quantum run [--domains a,b] [--duration S] [--symbols A,B] [--feed FILE.csv] ...
+    quantum control-plane [--grpc-addr HOST:PORT] ...
+
+Parsing only: the wiring lives in ``runtime.bootstrap``, the composition root.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+
+from control_plane.server import add_server_arguments
+
+DOMAINS = ("market_data", "ai_engine", "risk_safety", "execution", "portfolio", "analytics")
+DEFAULT_SYMBOLS = ("BTC-USD", "ETH-USD", "SOL-USD")
+
+
+def _domains(value: str) -> tuple[str, ...]:
+    names = tuple(name.strip() for name in value.split(",") if name.strip())
+    unknown = [name for name in names if name not in DOMAINS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown domain(s) {', '.join(unknown) or '(none given)'}; choose from "
+            + ", ".join(DOMAINS)
+        )
+    return names
+
+
+def _symbols(value: str) -> tuple[str, ...]:
+    names = tuple(name.strip().upper() for name in value.split(",") if name.strip())
+    if not names:
+        raise argparse.ArgumentTypeError("give at least one symbol, for example BTC-USD")
+    return names
+
+
+def _positive_float(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
+    if number <= 0:
+        raise argparse.ArgumentTypeError(f"{value!r} must be greater than 0")
+    return number
+
+
+def _speed(value: str) -> float | None:
+    if value.strip().lower() == "max":
+        return None
+    return _positive_float(value)
+
+
+def _decimal(value: str) -> Decimal:
+    try:
+        return Decimal(value)
+    except InvalidOperation:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a decimal number") from None
+
+
+def _existing_file(value: str) -> Path:
+    path = Path(value)
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f"feed file {value!r} does not exist")
+    return path
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--redis-url",
+        default=os.environ.get("REDIS_URL"),
+        help="Redis to use (default: $REDIS_URL, else 127.0.0.1:6379 when it answers, "
+        "else a private redis-server for the run)",
+    )
+    parser.add_argument(
+        "--namespace", default="quantum", help="key prefix of this system (default: quantum)"
+    )
+    parser.add_argument(
+        "--state-dir",
+        type=Path,
+        default=Path(os.environ.get("QUANTUM_STATE_DIR", "state")),
+        help="where the policy snapshot is kept (default: ./state)",
+    )
+    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+    parser.add_argument(
+        "--grpc-addr",
+        default="127.0.0.1:50051",
+        help="control-plane listen address (default: 127.0.0.1:50051)",
+    )
+    parser.add_argument(
+        "--metrics-addr",
+        default="127.0.0.1:9464",
+        help="Prometheus metrics listen address (default: 127.0.0.1:9464)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="quantum", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="run the trading pipeline")
+    _add_common(run)
+    run.add_argument(
+        "--domains",
+        type=_domains,
+        default=DOMAINS,
+        help="comma-separated domains to run in this process (default: all six)",
+    )
+    run.add_argument(
+        "--duration",
+        type=_positive_float,
+        default=None,
+        help="seconds to run, then stop and print the summary (default: until Ctrl-C)",
+    )
+    run.add_argument(
+        "--symbols",
+        type=_symbols,
+        default=DEFAULT_SYMBOLS,
+        help=f"symbols of the simulated feed (default: {','.join(DEFAULT_SYMBOLS)})",
+    )
+    run.add_argument(
+        "--feed", type=_existing_file, default=None, help="replay a CSV (time,symbol,price,volume)"
+    )
+    run.add_argument(
+        "--speed",
+        type=_speed,
+        default=1.0,
+        help="feed pace: 1 = recorded (or --rate) speed, 10 = ten times faster, "
+        "'max' = as fast as the pipeline takes them (default: 1)",
+    )
+    run.add_argument(
+        "--rate",
+        type=_positive_float,
+        default=200.0,
+        help="simulated ticks per second over all symbols (default: 200)",
+    )
+    run.add_argument("--seed", type=int, default=7, help="seed of the simulated feed")
+    run.add_argument("--equity", type=_decimal, default=Decimal(100_000), help="starting equity")
+    run.add_argument(
+        "--no-control-plane", action="store_true", help="do not serve the gRPC control plane"
+    )
+
+    add_server_arguments(run)
+    commands.add_parser(
+        "control-plane",
+        help="serve only the gRPC control plane (see: quantum control-plane --help)",
+        add_help=False,
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["control-plane"]:
+        from runtime import bootstrap
+
+        return bootstrap.control_plane(argv[1:])
+    args = build_parser().parse_args(argv)
+    from runtime import bootstrap  # imported late: parsing errors stay fast and clear
+
+    return bootstrap.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

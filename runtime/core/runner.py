@@ -32,6 +32,7 @@ import asyncio
 import contextlib
 import time
 import zlib
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -44,7 +45,7 @@ from redis.exceptions import ResponseError
 from runtime.core import tracing
 from runtime.core.actor import Actor, UnhandledEventType, deliver
 from runtime.core.backoff import Backoff
-from runtime.core.bus import ENVELOPE_FIELD, RETRYABLE_ERRORS, EventBus
+from runtime.core.bus import ENVELOPE_FIELD, RETRYABLE_ERRORS, EventBus, PublishBufferFull
 from runtime.core.dead_letters import REASONS, DeadLetter, Reason, now_ms, xadd_args
 from runtime.core.envelope import EnvelopeError, decode_envelope, open_payload, trace_of
 from runtime.core.keys import Keyspace
@@ -218,7 +219,7 @@ class DomainRunner:
         ) / 1000
         self._last_acked: dict[str, bytes] = {}
         self._held: list[_Batch] = []  # read and not yet committed: kept alive
-        self._recent: dict[str, None] = {}  # ids handled lately, oldest first
+        self._recent: OrderedDict[str, None] = OrderedDict()  # ids handled lately
         self._processed_prefix = keyspace.processed(actor.name) + ":"
         self._stopping = False
         self._running = False
@@ -554,7 +555,7 @@ class DomainRunner:
         recent = self._recent
         recent[event_id] = None
         if len(recent) > self.config.recent_ids:
-            del recent[next(iter(recent))]
+            recent.popitem(last=False)
 
     def _dead_letter(self, commit: _Commit, entry: _Entry, reason: Reason, exc: Exception) -> None:
         envelope = entry.envelope
@@ -618,7 +619,7 @@ class DomainRunner:
         if not commit:
             return
         if commit.outputs:
-            await self.bus.publish_envelopes(commit.outputs)  # durable before the ack
+            await self._publish_outputs(commit.outputs)  # durable before the ack
         state = self.actor.snapshot_state()
 
         async def write() -> None:
@@ -643,6 +644,16 @@ class DomainRunner:
             self._last_acked[stream] = max(ids, key=_entry_order)
         for event_type, n in commit.consumed.items():
             self.metrics.consumed.labels(self.domain, event_type).inc(n)
+
+    async def _publish_outputs(self, outputs: list[Envelope]) -> None:
+        failures = 0
+        while True:
+            try:
+                await self.bus.publish_envelopes(outputs)
+                return
+            except PublishBufferFull as exc:  # Redis is slow or away: wait, never drop
+                await self._pause_after(exc, failures, "publish-outputs")
+                failures += 1
 
     # -- groups, state, reconnects ----------------------------------------------------------
 

@@ -95,13 +95,13 @@ class EmaCrossoverModel:
         state.ticks += 1
         if state.ticks < self._warmup:
             return None
-        volatility = max(state.variance.sqrt(), _MIN_VOLATILITY)
         spread = (state.fast - state.slow) / state.slow
+        regime = 1 if spread > 0 else -1
+        if regime == state.regime or not spread:
+            return None  # no flip possible: skip the square root (this runs on every tick)
+        volatility = max(state.variance.sqrt(), _MIN_VOLATILITY)
         strength = abs(spread) / volatility
         if strength <= self._band:
-            return None
-        regime = 1 if spread > 0 else -1
-        if regime == state.regime:
             return None
         state.regime = regime
         z = self._scale * strength

@@ -80,6 +80,32 @@ async def fill_trace_index(url: str, events: int, per_trace: int) -> list[str]:
     return trace_ids
 
 
+def floor_server(port: int) -> None:
+    """A grpc.aio server whose GetPolicy does nothing: the stack's ceiling on this machine."""
+    from quantum.control.v1.policy_service_pb2_grpc import (
+        PolicyServiceServicer,
+        add_PolicyServiceServicer_to_server,
+    )
+
+    from runtime.core.host import install_uvloop
+
+    class Trivial(PolicyServiceServicer):
+        async def GetPolicy(
+            self, request: policy_pb.GetPolicyRequest, context: Any
+        ) -> policy_pb.GetPolicyResponse:
+            return policy_pb.GetPolicyResponse()
+
+    async def serve() -> None:
+        server = aio.server()
+        add_PolicyServiceServicer_to_server(Trivial(), server)
+        server.add_insecure_port(f"127.0.0.1:{port}")
+        await server.start()
+        await server.wait_for_termination()
+
+    install_uvloop()
+    asyncio.run(serve())
+
+
 def start_server(url: str, port: int, token: str, state_dir: Path) -> subprocess.Popen[bytes]:
     env = dict(os.environ, QUANTUM_TOKENS=f"bench:viewer:{token}")
     env.pop("QUANTUM_TOKENS_FILE", None)
@@ -119,6 +145,33 @@ async def wait_ready(stub: PolicyServiceStub, metadata: Any, within_s: float = 3
             await asyncio.sleep(0.2)
 
 
+async def throughput(address: str, metadata: Any, args: argparse.Namespace) -> float:
+    """GetPolicy calls per second from ``args.callers`` concurrent callers.
+
+    The callers share ``args.channels`` channels (connections), as a pooled client would.
+    """
+    channels = [aio.insecure_channel(address) for _ in range(args.channels)]
+    try:
+        stubs = [PolicyServiceStub(channel) for channel in channels]
+        for stub in stubs:
+            await wait_ready(stub, metadata)
+        per_caller = args.throughput_calls // args.callers
+        request = policy_pb.GetPolicyRequest()
+
+        async def caller(stub: PolicyServiceStub) -> None:
+            for _ in range(per_caller):
+                await stub.GetPolicy(request, metadata=metadata, timeout=5.0)
+
+        callers = [stubs[i % len(stubs)] for i in range(args.callers)]
+        await asyncio.gather(*(caller(stub) for stub in callers))  # warm-up
+        started = time.perf_counter()
+        await asyncio.gather(*(caller(stub) for stub in callers))
+        return per_caller * args.callers / (time.perf_counter() - started)
+    finally:
+        for channel in channels:
+            await channel.close()
+
+
 async def measure(
     address: str, token: str, trace_ids: list[str], args: argparse.Namespace
 ) -> dict[str, float]:
@@ -136,18 +189,7 @@ async def measure(
             await policy.GetPolicy(request, metadata=metadata, timeout=5.0)
             latencies.append((time.perf_counter() - started) * 1000)
 
-        # Many callers: throughput.
-        per_caller = args.throughput_calls // args.callers
-
-        async def caller() -> None:
-            for _ in range(per_caller):
-                await policy.GetPolicy(request, metadata=metadata, timeout=5.0)
-
-        await asyncio.gather(*(caller() for _ in range(args.callers)))  # warm-up
-        started = time.perf_counter()
-        await asyncio.gather(*(caller() for _ in range(args.callers)))
-        elapsed = time.perf_counter() - started
-        rps = per_caller * args.callers / elapsed
+        rps = await throughput(address, metadata, args)
 
         trace_latencies: list[float] = []
         for _ in range(args.latency_calls):
@@ -172,6 +214,8 @@ def run(argv: list[str]) -> dict[str, Any]:
     parser.add_argument("--callers", type=int, default=64)
     parser.add_argument("--throughput-calls", type=int, default=32_000)
     parser.add_argument("--latency-calls", type=int, default=2_000)
+    parser.add_argument("--channels", type=int, default=4)
+    parser.add_argument("--no-floor", action="store_true", help="skip the trivial-server baseline")
     args = parser.parse_args(argv)
 
     from runtime.core.host import install_uvloop
@@ -193,6 +237,22 @@ def run(argv: list[str]) -> dict[str, Any]:
             results = asyncio.run(measure(f"127.0.0.1:{port}", token, trace_ids, args))
             server.send_signal(signal.SIGTERM)
             server.wait(30)
+        if not args.no_floor:
+            _log("measuring the floor: a grpc.aio server whose GetPolicy does nothing")
+            port = free_port()
+            server = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-c",
+                    f"from bench.control import floor_server; floor_server({port})",
+                ],
+                stdin=subprocess.DEVNULL,
+            )
+            results["baseline_trivial_server_rps"] = round(
+                asyncio.run(throughput(f"127.0.0.1:{port}", (), args))
+            )
+            server.kill()
+            server.wait(10)
     finally:
         if server is not None and server.poll() is None:
             server.kill()
@@ -202,5 +262,7 @@ def run(argv: list[str]) -> dict[str, Any]:
         **results,
         "trace_index_events": len(trace_ids) * args.events_per_trace,
         "callers": args.callers,
+        "channels": args.channels,
+        "cpus": os.cpu_count(),
         "targets": {"get_policy_rps": 5000, "get_policy_p99_ms": 2.0, "get_trace_p99_ms": 5.0},
     }

@@ -222,7 +222,15 @@ async def health(client: ControlClient, args: argparse.Namespace, out: Output) -
 
 def domains_table(domains: list[runtime_pb.DomainInfo]) -> Table:
     table = Table(title="domains")
-    for column in ("domain", "state", "stream", "consumers", "lag", "pending", "last delivered"):
+    for column in (
+        "domain",
+        "state",
+        "event type",
+        "consumers",
+        "lag",
+        "pending",
+        "last delivered",
+    ):
         table.add_column(column)
     for domain in domains:
         if not domain.groups:
@@ -231,7 +239,7 @@ def domains_table(domains: list[runtime_pb.DomainInfo]) -> Table:
             table.add_row(
                 domain.name if index == 0 else "",
                 domain.state if index == 0 else "",
-                group.stream,
+                group.stream.rpartition(":stream:")[2],
                 str(group.consumers),
                 str(group.lag),
                 str(group.pending),

@@ -25,7 +25,7 @@ from typing import TypeVar, cast
 from google.protobuf.message import Message
 
 from runtime.core.envelope import UnknownVersionError
-from runtime.core.registry import EventRegistry, EventType, default_registry
+from runtime.core.registry import EventRegistry, EventType, UnknownEventType, default_registry
 
 EMIT_VERSIONS_ENV = "QUANTUM_EMIT_VERSIONS"
 
@@ -159,14 +159,14 @@ def for_handler(
     if type(payload) in handled:
         return payload
     conv = converters or default_converters()
-    known = {event_type.message: event_type for event_type in conv.registry}
-    arrived = known.get(type(payload))
+    arrived = _event_type_of(conv.registry, type(payload))
     if arrived is None:
         return payload
     candidates = [
-        known[message]
+        event_type
         for message in handled
-        if message in known and known[message].name == arrived.name
+        if (event_type := _event_type_of(conv.registry, message)) is not None
+        and event_type.name == arrived.name
     ]
     if not candidates:
         return payload
@@ -179,6 +179,13 @@ def for_handler(
             f"{arrived.name} v{arrived.version} cannot be read by a handler of "
             f"v{target.version}: {exc}"
         ) from exc
+
+
+def _event_type_of(registry: EventRegistry, message: type[Message]) -> EventType | None:
+    try:
+        return registry.for_message(message)
+    except UnknownEventType:
+        return None
 
 
 def for_emission(

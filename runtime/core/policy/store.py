@@ -106,6 +106,13 @@ def _require_audit(changed_by: str, reason: str) -> None:
         raise PolicyValidationError(problems)
 
 
+def _same_change(stored: Policy, new: Policy) -> bool:
+    """True when ``stored`` is ``new`` apart from its time: the same change, already written."""
+    return stored.version == new.version and dataclasses.replace(
+        stored, updated_at=None
+    ) == dataclasses.replace(new, updated_at=None)
+
+
 class PolicyStore:
     """The versioned risk policy; see the module docstring for the guarantees.
 
@@ -295,9 +302,14 @@ class PolicyStore:
             )
         upper: str | int = "+inf" if before_version is None else f"({before_version}"
         try:
-            raw = await self._redis.zrevrangebyscore(
-                self._history_key, upper, "-inf", start=0, num=page_size
-            )
+            try:
+                raw = await self._redis.zrevrangebyscore(
+                    self._history_key, upper, "-inf", start=0, num=page_size
+                )
+            except _REDIS_DOWN:  # once more, on a fresh connection (see update)
+                raw = await self._redis.zrevrangebyscore(
+                    self._history_key, upper, "-inf", start=0, num=page_size
+                )
         except _REDIS_DOWN as exc:
             self._mark_lost(exc)
             raise PolicyUnavailable(
@@ -356,45 +368,61 @@ class PolicyStore:
         that alters nothing writes nothing and returns the current policy.
         """
         _require_audit(changed_by, reason)
-        base = self.get_policy()
         try:
-            if expected_version is not None and expected_version != base.version:
-                base = (await self._read_current()).policy
-            for _attempt in range(_MAX_WRITE_ATTEMPTS):
-                if expected_version is not None and base.version != expected_version:
-                    raise VersionConflict(expected_version, base.version)
-                candidate = apply_changes(base, changes)
-                fields = changed_fields(base, candidate)
-                if not fields:
-                    current = (await self._read_current()).policy
-                    if current.version == base.version:
-                        return current
-                    base = current
-                    continue
-                now = datetime.now(UTC)
-                new = dataclasses.replace(
-                    candidate,
-                    version=base.version + 1,
-                    updated_at=now,
-                    updated_by=changed_by,
-                    reason=reason,
-                )
-                stored = await self._commit(
-                    new, base, fields, changed_by=changed_by, reason=reason, rule="cas"
-                )
-                if stored is None:
-                    return new
-                base = stored.policy
-            raise PolicyUnavailable(
-                f"the policy changed {_MAX_WRITE_ATTEMPTS} times while this write was retried; "
-                "try again"
-            )
+            return await self._update(changes, expected_version, changed_by, reason)
+        except _REDIS_DOWN:
+            # Once more on a fresh connection: after a Redis restart the pool still holds
+            # dead ones. Safe: a CAS that already applied is recognised as our own write.
+            pass
+        try:
+            return await self._update(changes, expected_version, changed_by, reason)
         except _REDIS_DOWN as exc:
             self._mark_lost(exc)
             raise PolicyUnavailable(
                 f"policy not changed: Redis is unreachable ({exc}); reads serve version "
                 f"{self.get_policy().version} until it returns"
             ) from exc
+
+    async def _update(
+        self,
+        changes: Mapping[str, object],
+        expected_version: int | None,
+        changed_by: str,
+        reason: str,
+    ) -> Policy:
+        base = self.get_policy()
+        if expected_version is not None and expected_version != base.version:
+            base = (await self._read_current()).policy
+        for _attempt in range(_MAX_WRITE_ATTEMPTS):
+            if expected_version is not None and base.version != expected_version:
+                raise VersionConflict(expected_version, base.version)
+            candidate = apply_changes(base, changes)
+            fields = changed_fields(base, candidate)
+            if not fields:
+                current = (await self._read_current()).policy
+                if current.version == base.version:
+                    return current
+                base = current
+                continue
+            new = dataclasses.replace(
+                candidate,
+                version=base.version + 1,
+                updated_at=datetime.now(UTC),
+                updated_by=changed_by,
+                reason=reason,
+            )
+            stored = await self._commit(
+                new, base, fields, changed_by=changed_by, reason=reason, rule="cas"
+            )
+            if stored is None:
+                return new
+            if _same_change(stored.policy, new):
+                return stored.policy  # our first attempt did land; its reply was lost
+            base = stored.policy
+        raise PolicyUnavailable(
+            f"the policy changed {_MAX_WRITE_ATTEMPTS} times while this write was retried; "
+            "try again"
+        )
 
     # ----------------------------------------------------------------- Redis I/O
 

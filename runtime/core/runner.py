@@ -319,6 +319,9 @@ class DomainRunner:
                         break
                     await self._pause_after(exc, failures, "consume")
                     failures += 1
+                    # A read whose reply was lost left entries pending on this consumer:
+                    # take them first (they are the oldest), before reading new ones.
+                    history = True
                 except ResponseError as exc:
                     if not str(exc).startswith("NOGROUP"):
                         raise

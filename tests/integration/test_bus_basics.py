@@ -3,21 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import io
+import json
 from collections.abc import AsyncIterator
 
 import pytest
 import redis.asyncio as aioredis
+import structlog
 from quantum.events.v1.envelope_pb2 import Envelope
 from quantum.events.v1.market_pb2 import MarketTick
 
 from runtime.core import tracing
 from runtime.core.bus import ENVELOPE_FIELD, EventBus
 from runtime.core.keys import Keyspace
+from runtime.core.logs import configure_logging
 from runtime.core.metrics import RuntimeMetrics
 from runtime.core.runner import DomainRunner, RunnerConfig
 from runtime.core.trace_index import read_trace
 from tests.integration.bus_support import running, wait_until
-from tests.process.actors import TickCounter, tick
+from tests.process.actors import LoggingTicks, TickCounter, tick
 
 
 @pytest.fixture
@@ -154,3 +158,25 @@ async def test_heartbeat_names_the_consumer(
 
 def test_market_tick_is_what_the_test_actor_takes() -> None:
     assert TickCounter.consumes()[0].message is MarketTick
+
+
+async def test_handler_log_lines_carry_the_events_trace_id(
+    bus: EventBus, aredis: aioredis.Redis, keyspace: Keyspace
+) -> None:
+    buffer = io.BytesIO()
+    configure_logging("INFO", stream=buffer)
+    try:
+        actor = LoggingTicks()
+        runner = DomainRunner(actor, aredis, keyspace, bus, RunnerConfig("c1", block_ms=50))
+        async with running(runner):
+            first = await bus.publish(tick("BTC", 1))
+            second = await bus.publish(tick("BTC", 2))
+            await wait_until(lambda: actor.count == 2)
+    finally:
+        structlog.reset_defaults()
+    lines = [json.loads(line) for line in buffer.getvalue().splitlines()]
+    handled = [line for line in lines if line["event"] == "tick_handled"]
+    assert [(line["sequence"], line["trace_id"], line["span_id"]) for line in handled] == [
+        (1, first.trace_id, first.span_id),
+        (2, second.trace_id, second.span_id),
+    ]

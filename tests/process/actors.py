@@ -9,6 +9,7 @@ from quantum.events.v1.market_pb2 import MarketTick
 from quantum.events.v1.portfolio_pb2 import PnlUpdated
 
 from runtime.core.actor import Actor, HandlerContext, handles
+from runtime.core.logs import get_logger
 
 
 class TickCounter(Actor):
@@ -88,3 +89,17 @@ class SlowTicks(Actor):
     async def on_tick(self, tick: MarketTick, ctx: HandlerContext) -> None:
         await asyncio.sleep(self.delay_s)
         self.log.append((self.who, tick.sequence))
+
+
+class LoggingTicks(Actor):
+    """Logs one line per tick, with nothing about traces in its call."""
+
+    name = "logging_ticks"
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    @handles
+    def on_tick(self, tick: MarketTick, ctx: HandlerContext) -> None:
+        get_logger("tests.logging_ticks").info("tick_handled", sequence=tick.sequence)
+        self.count += 1

@@ -252,31 +252,43 @@ def run(argv: list[str]) -> dict[str, Any]:
     parser.add_argument("--events", type=int, default=200_000, help="events per throughput run")
     parser.add_argument("--rate", type=int, default=10_000, help="offered load for latency")
     parser.add_argument("--latency-seconds", type=float, default=3.0)
+    parser.add_argument(
+        "--only", choices=("baseline", "throughput", "latency"), help="run one measurement"
+    )
     args = parser.parse_args(argv)
+    wanted = {args.only} if args.only else {"baseline", "throughput", "latency"}
     server = start_redis_server()
     try:
         print(f"bench bus: redis-server on port {server.port}", file=sys.stderr)
-        baseline = measure_baseline(server.url, args.events)
-        print(f"bench bus: baseline {baseline:,.0f} events/s", file=sys.stderr)
-        throughput, _ = measure_runtime(server.url, args.events, rate=0)
-        print(f"bench bus: runtime {throughput:,.0f} events/s", file=sys.stderr)
-        latency_events = int(args.rate * args.latency_seconds)
-        _, latencies = measure_runtime(server.url, latency_events, rate=args.rate)
-        # The first second warms up connections and caches: leave it out.
-        steady = latencies[args.rate :] or latencies
+        result: dict[str, Any] = {}
+        if "baseline" in wanted:
+            baseline = measure_baseline(server.url, args.events)
+            print(f"bench bus: baseline {baseline:,.0f} events/s", file=sys.stderr)
+            result["baseline_events_per_s"] = round(baseline)
+        if "throughput" in wanted:
+            throughput, _ = measure_runtime(server.url, args.events, rate=0)
+            print(f"bench bus: runtime {throughput:,.0f} events/s", file=sys.stderr)
+            result["events_per_s"] = round(throughput)
+        if "baseline" in wanted and "throughput" in wanted:
+            result["ratio_to_baseline"] = round(throughput / baseline, 3)
+        if "latency" in wanted:
+            latency_events = int(args.rate * args.latency_seconds)
+            _, latencies = measure_runtime(server.url, latency_events, rate=args.rate)
+            # The first second warms up connections and caches: leave it out.
+            steady = latencies[args.rate :] or latencies
+            result.update(
+                p50_ms=round(statistics.median(steady) * 1000, 3),
+                p99_ms=round(_percentile(steady, 0.99) * 1000, 3),
+                max_ms=round(max(steady) * 1000, 3),
+                offered_load_per_s=args.rate,
+                latency_samples=len(steady),
+            )
     finally:
         server.stop()
-    return {
-        "events_per_s": round(throughput),
-        "baseline_events_per_s": round(baseline),
-        "ratio_to_baseline": round(throughput / baseline, 3),
-        "p50_ms": round(statistics.median(steady) * 1000, 3),
-        "p99_ms": round(_percentile(steady, 0.99) * 1000, 3),
-        "max_ms": round(max(steady) * 1000, 3),
-        "offered_load_per_s": args.rate,
-        "latency_samples": len(steady),
-        "events": args.events,
-        "payload_bytes": len(payload_tick().SerializeToString()),
-        "cpus": os.cpu_count(),
-        "load_average_1m": round(os.getloadavg()[0], 2),
-    }
+    result.update(
+        events=args.events,
+        payload_bytes=len(payload_tick().SerializeToString()),
+        cpus=os.cpu_count(),
+        load_average_1m=round(os.getloadavg()[0], 2),
+    )
+    return result

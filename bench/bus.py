@@ -149,8 +149,11 @@ def measure_baseline(url: str, events: int) -> float:
 # -- the runtime -----------------------------------------------------------------------------
 
 
-def _runtime_producer(url: str, namespace: str, events: int, start_at: float, rate: int) -> None:
-    """Publish ``events`` ticks: as fast as possible (rate 0) or at ``rate`` per second."""
+def _runtime_producer(
+    url: str, namespace: str, events: int, start_at: float, rate: int, result: Any
+) -> None:
+    """Publish ``events`` ticks: as fast as possible with concurrent ``publish`` calls (rate
+    0) or ``publish_many`` batches (rate -1), or at ``rate`` per second."""
     install_uvloop()
     import redis.asyncio as aioredis
 
@@ -165,14 +168,25 @@ def _runtime_producer(url: str, namespace: str, events: int, start_at: float, ra
         )
         tick = payload_tick()
         await asyncio.sleep(max(0.0, start_at - time.time()))
-        if rate == 0:
-            sent = 0
-            while sent < events:
-                n = min(1_000, events - sent)
-                await asyncio.gather(
-                    *(bus.publish(tick, partition_key="BTCUSDT") for _ in range(n))
+        if rate < 0:
+            # Batches of 1,000 through publish_many, up to 4 batches awaiting Redis at a time.
+            batches: set[asyncio.Future[Any]] = set()
+            for start in range(0, events, 1_000):
+                if len(batches) >= 4:
+                    _, batches = await asyncio.wait(batches, return_when=asyncio.FIRST_COMPLETED)
+                n = min(1_000, events - start)
+                batches.add(
+                    asyncio.ensure_future(bus.publish_many([tick] * n, partition_key="BTCUSDT"))
                 )
-                sent += n
+            await asyncio.gather(*batches)
+        elif rate == 0:
+            # Concurrent publishes, up to 4,000 awaiting Redis at a time (auto-batched).
+            inflight: set[asyncio.Future[Any]] = set()
+            for _ in range(events):
+                if len(inflight) >= 4_000:
+                    _, inflight = await asyncio.wait(inflight, return_when=asyncio.FIRST_COMPLETED)
+                inflight.add(asyncio.ensure_future(bus.publish(tick, partition_key="BTCUSDT")))
+            await asyncio.gather(*inflight)
         else:
             began = time.perf_counter()
             sent = 0
@@ -186,6 +200,7 @@ def _runtime_producer(url: str, namespace: str, events: int, start_at: float, ra
                 sent = due
                 await asyncio.sleep(0.001)
             await asyncio.gather(*pending)
+        result.put(("producer", time.time()))
         await bus.close()
         await client.aclose()
 
@@ -219,13 +234,17 @@ def _runtime_consumer(url: str, namespace: str, events: int, measure: bool, resu
         await task
         await bus.close()
         await client.aclose()
-        result.put((finished, actor.latencies))
+        result.put(("consumer", (finished, actor.latencies)))
 
     asyncio.run(main())
 
 
-def measure_runtime(url: str, events: int, rate: int) -> tuple[float, list[float]]:
-    """Run producer and consumer processes; (events per second, latencies in seconds)."""
+def measure_runtime(url: str, events: int, rate: int) -> tuple[float, float, list[float]]:
+    """Run producer and consumer processes.
+
+    Returns end-to-end events per second, the producer's own publish rate (when it is close
+    to the first, publishing is the bottleneck) and the handler latencies in seconds.
+    """
     namespace = f"bench-{os.getpid()}-{rate}"
     ctx = mp.get_context("spawn")
     result = ctx.Queue()
@@ -233,13 +252,17 @@ def measure_runtime(url: str, events: int, rate: int) -> tuple[float, list[float
     consumer = ctx.Process(
         target=_runtime_consumer, args=(url, namespace, events, rate > 0, result)
     )
-    producer = ctx.Process(target=_runtime_producer, args=(url, namespace, events, start_at, rate))
+    producer = ctx.Process(
+        target=_runtime_producer, args=(url, namespace, events, start_at, rate, result)
+    )
     consumer.start()
     producer.start()
-    finished, latencies = result.get(timeout=600)
+    reports = dict(result.get(timeout=600) for _ in range(2))
     producer.join()
     consumer.join()
-    return events / (finished - start_at), latencies
+    finished, latencies = reports["consumer"]
+    published = reports["producer"]
+    return events / (finished - start_at), events / (published - start_at), latencies
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -266,14 +289,19 @@ def run(argv: list[str]) -> dict[str, Any]:
             print(f"bench bus: baseline {baseline:,.0f} events/s", file=sys.stderr)
             result["baseline_events_per_s"] = round(baseline)
         if "throughput" in wanted:
-            throughput, _ = measure_runtime(server.url, args.events, rate=0)
+            throughput, publish_rate, _ = measure_runtime(server.url, args.events, rate=0)
             print(f"bench bus: runtime {throughput:,.0f} events/s", file=sys.stderr)
             result["events_per_s"] = round(throughput)
+            result["producer_publish_per_s"] = round(publish_rate)
+            batched, batched_publish, _ = measure_runtime(server.url, args.events, rate=-1)
+            print(f"bench bus: runtime (publish_many) {batched:,.0f} events/s", file=sys.stderr)
+            result["events_per_s_publish_many"] = round(batched)
+            result["producer_publish_many_per_s"] = round(batched_publish)
         if "baseline" in wanted and "throughput" in wanted:
             result["ratio_to_baseline"] = round(throughput / baseline, 3)
         if "latency" in wanted:
             latency_events = int(args.rate * args.latency_seconds)
-            _, latencies = measure_runtime(server.url, latency_events, rate=args.rate)
+            _, _, latencies = measure_runtime(server.url, latency_events, rate=args.rate)
             # The first second warms up connections and caches: leave it out.
             steady = latencies[args.rate :] or latencies
             result.update(

@@ -57,6 +57,7 @@ DEFAULT_TRACE_TTL_S: Final = 7 * 24 * 3600
 MAX_HISTORY_PAGE: Final = 1000
 _MAX_WRITE_ATTEMPTS: Final = 20
 _SUBSCRIBER_BUFFER: Final = 256
+_SNAPSHOT_MIN_SPACING_S: Final = 0.1
 _BACKOFF_MIN_S: Final = 0.05
 _BACKOFF_MAX_S: Final = 2.0
 
@@ -156,6 +157,7 @@ class PolicyStore:
         self._block_ms = max(10, int(block_s * 1000))
 
         self._policy: Policy | None = None
+        self._last_proto: tuple[Policy | None, policy_pb2.Policy] = (None, policy_pb2.Policy())
         self._event_id = ""  # stream entry that produced the cached policy
         self._follow_from = "$"
         self._health = PolicyHealth.DEGRADED
@@ -438,7 +440,7 @@ class PolicyStore:
     ) -> _Stored | None:
         """Run the write script; None when written, else what Redis holds instead."""
         changed_at = datetime_to_proto(new.updated_at or datetime.now(UTC))
-        new_proto = policy_to_proto(new)
+        new_proto = self._proto_of(new)
         previous_version = old.version if old is not None else 0
         event = policy_pb2.PolicyUpdated(
             policy=new_proto,
@@ -459,7 +461,7 @@ class PolicyStore:
             new_policy=new_proto,
         )
         if old is not None:
-            record.old_policy.CopyFrom(policy_to_proto(old))
+            record.old_policy.CopyFrom(self._proto_of(old))
         policy_bytes = new_proto.SerializeToString(deterministic=True)
         reply: list[Any] = await self._script(
             keys=[
@@ -557,6 +559,14 @@ class PolicyStore:
             if winner is not None:  # someone else got there first with a newer version
                 self._install(winner.policy, winner.event_id, source="redis")
 
+    def _proto_of(self, policy: Policy) -> policy_pb2.Policy:
+        """The proto of ``policy``, remembered for the latest one (the next write's "old")."""
+        cached_policy, cached_proto = self._last_proto
+        if cached_policy is not policy:
+            cached_proto = policy_to_proto(policy)
+            self._last_proto = (policy, cached_proto)
+        return cached_proto
+
     def _decode_policy(self, raw: bytes) -> Policy:
         message = policy_pb2.Policy()
         message.ParseFromString(raw)
@@ -650,7 +660,8 @@ class PolicyStore:
             for _stream, entries in cast("Iterable[tuple[Any, Any]]", streams):
                 for entry_id, fields in cast("Iterable[tuple[bytes, dict[bytes, bytes]]]", entries):
                     self._follow_from = _text(entry_id)
-                    self._apply_event(self._follow_from, fields)
+                    if self._follow_from != self._event_id:  # not our own write, already in
+                        self._apply_event(self._follow_from, fields)
 
     def _apply_event(self, entry_id: str, fields: Mapping[bytes, bytes]) -> None:
         try:
@@ -703,6 +714,8 @@ class PolicyStore:
                 _log.error(
                     "policy_snapshot_write_failed", path=str(self._snapshot.path), error=str(exc)
                 )
+            # A burst of changes costs one more write, of the newest, not one per change.
+            await asyncio.sleep(_SNAPSHOT_MIN_SPACING_S)
 
     # ----------------------------------------------------------------- snapshot file
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -29,7 +30,7 @@ from control_plane.auth import (
     reset_principal,
     set_principal,
 )
-from control_plane.errors import ControlPlaneError, Reason
+from control_plane.errors import ControlPlaneError, Reason, bad_field
 from control_plane.runtime_errors import translate
 from runtime.core import tracing
 from runtime.core.logs import get_logger
@@ -71,7 +72,11 @@ class CallWrapper:
         return WrappingRegistrar(self, server)
 
     def _enter(
-        self, needed: Role | None, method: str, context: aio.ServicerContext[Any, Any]
+        self,
+        needed: Role | None,
+        method: str,
+        request: Any,
+        context: aio.ServicerContext[Any, Any],
     ) -> tuple[Any, tracing.TraceContext | None]:
         authorization: str | bytes | None = None
         traceparent: str | bytes | None = None
@@ -83,6 +88,8 @@ class CallWrapper:
         token = None
         if needed is not None:
             principal = authorize_token(self._tokens, needed, method, parse_bearer(authorization))
+            if isinstance(request, Undecodable):  # only callers who may call learn why
+                raise bad_field("(request)", f"is not a valid {method} request: {request.error}")
             token = set_principal(principal)
         if traceparent is None:
             return token, None
@@ -91,16 +98,17 @@ class CallWrapper:
         return token, parent.child() if parent is not None else None
 
     def wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        deserializer = _lenient(handler.request_deserializer)
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
                 self._wrap_unary(method, handler.unary_unary),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=deserializer,
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
                 self._wrap_stream(method, handler.unary_stream),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=deserializer,
                 response_serializer=handler.response_serializer,
             )
         return handler  # no client-streaming methods in this API
@@ -112,7 +120,7 @@ class CallWrapper:
         # Redis call it awaits is abandoned with it.
         async def wrapped(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
             try:
-                principal_token, ctx = self._enter(needed, method, context)
+                principal_token, ctx = self._enter(needed, method, request, context)
             except ControlPlaneError as error:
                 await _abort(context, error)
                 return None
@@ -143,7 +151,7 @@ class CallWrapper:
             request: Any, context: aio.ServicerContext[Any, Any]
         ) -> AsyncIterator[Any]:
             try:
-                principal_token, ctx = self._enter(needed, method, context)
+                principal_token, ctx = self._enter(needed, method, request, context)
             except ControlPlaneError as error:
                 await _abort(context, error)
                 return
@@ -165,6 +173,26 @@ class CallWrapper:
                 await _abort(context, failure)
 
         return wrapped
+
+
+@dataclass(frozen=True, slots=True)
+class Undecodable:
+    """A request body that did not parse; answered INVALID_ARGUMENT instead of INTERNAL."""
+
+    error: str
+
+
+def _lenient(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if deserializer is None:
+        return None
+
+    def parse(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception as exc:  # DecodeError and the like: the caller sent garbage
+            return Undecodable(f"{type(exc).__name__}: {exc}")
+
+    return parse
 
 
 class WrappingRegistrar:

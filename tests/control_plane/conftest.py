@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -87,16 +88,19 @@ async def start_harness(
 
 
 async def stop_harness(harness: Harness) -> None:
-    await harness.channel.close()
-    await harness.plane.stop(grace=0)
-    await harness.bus.close()
-    await harness.store.stop()
+    # Bounded, so that a stuck step fails here, named, instead of at the pytest timeout.
+    async with asyncio.timeout(30):
+        await harness.channel.close()
+        await harness.plane.stop(grace=0)
+        await harness.bus.close()
+        await harness.store.stop()
 
 
 @pytest.fixture
 async def harness(
     aredis: aioredis.Redis, keyspace: Keyspace, tmp_path: Path
 ) -> AsyncIterator[Harness]:
-    running = await start_harness(aredis, keyspace, tmp_path)
+    async with asyncio.timeout(30):
+        running = await start_harness(aredis, keyspace, tmp_path)
     yield running
     await stop_harness(running)

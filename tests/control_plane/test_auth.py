@@ -220,3 +220,33 @@ def test_a_non_loopback_address_without_tokens_is_refused() -> None:
     check_exposure("0.0.0.0:50051", tokens_enabled=True)
     check_exposure("127.0.0.1:50051", tokens_enabled=False)
     check_exposure("[::1]:50051", tokens_enabled=False)
+
+
+@pytest.mark.parametrize(
+    ("stub_class", "method", "streaming"),
+    sorted({(s, m, st) for s, m, _, st, _ in RPCS}, key=lambda r: r[1]),
+    ids=sorted({m for _, m, _, _, _ in RPCS}),
+)
+async def test_empty_requests_are_never_unknown_or_internal(
+    harness: Harness, stub_class: type, method: str, streaming: bool
+) -> None:
+    request_class = type(next(r for s, m, r, _, _ in RPCS if m == method))
+    code = await call(harness, stub_class, method, request_class(), streaming, "operator")
+    assert code not in (grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL)
+
+
+async def test_a_request_body_that_does_not_parse_is_invalid_argument(harness: Harness) -> None:
+    raw = harness.channel.unary_unary(
+        "/quantum.control.v1.PolicyService/SwitchMode",
+        request_serializer=lambda body: body,
+        response_deserializer=lambda body: body,
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await raw(b"\xff\xff\xff\xff", metadata=harness.operator)
+    details = details_of(caught.value)
+    assert details.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert details.violations[0].field == "(request)"
+    # Without a token the body is not even looked at.
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await raw(b"\xff\xff\xff\xff")
+    assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED

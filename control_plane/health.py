@@ -119,7 +119,8 @@ class ServingWatcher:
         # One slow answer on a busy loop is not an outage: flip after two failures in a row.
         serving = self._failures < 2 and not (self.serving is None and self._failures)
         if serving != self.serving:
-            log.info("redis_back" if serving else "redis_lost", serving=serving)
+            if self.serving is not None or not serving:
+                log.info("redis_back" if serving else "redis_lost", serving=serving)
             self.serving = serving
             status = (
                 health_pb2.HealthCheckResponse.SERVING

@@ -39,7 +39,7 @@ async def test_an_entry_still_being_handled_is_kept_alive_and_not_claimed_by_ano
     log: list[tuple[str, int]] = []
 
     def config(name: str) -> RunnerConfig:
-        return RunnerConfig(name, block_ms=20, visibility_timeout_ms=300, claim_interval_ms=50)
+        return RunnerConfig(name, block_ms=20, visibility_timeout_ms=500, claim_interval_ms=50)
 
     first = DomainRunner(SlowTicks(1.2, log, "a"), aredis, keyspace, bus, config("a"))
     second = DomainRunner(SlowTicks(1.2, log, "b"), aredis, keyspace, bus, config("b"))
@@ -47,7 +47,7 @@ async def test_an_entry_still_being_handled_is_kept_alive_and_not_claimed_by_ano
         await asyncio.sleep(0.1)
         await bus.publish(tick("BTC", 1))
         await wait_until(lambda: len(log) >= 1)
-        await asyncio.sleep(0.4)  # a second, wrongful, delivery would finish by now
+        await asyncio.sleep(0.6)  # a second, wrongful, delivery would finish by now
     assert len(log) == 1
 
 

@@ -1,9 +1,11 @@
 """The pipeline split over three processes ends with the same portfolio as one process.
 
-A recorded feed is published tick by tick; after each tick the test waits until every
-consumer group has caught up, so both topologies see the same order of events and must
-reach the same state. The portfolio's final state (its snapshot in Redis, as the runner
-stores it) is compared byte for byte, and with the same feed run in-process.
+The domains run as ``quantum run --domains ...`` processes sharing one namespace: first all
+in one process, then (in a fresh namespace) split over three. A recorded feed is published
+tick by tick; after each tick the test waits until every consumer group has caught up, so
+both topologies see the same order of events and must reach the same state. The
+portfolio's final state (its snapshot in Redis, as the runner stores it) is compared byte
+for byte, and with the same feed run in-process.
 """
 
 from __future__ import annotations
@@ -15,20 +17,23 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, cast
 
 import pytest
 import redis.asyncio as aioredis
 
+from runtime import bootstrap
+from runtime.core.actor import Actor
 from runtime.core.bus import EventBus
 from runtime.core.ids import derive_event_id
 from runtime.core.keys import Keyspace
+from runtime.core.policy.defaults import default_policy
 from runtime.core.runner import state_key
 from runtime.core.tracing import TraceContext
 from runtime.domains.market_data import CsvFeed, tick_envelope
 from tests.domains.support import ROOT_ID, Chain, StubPolicyStore
-from tests.e2e.pipeline_worker import build
 
 pytestmark = pytest.mark.slow
 
@@ -37,13 +42,17 @@ FIXTURE = ROOT / "tests" / "fixtures" / "ticks_small.csv"
 ONE_PROCESS = ["ai_engine,risk_safety,execution,portfolio,analytics"]
 THREE_PROCESSES = ["ai_engine,risk_safety", "execution", "portfolio,analytics"]
 TICKS = 200  # enough for 3 orders and a closed position
-STREAMS = sorted(
-    {
-        t.name
-        for actor in build(ONE_PROCESS[0].split(","), StubPolicyStore())  # type: ignore[arg-type]
-        for t in type(actor).consumes()
-    }
-)
+EQUITY = Decimal("100000")
+
+
+def _in_process_actors() -> list[Actor]:
+    """The actors ``quantum run`` builds, reading the documented default policy."""
+    store = StubPolicyStore(default_policy())
+    factories = bootstrap.actor_factories(store, EQUITY)  # type: ignore[arg-type]
+    return [factories[name]() for name in ONE_PROCESS[0].split(",")]
+
+
+STREAMS = sorted({t.name for actor in _in_process_actors() for t in type(actor).consumes()})
 
 
 def _ticks() -> list[Any]:
@@ -59,28 +68,32 @@ def _ticks() -> list[Any]:
 
 @contextmanager
 def _workers(url: str, keyspace: Keyspace, state_dir: Path, groups: list[str]) -> Iterator[None]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     procs = [
         subprocess.Popen(
             [
                 sys.executable,
                 "-m",
-                "tests.e2e.pipeline_worker",
+                "runtime.cli",
+                "run",
+                "--no-control-plane",
                 "--redis-url",
                 url,
                 "--namespace",
                 keyspace.namespace,
                 "--state-dir",
-                str(state_dir),
+                str(state_dir / str(n)),
+                "--equity",
+                str(EQUITY),
+                "--log-level",
+                "WARNING",
                 "--domains",
                 domains,
             ],
             cwd=ROOT,
-            env=env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )
-        for domains in groups
+        for n, domains in enumerate(groups)
     ]
     try:
         yield
@@ -148,7 +161,7 @@ async def test_three_processes_end_with_the_same_portfolio_as_one(
     assert len(ledger["applied_orders"]) >= 3, "too few fills for the comparison to prove much"
     assert three == one
 
-    chain = Chain(build(ONE_PROCESS[0].split(","), StubPolicyStore()))  # type: ignore[arg-type]
+    chain = Chain(_in_process_actors())
     await chain.publish_all(_ticks())
     in_process = next(a for a in chain.actors if a.name == "portfolio").snapshot_state()
     assert json.loads(in_process or b"{}") == ledger

@@ -62,10 +62,13 @@ class Runtime:
             for actor in actors
         ]
         self._stop_requested: asyncio.Event | None = None
+        self._stopping = False  # stop() may come before run() has started
 
     async def run(self) -> None:
         """Run every runner until ``stop()``; a runner that fails stops the others."""
         self._stop_requested = asyncio.Event()
+        if self._stopping:
+            self._stop_requested.set()
         tasks = [
             asyncio.create_task(runner.run(), name=f"runner-{runner.domain}")
             for runner in self.runners
@@ -87,6 +90,7 @@ class Runtime:
 
     def stop(self) -> None:
         """Ask every runner to drain and stop (safe from a signal handler)."""
+        self._stopping = True
         if self._stop_requested is not None:
             self._stop_requested.set()
 

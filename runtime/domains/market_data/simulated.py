@@ -9,9 +9,10 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Iterator, Mapping, Sequence
-from datetime import datetime, timedelta
+from datetime import datetime
 from decimal import Decimal
 
+from google.protobuf.timestamp_pb2 import Timestamp
 from quantum.events.v1.market_pb2 import MarketTick
 
 from runtime.core.envelope import timestamp
@@ -60,6 +61,8 @@ class SimulatedFeed:
         self._sequences = dict.fromkeys(self._symbols, 0)
         self._rng = rng
         self._start = start
+        started = timestamp(start)
+        self._start_us = started.seconds * 1_000_000 + started.nanos // 1000
         self._rate = rate
         self._volatility = volatility
         self._drift = drift
@@ -90,7 +93,7 @@ class SimulatedFeed:
     def next_tick(self) -> MarketTick:
         """The next tick: one random-walk step of the next symbol in turn."""
         symbol = self._symbols[self._index % len(self._symbols)]
-        at = self._start + timedelta(microseconds=round(self._index * 1_000_000 / self._rate))
+        at_us = self._start_us + round(self._index * 1_000_000 / self._rate)
         self._index += 1
         step = math.exp(self._rng.gauss(self._drift, self._volatility))
         price = (self._prices[symbol] * Decimal(repr(step))).quantize(self._tick_size)
@@ -106,7 +109,7 @@ class SimulatedFeed:
             bid=str(price - half),
             ask=str(price + half),
             volume=str(volume),
-            observed_at=timestamp(at),
+            observed_at=Timestamp(seconds=at_us // 1_000_000, nanos=at_us % 1_000_000 * 1000),
             sequence=self._sequences[symbol],
             source=self.source,
         )

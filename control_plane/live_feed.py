@@ -154,6 +154,17 @@ class LiveFeed:
         return [self._keyspace.stream(name) for name in sorted(names)]
 
     async def _read(self) -> None:
+        # A reader that died would leave every subscriber waiting forever: on an unexpected
+        # error, log it and follow again from the streams' current ends.
+        while self._subscribers:
+            try:
+                await self._follow()
+            except Exception as exc:
+                log.error("live_feed_failed", error=f"{type(exc).__name__}: {exc}", exc_info=exc)
+                self._started.set()
+                await asyncio.sleep(1.0)
+
+    async def _follow(self) -> None:
         streams = self._streams(self._registry.names())
         # "$" would race with events added between subscribe() and the first XREAD: start
         # from each stream's current last id instead.

@@ -8,7 +8,6 @@ from quantum.events.v1.ai_pb2 import SignalGenerated
 from quantum.events.v1.market_pb2 import MarketTick
 
 from runtime.core.actor import Actor, HandlerContext, handles
-from runtime.core.envelope import timestamp
 from runtime.domains.ai_engine.ema_crossover import EmaCrossoverModel
 from runtime.domains.ai_engine.model import SignalModel
 
@@ -42,7 +41,7 @@ class AiEngine(Actor):
                 model_id=self.model.model_id,
                 features={name: f"{value:f}" for name, value in signal.features.items()},
                 reference_price=tick.price,
-                generated_at=timestamp(ctx.occurred_at),
+                generated_at=ctx.envelope.occurred_at,
             ),
             partition_key=tick.symbol,
         )

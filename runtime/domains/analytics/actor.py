@@ -16,7 +16,6 @@ from quantum.events.v1.analytics_pb2 import StatsUpdated
 from quantum.events.v1.portfolio_pb2 import PnlUpdated, PositionClosed
 
 from runtime.core.actor import Actor, HandlerContext, handles
-from runtime.core.envelope import timestamp
 from runtime.core.policy import Policy, RiskMode
 from runtime.domains.analytics.guard import PolicyControl, escalation_for, worst_breach
 from runtime.domains.analytics.stats import DailyStats
@@ -131,7 +130,7 @@ class Analytics(Actor):
                 realized_pnl=f"{stats.realized_pnl:f}",
                 max_drawdown=f"{stats.max_drawdown:f}",
                 daily_loss=f"{stats.daily_loss:f}",
-                as_of=timestamp(ctx.occurred_at),
+                as_of=ctx.envelope.occurred_at,
             ),
             partition_key="",
         )

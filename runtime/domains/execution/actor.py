@@ -25,7 +25,7 @@ from quantum.events.v1.market_pb2 import MarketTick
 from quantum.events.v1.risk_pb2 import SignalApproved
 
 from runtime.core.actor import Actor, HandlerContext, handles
-from runtime.core.envelope import open_payload, timestamp
+from runtime.core.envelope import open_payload
 from runtime.domains.execution.adapter import ExchangeAdapter, Fill, MarketOrder, Refusal
 from runtime.domains.execution.paper import PaperExchange
 
@@ -81,7 +81,7 @@ class Execution(Actor):
         self._snapshot = None
         start = len(ctx.outputs)
         order_id = order_id_for(approved.signal_id)
-        now = timestamp(ctx.occurred_at)
+        now = ctx.envelope.occurred_at
         quantity, refusal = self._checked_quantity(approved)
         ctx.emit(
             OrderSubmitted(

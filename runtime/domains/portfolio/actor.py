@@ -13,7 +13,6 @@ from quantum.events.v1.portfolio_pb2 import PnlUpdated, PositionClosed, Position
 from quantum.events.v2.execution_pb2 import OrderFilled, PartialFill
 
 from runtime.core.actor import Actor, HandlerContext, handles
-from runtime.core.envelope import timestamp
 from runtime.domains.portfolio.ledger import Closed, Ledger, Opened
 
 
@@ -47,7 +46,7 @@ class Portfolio(Actor):
         self.ledger.start_day(now)
         if not fill.fills:
             raise ValueError(f"fill of order {fill.order_id} carries no partial fills")
-        at = timestamp(now)
+        at = ctx.envelope.occurred_at
         for part in fill.fills:
             quantity, price, fee = _fill_numbers(fill.order_id, part)
             self._apply(fill.order_id, fill.symbol, fill.side, quantity, price, fee, at, ctx)
@@ -113,7 +112,7 @@ class Portfolio(Actor):
         self._last_tick_pnl = now
         self._emit_pnl(tick.symbol, ctx)
 
-    def pnl(self, symbol: str, at: datetime) -> PnlUpdated:
+    def pnl(self, symbol: str, at: Timestamp) -> PnlUpdated:
         """The account's numbers now, as the event that reports them."""
         figures = self.ledger.figures()
         return PnlUpdated(
@@ -126,11 +125,11 @@ class Portfolio(Actor):
             daily_pnl=f"{figures.daily_pnl:f}",
             open_positions=figures.open_positions,
             symbol=symbol,
-            as_of=timestamp(at),
+            as_of=at,
         )
 
     def _emit_pnl(self, symbol: str, ctx: HandlerContext) -> None:
-        ctx.emit(self.pnl(symbol, ctx.occurred_at), partition_key=symbol)
+        ctx.emit(self.pnl(symbol, ctx.envelope.occurred_at), partition_key=symbol)
 
     def snapshot_state(self) -> bytes:
         return json.dumps(self.ledger.to_json(), sort_keys=True).encode()

@@ -11,7 +11,6 @@ from quantum.events.v1.risk_pb2 import RejectReason, SignalApproved, SignalRejec
 from quantum.events.v2.ai_pb2 import SignalGenerated
 
 from runtime.core.actor import Actor, HandlerContext, handles
-from runtime.core.envelope import timestamp
 from runtime.domains.risk_safety.book import Book
 from runtime.domains.risk_safety.checks import Approval, decide, parse_price
 from runtime.domains.risk_safety.policy_source import PolicyReader, mode_to_proto
@@ -60,7 +59,7 @@ class RiskSafety(Actor):
                     policy_version=policy.version,
                     mode=mode_to_proto(policy.mode),
                     reduce_only=decision.reduce_only,
-                    decided_at=timestamp(now),
+                    decided_at=ctx.envelope.occurred_at,
                 ),
                 partition_key=signal.symbol,
             )
@@ -77,7 +76,7 @@ class RiskSafety(Actor):
                 actual=decision.actual,
                 policy_version=policy.version,
                 mode=mode_to_proto(policy.mode),
-                decided_at=timestamp(now),
+                decided_at=ctx.envelope.occurred_at,
             ),
             partition_key=signal.symbol,
         )

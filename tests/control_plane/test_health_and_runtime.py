@@ -14,9 +14,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from quantum.control.v1 import runtime_service_pb2 as pb
 from quantum.control.v1.runtime_service_pb2_grpc import RuntimeServiceStub
 
+from control_plane.domains import DomainInspector
+from control_plane.health import SystemHealth
 from control_plane.server import SERVICE_NAMES
 from runtime.core.keys import Keyspace
-from runtime.core.redis_server import RedisServer
+from runtime.core.redis_server import RedisServer, free_port
 from tests.control_plane.conftest import Harness, start_harness, stop_harness
 from tests.control_plane.support import tick_envelopes
 
@@ -101,3 +103,18 @@ async def test_list_domains_shows_groups_lag_and_pending(harness: Harness) -> No
     assert domain.state == "RUNNING"
     (group,) = domain.groups
     assert (group.stream, group.consumers, group.pending, group.lag) == (stream, 1, 2, 3)
+
+
+async def test_a_configured_postgres_that_does_not_answer_is_critical(
+    aredis: aioredis.Redis, keyspace: Keyspace
+) -> None:
+    health = SystemHealth(
+        aredis,
+        DomainInspector(aredis, keyspace),
+        postgres_dsn=f"postgresql://quantum@127.0.0.1:{free_port()}/quantum",
+    )
+    response = await health.check()
+    components = {c.name: c for c in response.components}
+    assert components["postgres"].status == pb.HEALTH_STATUS_CRITICAL
+    assert "cannot connect" in components["postgres"].detail
+    assert response.status == pb.HEALTH_STATUS_CRITICAL

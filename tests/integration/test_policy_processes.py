@@ -51,9 +51,7 @@ Spawn = Callable[..., Awaitable[Agent]]
 
 
 @pytest.fixture
-async def spawn(
-    redis_server_url: str, keyspace: Keyspace, tmp_path: Path
-) -> AsyncIterator[Spawn]:
+async def spawn(redis_server_url: str, keyspace: Keyspace, tmp_path: Path) -> AsyncIterator[Spawn]:
     """Starts policy agents on the test's namespace; ends them all after the test."""
     agents: list[Agent] = []
 

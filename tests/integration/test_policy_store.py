@@ -254,7 +254,7 @@ async def test_state_and_event_never_disagree_under_concurrent_writers(
             event = events.get(int(version))
             if event is None or event.policy.SerializeToString(deterministic=True) != raw:
                 mismatches.append(f"version {int(version)} without its event")
-            await asyncio.sleep(0)
+            await asyncio.sleep(0.001)
 
     auditor = asyncio.create_task(audit())
     await asyncio.gather(*(write(store, i) for i, store in enumerate(stores)))

@@ -55,7 +55,7 @@ PRODUCER: Final = "policy_store"
 DEFAULT_STREAM_MAXLEN: Final = 10_000
 DEFAULT_TRACE_TTL_S: Final = 7 * 24 * 3600
 MAX_HISTORY_PAGE: Final = 1000
-_MAX_WRITE_ATTEMPTS: Final = 20
+_MAX_WRITE_ATTEMPTS: Final = 50
 _SUBSCRIBER_BUFFER: Final = 256
 _SNAPSHOT_MIN_SPACING_S: Final = 0.1
 _BACKOFF_MIN_S: Final = 0.05
@@ -165,6 +165,7 @@ class PolicyStore:
         self._last_sync = 0.0
         self._snapshot_problem = ""
         self._snapshot_due = asyncio.Event()
+        self._stopped = asyncio.Event()
         self._subscribers: set[asyncio.Queue[Policy | None]] = set()
         self._tasks: list[asyncio.Task[None]] = []
         self._resync_lock = asyncio.Lock()
@@ -183,6 +184,7 @@ class PolicyStore:
         if self._started:
             return
         self._stopping = False
+        self._stopped.clear()
         snapshot, problem = self._read_snapshot()
         try:
             stored = await self._read_stored()
@@ -223,11 +225,11 @@ class PolicyStore:
             return
         self._started = False
         self._stopping = True
+        self._stopped.set()
         self._snapshot_due.set()
-        # Every loop checks the flag. The follower is left to see it when its short blocking
-        # read returns: a cancellation in the middle of a redis-py command can be swallowed.
-        _follower, *others = self._tasks
-        for task in others:
+        # Every loop also checks the flag: a cancellation that lands in the middle of a
+        # command can be swallowed, and then the loop ends when its short blocking read does.
+        for task in self._tasks:
             task.cancel()
         _done, late = await asyncio.wait(self._tasks, timeout=self._block_ms / 1000 + 2.0)
         for task in late:
@@ -421,6 +423,9 @@ class PolicyStore:
             if _same_change(stored.policy, new):
                 return stored.policy  # our first attempt did land; its reply was lost
             base = stored.policy
+            if expected_version is None:
+                # Lost a race: a short random pause so one busy writer cannot starve another.
+                await asyncio.sleep(random.uniform(0, min(0.02, 0.0005 * 2**_attempt)))
         raise PolicyUnavailable(
             f"the policy changed {_MAX_WRITE_ATTEMPTS} times while this write was retried; "
             "try again"
@@ -642,6 +647,12 @@ class PolicyStore:
 
     # ----------------------------------------------------------------- background tasks
 
+    async def _pause(self, seconds: float) -> None:
+        """Sleep, but wake at once when the store stops."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self._stopped.wait()
+
     async def _follow_events(self) -> None:
         """Apply each policy.updated event as it is appended (plain XREAD, no group)."""
         backoff = _Backoff()
@@ -652,7 +663,7 @@ class PolicyStore:
                 )
             except _REDIS_DOWN as exc:
                 self._mark_lost(exc)
-                await asyncio.sleep(backoff.next_delay())
+                await self._pause(backoff.next_delay())
                 continue
             backoff.reset()
             # RESP2 replies [[stream, entries]]; RESP3 replies {stream: [entries]}.
@@ -696,7 +707,7 @@ class PolicyStore:
             except _REDIS_DOWN as exc:
                 self._mark_lost(exc)
                 delay = min(self._staleness_s, backoff.next_delay())
-            await asyncio.sleep(delay)
+            await self._pause(delay)
 
     async def _write_snapshots(self) -> None:
         """Write the snapshot after each change and every ``snapshot_interval_s``."""
@@ -715,7 +726,7 @@ class PolicyStore:
                     "policy_snapshot_write_failed", path=str(self._snapshot.path), error=str(exc)
                 )
             # A burst of changes costs one more write, of the newest, not one per change.
-            await asyncio.sleep(_SNAPSHOT_MIN_SPACING_S)
+            await self._pause(_SNAPSHOT_MIN_SPACING_S)
 
     # ----------------------------------------------------------------- snapshot file
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import heapq
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 import grpc
@@ -11,6 +12,7 @@ import redis.asyncio as aioredis
 from grpc import aio
 from quantum.control.v1 import trace_service_pb2 as pb
 from quantum.control.v1 import trace_service_pb2_grpc as pb_grpc
+from quantum.events.v1.envelope_pb2 import Envelope
 
 from control_plane.errors import ControlPlaneError, Reason, bad_field
 from control_plane.live_feed import EventFilter, LiveFeed
@@ -28,6 +30,34 @@ def check_trace_id(value: str, field_path: str = "trace_id") -> str:
             field_path, f"must be 32 lowercase hex characters (a W3C trace id), got {value!r}"
         )
     return value
+
+
+def causal_order(envelopes: Iterable[Envelope]) -> list[Envelope]:
+    """Each event once, every cause before its effects, otherwise oldest (smallest id) first.
+
+    Event ids sort by time, but the outputs of one input share that input's time prefix
+    (their ids are derived from it), so sorting by id alone could put an effect before its
+    cause. This is Kahn's topological sort, taking the smallest ready id each time.
+    """
+    unique = {e.event_id: e for e in envelopes}  # a redelivery may index an event twice
+    children: dict[str, list[str]] = {}
+    ready: list[str] = []
+    for event_id, envelope in unique.items():
+        if envelope.causation_id in unique and envelope.causation_id != event_id:
+            children.setdefault(envelope.causation_id, []).append(event_id)
+        else:
+            ready.append(event_id)
+    heapq.heapify(ready)
+    ordered: list[Envelope] = []
+    while ready:
+        event_id = heapq.heappop(ready)
+        ordered.append(unique[event_id])
+        for child in children.get(event_id, ()):
+            heapq.heappush(ready, child)
+    if len(ordered) < len(unique):  # a causation cycle (corrupt data): show it anyway, last
+        placed = {e.event_id for e in ordered}
+        ordered.extend(unique[i] for i in sorted(unique) if i not in placed)
+    return ordered
 
 
 class TraceServicer(pb_grpc.TraceServiceServicer):
@@ -53,10 +83,7 @@ class TraceServicer(pb_grpc.TraceServiceServicer):
                 Reason.TRACE_NOT_FOUND,
                 {"trace_id": trace_id},
             )
-        # Event ids are ULIDs: they sort by time. The index may hold an event twice (a
-        # redelivery indexes it again); show it once.
-        unique = {e.event_id: e for e in envelopes}
-        ordered = sorted(unique.values(), key=lambda e: e.event_id)
+        ordered = causal_order(envelopes)
         return pb.GetTraceResponse(
             trace_id=trace_id,
             events=[

@@ -36,6 +36,27 @@ async def test_get_trace_returns_every_event_oldest_first_with_causation(harness
     assert '"symbol":"ETH-USD"' in response.events[0].payload_json.replace(" ", "")
 
 
+async def test_get_trace_puts_causes_before_effects_that_share_their_time(
+    harness: Harness,
+) -> None:
+    # Derived ids share the cause's time prefix; give the chain ids that sort backwards.
+    trace_id, chain = causal_chain(3)
+    prefix = chain[0].event_id[:10]
+    for envelope, suffix in zip(
+        chain, ("ZZZZZZZZZZZZZZZZ", "MMMMMMMMMMMMMMMM", "0000000000000000"), strict=True
+    ):
+        old_id = envelope.event_id
+        envelope.event_id = prefix + suffix
+        for other in chain:
+            if other.causation_id == old_id:
+                other.causation_id = envelope.event_id
+    await harness.bus.publish_envelopes(chain)
+    response = await TraceServiceStub(harness.channel).GetTrace(
+        pb.GetTraceRequest(trace_id=trace_id), metadata=harness.viewer
+    )
+    assert [e.envelope.event_id for e in response.events] == [e.event_id for e in chain]
+
+
 async def test_get_trace_of_a_malformed_id_is_invalid_argument(harness: Harness) -> None:
     with pytest.raises(aio.AioRpcError) as caught:
         await TraceServiceStub(harness.channel).GetTrace(

@@ -81,7 +81,7 @@ class BenchSink(Actor):
 # -- the bare redis-py baseline --------------------------------------------------------------
 
 
-def _baseline_producer(url: str, events: int, start_at: float) -> None:
+def _baseline_producer(url: str, events: int, start_at: float, result: Any) -> None:
     install_uvloop()
     import redis.asyncio as aioredis
 
@@ -89,6 +89,7 @@ def _baseline_producer(url: str, events: int, start_at: float) -> None:
         client = aioredis.Redis.from_url(url)
         data = b"x" * PAYLOAD_BYTES
         await asyncio.sleep(max(0.0, start_at - time.time()))
+        cpu = time.process_time()
         sent = 0
         while sent < events:
             n = min(1_000, events - sent)
@@ -97,6 +98,7 @@ def _baseline_producer(url: str, events: int, start_at: float) -> None:
                     pipe.xadd(STREAM, {b"payload": data}, maxlen=1_000_000, approximate=True)
                 await pipe.execute()
             sent += n
+        result.put(("producer", (time.time(), time.process_time() - cpu)))
         await client.aclose()
 
     asyncio.run(main())
@@ -108,6 +110,8 @@ def _baseline_consumer(url: str, events: int, result: Any) -> None:
 
     async def main() -> None:
         client = aioredis.Redis.from_url(url)
+        await client.ping()
+        cpu = time.process_time()
         seen = 0
         first = 0.0
         while seen < events:
@@ -119,13 +123,18 @@ def _baseline_consumer(url: str, events: int, result: Any) -> None:
                 first = time.time()
             await client.xack(STREAM, "g", *[entry_id for entry_id, _ in entries])
             seen += len(entries)
-        result.put(time.time())
+        result.put(("consumer", (time.time(), time.process_time() - cpu)))
         await client.aclose()
 
     asyncio.run(main())
 
 
-def measure_baseline(url: str, events: int) -> float:
+def _redis_cpu_s(client: Any) -> float:
+    info = client.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
+def measure_baseline(url: str, events: int) -> dict[str, float]:
     import redis
 
     client = redis.Redis.from_url(url)
@@ -135,15 +144,24 @@ def measure_baseline(url: str, events: int) -> float:
     result = ctx.Queue()
     start_at = time.time() + 1.5  # both processes imported and connected by then
     consumer = ctx.Process(target=_baseline_consumer, args=(url, events, result))
-    producer = ctx.Process(target=_baseline_producer, args=(url, events, start_at))
+    producer = ctx.Process(target=_baseline_producer, args=(url, events, start_at, result))
     consumer.start()
     producer.start()
-    finished = result.get(timeout=600)
+    redis_cpu = _redis_cpu_s(client)
+    reports = dict(result.get(timeout=600) for _ in range(2))
+    redis_cpu = _redis_cpu_s(client) - redis_cpu
     producer.join()
     consumer.join()
+    finished, consumer_cpu = reports["consumer"]
+    _, producer_cpu = reports["producer"]
     client.delete(STREAM)
     client.close()
-    return events / (finished - start_at)
+    return {
+        "events_per_s": events / (finished - start_at),
+        "producer_cpu_us": producer_cpu / events * 1e6,
+        "consumer_cpu_us": consumer_cpu / events * 1e6,
+        "redis_cpu_us": redis_cpu / events * 1e6,
+    }
 
 
 # -- the runtime -----------------------------------------------------------------------------
@@ -168,6 +186,7 @@ def _runtime_producer(
         )
         tick = payload_tick()
         await asyncio.sleep(max(0.0, start_at - time.time()))
+        cpu = time.process_time()
         if rate < 0:
             # Batches of 1,000 through publish_many, up to 4 batches awaiting Redis at a time.
             batches: set[asyncio.Future[Any]] = set()
@@ -180,13 +199,16 @@ def _runtime_producer(
                 )
             await asyncio.gather(*batches)
         elif rate == 0:
-            # Concurrent publishes, up to 4,000 awaiting Redis at a time (auto-batched).
-            inflight: set[asyncio.Future[Any]] = set()
-            for _ in range(events):
-                if len(inflight) >= 4_000:
-                    _, inflight = await asyncio.wait(inflight, return_when=asyncio.FIRST_COMPLETED)
-                inflight.add(asyncio.ensure_future(bus.publish(tick, partition_key="BTCUSDT")))
-            await asyncio.gather(*inflight)
+            # Concurrent publish calls in chunks of 1,000, up to 4 chunks awaiting Redis.
+            chunks: set[asyncio.Future[Any]] = set()
+            for start in range(0, events, 1_000):
+                if len(chunks) >= 4:
+                    _, chunks = await asyncio.wait(chunks, return_when=asyncio.FIRST_COMPLETED)
+                n = min(1_000, events - start)
+                chunks.add(
+                    asyncio.gather(*(bus.publish(tick, partition_key="BTCUSDT") for _ in range(n)))
+                )
+            await asyncio.gather(*chunks)
         else:
             began = time.perf_counter()
             sent = 0
@@ -200,7 +222,7 @@ def _runtime_producer(
                 sent = due
                 await asyncio.sleep(0.001)
             await asyncio.gather(*pending)
-        result.put(("producer", time.time()))
+        result.put(("producer", (time.time(), time.process_time() - cpu)))
         await bus.close()
         await client.aclose()
 
@@ -226,25 +248,31 @@ def _runtime_consumer(url: str, namespace: str, events: int, measure: bool, resu
             metrics=metrics,
         )
         task = asyncio.create_task(runner.run())
+        cpu = time.process_time()
         await actor.reached.wait()  # all handled; now wait for the last acknowledgement
         while metrics.consumed.value(BenchSink.name, "market.tick") < events:  # noqa: ASYNC110
             await asyncio.sleep(0.0002)
         finished = time.time()
+        cpu = time.process_time() - cpu
         await runner.stop()
         await task
         await bus.close()
         await client.aclose()
-        result.put(("consumer", (finished, actor.latencies)))
+        result.put(("consumer", (finished, actor.latencies, cpu)))
 
     asyncio.run(main())
 
 
-def measure_runtime(url: str, events: int, rate: int) -> tuple[float, float, list[float]]:
+def measure_runtime(url: str, events: int, rate: int) -> tuple[dict[str, float], list[float]]:
     """Run producer and consumer processes.
 
-    Returns end-to-end events per second, the producer's own publish rate (when it is close
-    to the first, publishing is the bottleneck) and the handler latencies in seconds.
+    Returns figures — end-to-end events per second, the producer's own publish rate (when it
+    is close to the first, publishing is the bottleneck), CPU microseconds per event of
+    producer, consumer and redis-server — and the handler latencies in seconds.
     """
+    import redis
+
+    client = redis.Redis.from_url(url)
     namespace = f"bench-{os.getpid()}-{rate}"
     ctx = mp.get_context("spawn")
     result = ctx.Queue()
@@ -257,12 +285,27 @@ def measure_runtime(url: str, events: int, rate: int) -> tuple[float, float, lis
     )
     consumer.start()
     producer.start()
+    redis_cpu = _redis_cpu_s(client)
     reports = dict(result.get(timeout=600) for _ in range(2))
+    redis_cpu = _redis_cpu_s(client) - redis_cpu
     producer.join()
     consumer.join()
-    finished, latencies = reports["consumer"]
-    published = reports["producer"]
-    return events / (finished - start_at), events / (published - start_at), latencies
+    client.close()
+    finished, latencies, consumer_cpu = reports["consumer"]
+    published, producer_cpu = reports["producer"]
+    figures = {
+        "events_per_s": events / (finished - start_at),
+        "producer_publish_per_s": events / (published - start_at),
+        "producer_cpu_us": producer_cpu / events * 1e6,
+        "consumer_cpu_us": consumer_cpu / events * 1e6,
+        "redis_cpu_us": redis_cpu / events * 1e6,
+    }
+    return figures, latencies
+
+
+def _cpu(figures: dict[str, float]) -> dict[str, float]:
+    """CPU time per event by process: what the work costs, whatever else the machine runs."""
+    return {name: round(figures[f"{name}_cpu_us"], 2) for name in ("producer", "consumer", "redis")}
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -285,23 +328,25 @@ def run(argv: list[str]) -> dict[str, Any]:
         print(f"bench bus: redis-server on port {server.port}", file=sys.stderr)
         result: dict[str, Any] = {}
         if "baseline" in wanted:
-            baseline = measure_baseline(server.url, args.events)
-            print(f"bench bus: baseline {baseline:,.0f} events/s", file=sys.stderr)
-            result["baseline_events_per_s"] = round(baseline)
+            base = measure_baseline(server.url, args.events)
+            print(f"bench bus: baseline {base['events_per_s']:,.0f} events/s", file=sys.stderr)
+            result["baseline_events_per_s"] = round(base["events_per_s"])
+            result["baseline_cpu_us_per_event"] = _cpu(base)
         if "throughput" in wanted:
-            throughput, publish_rate, _ = measure_runtime(server.url, args.events, rate=0)
-            print(f"bench bus: runtime {throughput:,.0f} events/s", file=sys.stderr)
-            result["events_per_s"] = round(throughput)
-            result["producer_publish_per_s"] = round(publish_rate)
-            batched, batched_publish, _ = measure_runtime(server.url, args.events, rate=-1)
-            print(f"bench bus: runtime (publish_many) {batched:,.0f} events/s", file=sys.stderr)
-            result["events_per_s_publish_many"] = round(batched)
-            result["producer_publish_many_per_s"] = round(batched_publish)
+            ours, _ = measure_runtime(server.url, args.events, rate=0)
+            print(f"bench bus: runtime {ours['events_per_s']:,.0f} events/s", file=sys.stderr)
+            result["events_per_s"] = round(ours["events_per_s"])
+            result["producer_publish_per_s"] = round(ours["producer_publish_per_s"])
+            result["cpu_us_per_event"] = _cpu(ours)
+            many, _ = measure_runtime(server.url, args.events, rate=-1)
+            print(f"bench bus: publish_many {many['events_per_s']:,.0f} events/s", file=sys.stderr)
+            result["events_per_s_publish_many"] = round(many["events_per_s"])
+            result["cpu_us_per_event_publish_many"] = _cpu(many)
         if "baseline" in wanted and "throughput" in wanted:
-            result["ratio_to_baseline"] = round(throughput / baseline, 3)
+            result["ratio_to_baseline"] = round(ours["events_per_s"] / base["events_per_s"], 3)
         if "latency" in wanted:
             latency_events = int(args.rate * args.latency_seconds)
-            _, _, latencies = measure_runtime(server.url, latency_events, rate=args.rate)
+            _, latencies = measure_runtime(server.url, latency_events, rate=args.rate)
             # The first second warms up connections and caches: leave it out.
             steady = latencies[args.rate :] or latencies
             result.update(

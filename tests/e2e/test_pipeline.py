@@ -19,12 +19,13 @@ import redis.asyncio as aioredis
 from quantum.events.v1.common_pb2 import Side
 from quantum.events.v1.market_pb2 import MarketTick
 from quantum.events.v1.policy_pb2 import RiskMode as RiskModePb
+from quantum.events.v1.risk_pb2 import RejectReason
 
 from runtime.core.bus import ENVELOPE_FIELD, EventBus
 from runtime.core.envelope import decode_envelope, open_payload, timestamp
 from runtime.core.host import Runtime
 from runtime.core.keys import Keyspace
-from runtime.core.policy import RiskMode
+from runtime.core.policy import RiskMode, TradingState
 from runtime.core.policy.store import PolicyStore
 from runtime.core.runner import RunnerConfig
 from runtime.domains.ai_engine import AiEngine, EmaCrossoverModel
@@ -195,3 +196,36 @@ async def test_a_drawdown_makes_analytics_switch_the_policy_to_defensive(
     broadcast = (await pipeline.events("policy.updated"))[-1]
     assert broadcast.changed_by == "analytics"
     assert broadcast.policy.mode == RiskModePb.RISK_MODE_DEFENSIVE
+
+
+async def test_a_crash_past_three_times_the_limit_halts_trading(pipeline: Pipeline) -> None:
+    await pipeline.store.update(
+        {
+            "normal.risk_per_trade_pct": Decimal(100),
+            "normal.max_position_notional": Decimal(200000),
+            "normal.max_daily_loss_pct": Decimal(50),
+        },
+        changed_by="operator:e2e",
+        reason="e2e: trade big so that a crash shows",
+    )
+    await pipeline.ticks("BTC-USD", ["50000"] * 6 + ["50500"])
+    await pipeline.wait_for("portfolio.position.opened")
+    await pipeline.ticks("BTC-USD", ["34000"], start_s=7)  # -33%: 3.3x NORMAL's 10%
+
+    deadline = asyncio.get_running_loop().time() + WITHIN_S
+    while pipeline.store.get_policy().trading_state is not TradingState.HALTED:
+        assert asyncio.get_running_loop().time() < deadline, "trading was not halted"
+        await asyncio.sleep(0.02)
+    history = await pipeline.store.history(page_size=5)
+    assert [(r.changed_by, r.changed_fields) for r in history[:2]] == [
+        ("analytics", ("trading_state",)),
+        ("analytics", ("mode",)),
+    ]
+    assert pipeline.store.get_policy().mode is RiskMode.DEFENSIVE
+
+    # the next decision, on a fresh symbol, is a refusal: nothing goes out while HALTED
+    await pipeline.ticks("ETH-USD", ["3000"] * 6 + ["3030"], start_s=10)
+    [rejected] = await pipeline.wait_for(
+        "risk.signal.rejected", where=lambda r: r.symbol == "ETH-USD"
+    )
+    assert rejected.reason == RejectReason.REJECT_REASON_TRADING_HALTED

@@ -16,6 +16,7 @@ from quantum.events.v1 import policy_pb2
 from runtime.core import tracing
 from runtime.core.envelope import decode_envelope, open_payload
 from runtime.core.keys import Keyspace
+from runtime.core.metrics import MetricsRegistry
 from runtime.core.policy import (
     Policy,
     PolicyHealth,
@@ -31,6 +32,7 @@ from runtime.core.policy import (
     record_from_proto,
     record_to_proto,
 )
+from runtime.core.policy.metrics import policy_metrics
 
 StoreFactory = Callable[..., Awaitable[PolicyStore]]
 
@@ -326,3 +328,25 @@ async def test_a_client_that_decodes_responses_is_refused(
             PolicyStore(client, keyspace, state_dir=tmp_path)
     finally:
         await client.aclose()
+
+
+async def test_writes_and_cache_updates_are_counted_in_the_metrics(
+    make_store: StoreFactory,
+) -> None:
+    registry = MetricsRegistry()
+    store = await make_store(metrics=registry)
+    await store.switch_mode(RiskMode.DEFENSIVE, expected_version=1, changed_by="t", reason="a")
+    await store.switch_mode(RiskMode.DEFENSIVE, changed_by="t", reason="again")
+    with pytest.raises(VersionConflict):
+        await store.switch_mode(RiskMode.NORMAL, expected_version=1, changed_by="t", reason="b")
+    with pytest.raises(PolicyValidationError):
+        await store.update({"normal.max_leverage": 0}, changed_by="t", reason="c")
+    metrics = policy_metrics(registry)
+    assert [metrics.writes.value(o) for o in ("written", "unchanged", "conflict", "invalid")] == [
+        1,
+        1,
+        1,
+        1,
+    ]
+    assert metrics.write_latency.count() == 1
+    assert metrics.cache_updates.value("write") == 2  # the defaults, then the change

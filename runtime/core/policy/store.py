@@ -33,6 +33,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from runtime.core.envelope import EnvelopeError, decode_envelope, open_payload, seal
 from runtime.core.keys import Keyspace
 from runtime.core.logs import get_logger
+from runtime.core.metrics import MetricsRegistry
 from runtime.core.policy.changes import apply_changes, changed_fields
 from runtime.core.policy.codec import datetime_to_proto, policy_from_proto, policy_to_proto
 from runtime.core.policy.defaults import default_policy
@@ -44,6 +45,7 @@ from runtime.core.policy.errors import (
     VersionConflict,
 )
 from runtime.core.policy.history import PolicyChangeRecord, record_from_proto
+from runtime.core.policy.metrics import policy_metrics
 from runtime.core.policy.model import Policy, RiskMode, TradingState
 from runtime.core.policy.scripts import WRITE_POLICY
 from runtime.core.policy.snapshot import SnapshotFile
@@ -132,6 +134,7 @@ class PolicyStore:
         registry: EventRegistry | None = None,
         stream_maxlen: int = DEFAULT_STREAM_MAXLEN,
         trace_ttl_s: int = DEFAULT_TRACE_TTL_S,
+        metrics: MetricsRegistry | None = None,
     ) -> None:
         if redis.connection_pool.connection_kwargs.get("decode_responses"):
             raise ValueError(
@@ -150,6 +153,7 @@ class PolicyStore:
         self._stream_maxlen = stream_maxlen
         self._trace_ttl_s = trace_ttl_s
         self._snapshot = SnapshotFile(state_dir, keyspace.namespace)
+        self._metrics = policy_metrics(metrics)
         self._script = redis.register_script(WRITE_POLICY)
         socket_timeout = redis.connection_pool.connection_kwargs.get("socket_timeout")
         # Short blocking reads: they bound how long stop() waits for the follower.
@@ -371,21 +375,37 @@ class PolicyStore:
         version (else ``VersionConflict``); without it, on whatever is current. A change
         that alters nothing writes nothing and returns the current policy.
         """
-        _require_audit(changed_by, reason)
+        started = time.perf_counter()
+        outcome = "invalid"
         try:
-            return await self._update(changes, expected_version, changed_by, reason)
-        except _REDIS_DOWN:
-            # Once more on a fresh connection: after a Redis restart the pool still holds
-            # dead ones. Safe: a CAS that already applied is recognised as our own write.
-            pass
-        try:
-            return await self._update(changes, expected_version, changed_by, reason)
-        except _REDIS_DOWN as exc:
-            self._mark_lost(exc)
-            raise PolicyUnavailable(
-                f"policy not changed: Redis is unreachable ({exc}); reads serve version "
-                f"{self.get_policy().version} until it returns"
-            ) from exc
+            _require_audit(changed_by, reason)
+            try:
+                policy, outcome = await self._update(changes, expected_version, changed_by, reason)
+            except _REDIS_DOWN:
+                # Once more on a fresh connection: after a Redis restart the pool still holds
+                # dead ones. Safe: a CAS that already applied is recognised as our own write.
+                try:
+                    policy, outcome = await self._update(
+                        changes, expected_version, changed_by, reason
+                    )
+                except _REDIS_DOWN as exc:
+                    outcome = "unavailable"
+                    self._mark_lost(exc)
+                    raise PolicyUnavailable(
+                        f"policy not changed: Redis is unreachable ({exc}); reads serve version "
+                        f"{self.get_policy().version} until it returns"
+                    ) from exc
+        except VersionConflict:
+            outcome = "conflict"
+            raise
+        except PolicyUnavailable:
+            outcome = "unavailable"
+            raise
+        finally:
+            self._metrics.writes.inc(outcome)
+            if outcome == "written":
+                self._metrics.write_latency.observe(value=time.perf_counter() - started)
+        return policy
 
     async def _update(
         self,
@@ -393,7 +413,8 @@ class PolicyStore:
         expected_version: int | None,
         changed_by: str,
         reason: str,
-    ) -> Policy:
+    ) -> tuple[Policy, str]:
+        """The new policy and the outcome: ``written`` or ``unchanged``."""
         base = self.get_policy()
         if expected_version is not None and expected_version != base.version:
             base = (await self._read_current()).policy
@@ -405,7 +426,7 @@ class PolicyStore:
             if not fields:
                 current = (await self._read_current()).policy
                 if current.version == base.version:
-                    return current
+                    return current, "unchanged"
                 base = current
                 continue
             new = dataclasses.replace(
@@ -419,9 +440,9 @@ class PolicyStore:
                 new, base, fields, changed_by=changed_by, reason=reason, rule="cas"
             )
             if stored is None:
-                return new
+                return new, "written"
             if _same_change(stored.policy, new):
-                return stored.policy  # our first attempt did land; its reply was lost
+                return stored.policy, "written"  # our first attempt landed; its reply was lost
             base = stored.policy
             if expected_version is None:
                 # Lost a race: a short random pause so one busy writer cannot starve another.
@@ -593,6 +614,7 @@ class PolicyStore:
         self._policy = policy
         if event_id:
             self._event_id = event_id
+        self._metrics.cache_updates.inc(source)
         if current is not None:
             _log.info(
                 "policy_changed",

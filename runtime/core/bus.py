@@ -23,6 +23,7 @@ import redis.asyncio as aioredis
 from google.protobuf.message import Message
 from quantum.events.v1.envelope_pb2 import Envelope
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from runtime.core.backoff import Backoff
@@ -46,7 +47,19 @@ RETRYABLE_ERRORS: tuple[type[Exception], ...] = (
     TimeoutError,
 )
 
+# Error replies that mean "not now" rather than "never": a script running too long, a
+# dataset loading after a restart, a replica promoted or a cluster slot moving.
+TRANSIENT_REPLIES = ("BUSY ", "LOADING", "TRYAGAIN", "MASTERDOWN", "READONLY", "CLUSTERDOWN")
+
 _log = get_logger("runtime.bus")
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for Redis errors after which the same request can be sent again later."""
+    if isinstance(exc, RETRYABLE_ERRORS):
+        return True
+    return isinstance(exc, ResponseError) and str(exc).startswith(TRANSIENT_REPLIES)
+
 
 # KEYS: the batch's streams, then its trace index keys.
 # ARGV: #streams, trace TTL, MAXLEN per stream, then (stream#, trace key#, envelope) per event.
@@ -153,6 +166,9 @@ class EventBus:
         self.metrics = metrics or runtime_metrics()
         self._queue: list[_Queued] = []
         self._wakeup: asyncio.Event | None = None
+        self._progress: asyncio.Event | None = None  # set whenever a batch settles
+        self._accepted = 0  # events queued so far
+        self._settled = 0  # events sent or failed so far (in queue order)
         self._flusher: asyncio.Task[None] | None = None
         self._closed = False
         self._stream_names: dict[str, tuple[str, int]] = {}
@@ -217,11 +233,12 @@ class EventBus:
 
     async def flush(self) -> None:
         """Wait until everything queued before this call has been sent (or has failed)."""
-        if not self._queue:
-            return
-        last = self._queue[-1].waiter.future
-        with contextlib.suppress(Exception):
-            await asyncio.shield(last)
+        target = self._accepted
+        while self._settled < target:
+            progress = self._progress
+            assert progress is not None
+            progress.clear()
+            await progress.wait()
 
     async def close(self) -> None:
         """Flush, then stop the flusher; later publishes raise ``BusClosed``."""
@@ -277,8 +294,10 @@ class EventBus:
                     index,
                 )
             )
+        self._accepted += len(envelopes)
         if self._flusher is None or self._flusher.done():
             self._wakeup = asyncio.Event()
+            self._progress = asyncio.Event()
             self._flusher = loop.create_task(self._flush_loop(), name="event-bus-flusher")
         assert self._wakeup is not None
         self._wakeup.set()
@@ -297,7 +316,12 @@ class EventBus:
             batch = self._queue[: self.max_batch]
             try:
                 ids = await self._send(batch)
-            except RETRYABLE_ERRORS as exc:
+            except Exception as exc:
+                if not is_transient(exc):  # a request Redis refuses: fail these callers, go on
+                    del self._queue[: len(batch)]
+                    self._fail(batch, exc)
+                    self._settle(len(batch))
+                    continue
                 self.metrics.redis_errors.inc("bus")
                 delay = self.backoff.delay(failures)
                 failures += 1
@@ -310,15 +334,17 @@ class EventBus:
                 )
                 await asyncio.sleep(delay)
                 continue
-            except Exception as exc:  # a request Redis refuses: fail these callers, go on
-                del self._queue[: len(batch)]
-                self._fail(batch, exc)
-                continue
             if failures:
                 _log.info("publish_recovered", attempts=failures + 1)
                 failures = 0
             del self._queue[: len(batch)]
             self._resolve(batch, ids)
+            self._settle(len(batch))
+
+    def _settle(self, count: int) -> None:
+        self._settled += count
+        if self._progress is not None:
+            self._progress.set()
 
     async def _send(self, batch: list[_Queued]) -> list[Any]:
         # One script call per batch: the XADDs and the trace index of a whole batch cost one

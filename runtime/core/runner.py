@@ -45,7 +45,13 @@ from redis.exceptions import ResponseError
 from runtime.core import tracing
 from runtime.core.actor import Actor, UnhandledEventType, deliver
 from runtime.core.backoff import Backoff
-from runtime.core.bus import ENVELOPE_FIELD, RETRYABLE_ERRORS, EventBus, PublishBufferFull
+from runtime.core.bus import (
+    ENVELOPE_FIELD,
+    RETRYABLE_ERRORS,
+    EventBus,
+    PublishBufferFull,
+    is_transient,
+)
 from runtime.core.dead_letters import REASONS, DeadLetter, Reason, now_ms, xadd_args
 from runtime.core.envelope import EnvelopeError, decode_envelope, open_payload, trace_of
 from runtime.core.keys import Keyspace
@@ -314,7 +320,12 @@ class DomainRunner:
                     if failures:
                         _log.info("redis_recovered", domain=self.domain, attempts=failures + 1)
                         failures = 0
-                except RETRYABLE_ERRORS as exc:
+                except Exception as exc:
+                    if not is_transient(exc):
+                        if isinstance(exc, ResponseError) and str(exc).startswith("NOGROUP"):
+                            await self._recreate_groups(str(exc))
+                            continue
+                        raise
                     if self._stopping:
                         break
                     await self._pause_after(exc, failures, "consume")
@@ -322,10 +333,6 @@ class DomainRunner:
                     # A read whose reply was lost left entries pending on this consumer:
                     # take them first (they are the oldest), before reading new ones.
                     history = True
-                except ResponseError as exc:
-                    if not str(exc).startswith("NOGROUP"):
-                        raise
-                    await self._recreate_groups(str(exc))
         finally:
             if prefetch is not None:
                 prefetch.cancel()
@@ -702,7 +709,9 @@ class DomainRunner:
         while True:
             try:
                 return await call()
-            except RETRYABLE_ERRORS as exc:
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
                 await self._pause_after(exc, failures, what)
                 failures += 1
 

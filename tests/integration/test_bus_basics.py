@@ -180,3 +180,13 @@ async def test_handler_log_lines_carry_the_events_trace_id(
         (1, first.trace_id, first.span_id),
         (2, second.trace_id, second.span_id),
     ]
+
+
+async def test_a_cancelled_publisher_does_not_break_flush_and_its_event_still_lands(
+    bus: EventBus, aredis: aioredis.Redis, keyspace: Keyspace
+) -> None:
+    task = asyncio.create_task(bus.publish(tick("BTC", 1)))
+    await asyncio.sleep(0)  # queued, not yet sent
+    task.cancel()
+    await bus.flush()
+    assert await aredis.xlen(keyspace.stream("market.tick")) == 1

@@ -193,3 +193,28 @@ async def test_a_redis_that_lost_its_data_gets_the_last_known_policy_back(
         assert written.version == 4
     finally:
         await store.stop()
+
+
+async def test_a_start_without_redis_serves_the_snapshot_until_redis_returns(
+    private_redis: RedisServer, private_client: aioredis.Redis, tmp_path: Path
+) -> None:
+    keyspace = Keyspace("cold-start")
+    before = await tightened_store(private_client, keyspace, tmp_path)
+    await before.stop()
+    private_redis.kill()
+
+    with pytest.raises(PolicyUnavailable, match="no usable snapshot"):
+        await PolicyStore(private_client, keyspace, state_dir=tmp_path / "empty").start()
+    store = PolicyStore(private_client, keyspace, state_dir=tmp_path, staleness_s=0.2)
+    await store.start()
+    try:
+        assert store.health() is PolicyHealth.DEGRADED
+        assert store.get_policy() == before.get_policy()
+        private_redis.restart()
+        assert await eventually(lambda: store.health() is PolicyHealth.HEALTHY, within_s=10.0)
+        written = await store.switch_mode(
+            RiskMode.NORMAL, expected_version=3, changed_by="test", reason="back"
+        )
+        assert written.version == 4
+    finally:
+        await store.stop()

@@ -614,6 +614,8 @@ class PolicyStore:
         self._policy = policy
         if event_id:
             self._event_id = event_id
+            if self._follow_from == "$":  # started without Redis: follow on from here
+                self._follow_from = event_id
         self._metrics.cache_updates.inc(source)
         if current is not None:
             _log.info(

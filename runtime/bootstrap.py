@@ -36,7 +36,13 @@ from runtime.core.runner import RunnerConfig
 from runtime.domains.ai_engine import AiEngine
 from runtime.domains.analytics import Analytics
 from runtime.domains.execution import Execution, PaperExchange
-from runtime.domains.market_data import CsvFeed, CsvFeedError, SimulatedFeed, paced, tick_envelope
+from runtime.domains.market_data import (
+    CsvFeed,
+    CsvFeedError,
+    SimulatedFeed,
+    paced_batches,
+    tick_envelope,
+)
 from runtime.domains.portfolio import Portfolio
 from runtime.domains.risk_safety import RiskSafety
 
@@ -75,15 +81,17 @@ async def _publish_feed(
     every tick the feed produced is either on the stream or was never sent.
     """
     published = 0
-    async for _, tick in paced(ticks, speed=speed):
+    async for batch in paced_batches(ticks, speed=speed):
         if stop.is_set():
             break
-        await bus.publish_envelope(tick_envelope(tick))
-        published += 1
+        await bus.publish_envelopes([tick_envelope(tick) for tick in batch])
+        published += len(batch)
     return published
 
 
-async def _idle(redis: aioredis.Redis, keyspace: Keyspace, actors: Sequence[Actor]) -> bool:
+async def backlog_cleared(
+    redis: aioredis.Redis, keyspace: Keyspace, actors: Sequence[Actor]
+) -> bool:
     """True when every group of the hosted domains has nothing undelivered or pending."""
     for actor in actors:
         for event_type in actor.consumes():
@@ -105,7 +113,7 @@ async def _drain(redis: aioredis.Redis, keyspace: Keyspace, actors: Sequence[Act
     loop = asyncio.get_running_loop()
     deadline = loop.time() + DRAIN_TIMEOUT_S
     while loop.time() < deadline:
-        if await _idle(redis, keyspace, actors):
+        if await backlog_cleared(redis, keyspace, actors):
             return
         await asyncio.sleep(0.1)
     log.warning("drain_timeout", seconds=DRAIN_TIMEOUT_S)

@@ -9,6 +9,7 @@ with the same ids, which is what makes effects happen once.
 from __future__ import annotations
 
 import hashlib
+import os
 import random
 import threading
 import time
@@ -17,7 +18,11 @@ _ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 _ULID_LEN = 26
 _TIME_CHARS = 10
 
-_rng = random.SystemRandom()
+# Ids need uniqueness, not secrecy: a Mersenne Twister seeded from os.urandom (as the
+# OpenTelemetry SDK's id generator does) instead of SystemRandom's system call per id.
+# A forked child reseeds, or it would repeat its parent's ids.
+_rng = random.Random()
+os.register_at_fork(after_in_child=_rng.seed)
 _lock = threading.Lock()
 _last_ms = -1
 _last_rand = 0

@@ -48,3 +48,19 @@ def test_trace_and_span_ids_have_w3c_shape() -> None:
     assert len(new_trace_id()) == 32
     assert len(new_span_id()) == 16
     int(new_trace_id(), 16)
+
+
+def test_a_forked_child_draws_ids_of_its_own() -> None:
+    import os
+
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report its ids, then leave at once
+        os.write(write, (new_trace_id() + new_span_id()).encode())
+        os._exit(0)
+    os.close(write)
+    child = os.read(read, 64).decode()
+    os.close(read)
+    os.waitpid(pid, 0)
+    assert child != new_trace_id() + new_span_id()
+    assert len(child) == 48

@@ -350,3 +350,21 @@ async def test_writes_and_cache_updates_are_counted_in_the_metrics(
     ]
     assert metrics.write_latency.count() == 1
     assert metrics.cache_updates.value("write") == 2  # the defaults, then the change
+
+
+async def test_a_redis_that_went_back_to_an_older_version_gets_the_newer_one_again(
+    make_store: StoreFactory, aredis: aioredis.Redis, keyspace: Keyspace
+) -> None:
+    store = await make_store(staleness_s=0.2)
+    old = await store.switch_mode(RiskMode.DEFENSIVE, changed_by="test", reason="a")
+    newest = await store.set_trading_state(TradingState.HALTED, changed_by="test", reason="b")
+    # As if Redis were restored from a backup taken at version 2.
+    await aredis.hset(
+        keyspace.policy(),
+        mapping={"version": old.version, "policy": policy_to_proto(old).SerializeToString()},
+    )
+    written = await store.update({"normal.max_leverage": 2}, changed_by="test", reason="c")
+    assert written.version == newest.version + 1  # built on version 3, never on 2
+    assert written.trading_state is TradingState.HALTED
+    assert store.get_policy() == written
+    assert int(await aredis.hget(keyspace.policy(), "version")) == written.version

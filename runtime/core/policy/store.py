@@ -512,8 +512,13 @@ class PolicyStore:
             self._mark_synced()
             return None
         stored_version, stored_bytes, stored_event = int(reply[1]), reply[2], _text(reply[3])
-        if stored_version == 0 or not stored_bytes:
-            # Redis lost the policy under us: put the last known one back, then go on.
+        if rule == "cas" and (
+            stored_version == 0
+            or not stored_bytes
+            or (old is not None and stored_version < old.version)
+        ):
+            # Redis lost the policy (or went back to an older one) under us: put the newest
+            # known one back, then go on from there.
             return await self._read_current()
         if stored_bytes == policy_bytes:
             # Our own write, applied by a retried command whose first reply was lost.
@@ -533,10 +538,11 @@ class PolicyStore:
         return _Stored(self._decode_policy(raw), _text(event_id))
 
     async def _read_current(self) -> _Stored:
-        """What Redis holds, after giving an empty Redis the last known policy."""
+        """What Redis holds, after giving a Redis that lost it the newest known policy."""
         stored = await self._read_stored()
-        if stored is None:
-            await self._settle(None, self._best_known(), at_start=False)
+        known = self._policy
+        if stored is None or (known is not None and stored.policy.version < known.version):
+            await self._settle(stored, self._best_known(), at_start=False)
             stored = await self._read_stored()
             if stored is None:
                 raise PolicyUnavailable("Redis holds no policy and could not be given one")

@@ -218,3 +218,21 @@ async def test_a_start_without_redis_serves_the_snapshot_until_redis_returns(
         assert written.version == 4
     finally:
         await store.stop()
+
+
+async def test_the_snapshot_is_rewritten_after_each_change_and_periodically(
+    aredis: aioredis.Redis, keyspace: Keyspace, tmp_path: Path
+) -> None:
+    store = PolicyStore(aredis, keyspace, state_dir=tmp_path, snapshot_interval_s=0.3)
+    await store.start()
+    path = tmp_path / f"policy-{keyspace.namespace}.json"
+    try:
+        await store.switch_mode(RiskMode.AGGRESSIVE, changed_by="test", reason="rally")
+        assert await eventually(
+            lambda: path.exists() and json.loads(path.read_text())["version"] == 2, within_s=5.0
+        )
+        path.unlink()  # no change follows: only the periodic write can bring it back
+        assert await eventually(path.exists, within_s=5.0)
+        assert json.loads(path.read_text())["policy"]["mode"] == "RISK_MODE_AGGRESSIVE"
+    finally:
+        await store.stop()

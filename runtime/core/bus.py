@@ -65,6 +65,7 @@ def is_transient(exc: BaseException) -> bool:
 # ARGV: #streams, trace TTL, MAXLEN per stream, then (stream#, trace key#, envelope) per event.
 # Returns the stream entry ids in order.
 PUBLISH_SCRIPT = """
+local call = redis.call
 local n = tonumber(ARGV[1])
 local ttl = ARGV[2]
 local ids = {}
@@ -74,13 +75,13 @@ for i = 3 + n, #ARGV, 3 do
   local s = tonumber(ARGV[i])
   local t = tonumber(ARGV[i + 1])
   local data = ARGV[i + 2]
-  ids[k] = redis.call('XADD', KEYS[s], 'MAXLEN', '~', ARGV[2 + s], '*', 'envelope', data)
-  redis.call('RPUSH', KEYS[t], data)
+  ids[k] = call('XADD', KEYS[s], 'MAXLEN', '~', ARGV[2 + s], '*', 'envelope', data)
+  call('RPUSH', KEYS[t], data)
   touched[t] = true
   k = k + 1
 end
 for t in pairs(touched) do
-  redis.call('EXPIRE', KEYS[t], ttl)
+  call('EXPIRE', KEYS[t], ttl)
 end
 return ids
 """

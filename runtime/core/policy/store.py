@@ -51,11 +51,11 @@ from runtime.core.policy.scripts import WRITE_POLICY
 from runtime.core.policy.snapshot import SnapshotFile
 from runtime.core.policy.status import PolicyHealth, PolicyStoreStatus
 from runtime.core.registry import EventRegistry, default_registry
+from runtime.core.trace_index import DEFAULT_TRACE_TTL_S
 
 EVENT_TYPE: Final = "policy.updated"
 PRODUCER: Final = "policy_store"
 DEFAULT_STREAM_MAXLEN: Final = 10_000
-DEFAULT_TRACE_TTL_S: Final = 7 * 24 * 3600
 MAX_HISTORY_PAGE: Final = 1000
 _MAX_WRITE_ATTEMPTS: Final = 50
 _SUBSCRIBER_BUFFER: Final = 256

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import os
 import signal
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 
 import redis.asyncio as aioredis
@@ -68,6 +68,8 @@ from runtime.core.policy.store import PolicyStore
 from runtime.core.registry import EventRegistry, default_registry
 
 log = get_logger("control_plane.server")
+
+STOP_STEP_TIMEOUT_S = 5.0
 
 SERVICE_NAMES: tuple[str, ...] = (
     policy_service_pb2.DESCRIPTOR.services_by_name["PolicyService"].full_name,
@@ -247,17 +249,29 @@ class ControlPlane:
         return self.port
 
     async def stop(self, grace: float | None = 2.0) -> None:
-        """Stop accepting calls, let running ones finish within ``grace`` seconds, close."""
-        await self.serving_watcher.stop()
-        await self.live_feed.stop()
+        """Stop accepting calls, let running ones finish within ``grace`` seconds, close.
+
+        Every step is bounded, so a stuck part never keeps the process from exiting.
+        """
+        steps: list[tuple[str, Callable[[], Awaitable[object]]]] = [
+            ("serving_watcher", self.serving_watcher.stop),
+            ("live_feed", self.live_feed.stop),
+        ]
         if self.server is not None:
-            await self.server.stop(grace)
-            self.server = None
+            server = self.server
+            steps.append(("grpc_server", lambda: server.stop(grace)))
+        if self._own_bus is not None:
+            steps.append(("event_bus", self._own_bus.close))
+        for name, step in steps:
+            try:
+                async with asyncio.timeout((grace or 0.0) + STOP_STEP_TIMEOUT_S):
+                    await step()
+            except TimeoutError:
+                log.error("control_plane_stop_step_timed_out", step=name)
+        self.server = None
         if self.metrics is not None:
             self.metrics.stop()
             self.metrics = None
-        if self._own_bus is not None:
-            await self._own_bus.close()
         log.info("control_plane_stopped")
 
 

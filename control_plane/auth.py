@@ -9,6 +9,7 @@ characters matched.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import enum
 import hmac
@@ -70,7 +71,10 @@ def set_principal(principal: Principal) -> contextvars.Token[Principal | None]:
 
 
 def reset_principal(token: contextvars.Token[Principal | None]) -> None:
-    _principal.reset(token)
+    # A stream closed from another task runs its cleanup in another context; the variable
+    # then dies with the call's own task anyway.
+    with contextlib.suppress(ValueError):
+        _principal.reset(token)
 
 
 class TokenConfigError(ValueError):

@@ -11,6 +11,7 @@ from quantum.control.v1 import trace_service_pb2 as pb
 from quantum.control.v1.trace_service_pb2_grpc import TraceServiceStub
 
 from control_plane.errors import details_of
+from control_plane.trace_servicer import causal_order
 from tests.control_plane.conftest import Harness, start_harness, stop_harness
 from tests.control_plane.support import causal_chain, tick_envelopes, wait_until
 
@@ -122,3 +123,10 @@ async def test_a_subscriber_that_does_not_read_is_cut_off_with_resource_exhauste
     finally:
         await channel.close()
         await stop_harness(h)
+
+
+def test_causal_order_keeps_every_event_even_in_a_causation_cycle() -> None:
+    _, chain = causal_chain(3)
+    chain[0].causation_id = chain[2].event_id  # corrupt data: a cycle
+    ordered = causal_order([*chain, chain[1]])  # and a duplicate
+    assert sorted(e.event_id for e in ordered) == sorted(e.event_id for e in chain)

@@ -51,6 +51,7 @@ log = get_logger("runtime.bootstrap")
 ActorFactory = Callable[[], Actor]
 FEED_DOMAIN = "market_data"
 DRAIN_TIMEOUT_S = 10.0
+STOP_TIMEOUT_S = 30.0
 
 
 def actor_factories(store: PolicyStore, equity: Decimal) -> dict[str, ActorFactory]:
@@ -187,7 +188,13 @@ async def _run(args: argparse.Namespace, url: str) -> int:
             await _drain(redis, keyspace, actors)
         runtime.stop()
         try:
-            await runtime_task
+            await asyncio.wait_for(asyncio.shield(runtime_task), STOP_TIMEOUT_S)
+        except TimeoutError:
+            # Never hang at exit: say which runners did not stop, then give up on them.
+            running = [r.domain for r in runtime.runners if r.running]
+            log.error("runtime_stop_timeout", seconds=STOP_TIMEOUT_S, still_running=running)
+            runtime_task.cancel()
+            exit_code = exit_code or 1
         except Exception:
             log.exception("runtime_failed")
             exit_code = exit_code or 1

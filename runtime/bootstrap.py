@@ -193,6 +193,9 @@ async def _run(args: argparse.Namespace, url: str) -> int:
             # Never hang at exit: say which runners did not stop, then give up on them.
             running = [r.domain for r in runtime.runners if r.running]
             log.error("runtime_stop_timeout", seconds=STOP_TIMEOUT_S, still_running=running)
+            for task in asyncio.all_tasks():
+                where = [f"{f.f_code.co_filename}:{f.f_lineno}" for f in task.get_stack()]
+                log.error("task_at_stop_timeout", task=task.get_name(), stack=where)
             runtime_task.cancel()
             exit_code = exit_code or 1
         except Exception:

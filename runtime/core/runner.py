@@ -263,6 +263,9 @@ class DomainRunner:
             await self.bus.flush()
             await self.actor.on_stop()
         finally:
+            # The loops also watch this flag: redis-py can turn a cancel that lands mid-command
+            # into a connection error, which a loop that tolerates outages would swallow.
+            self._stopping = True
             for task in background:
                 task.cancel()
             for task in background:
@@ -731,7 +734,7 @@ class DomainRunner:
     # -- background duties ------------------------------------------------------------------
 
     async def _heartbeat_loop(self) -> None:
-        while True:
+        while not self._stopping:
             with contextlib.suppress(*RETRYABLE_ERRORS):  # the consume loop reports outages
                 await self.redis.hset(self._heartbeat_key, self.config.consumer_name, str(now_ms()))
             await asyncio.sleep(self.config.heartbeat_interval_s)
@@ -739,7 +742,7 @@ class DomainRunner:
     async def _keepalive_loop(self) -> None:
         """Reset the idle time of entries in hand, so no one claims work still being done."""
         interval = self.config.visibility_timeout_ms / 3000
-        while True:
+        while not self._stopping:
             await asyncio.sleep(interval)
             by_stream: dict[str, list[Any]] = {}
             for batch in list(self._held):
@@ -753,7 +756,7 @@ class DomainRunner:
 
     async def _stats_loop(self) -> None:
         """Sample lag and pending per stream (XINFO GROUPS): periodically, not per event."""
-        while True:
+        while not self._stopping:
             for stream in self.streams:
                 try:
                     groups = await self.redis.xinfo_groups(stream)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from decimal import Decimal
 
 import pytest
@@ -17,7 +18,14 @@ from quantum.events.v1.risk_pb2 import SignalApproved
 
 from runtime.core.actor import deliver
 from runtime.core.envelope import open_payload
-from runtime.domains.execution import Execution, Fill, MarketOrder, PaperExchange, order_id_for
+from runtime.domains.execution import (
+    Execution,
+    Fill,
+    MarketOrder,
+    PaperExchange,
+    Refusal,
+    order_id_for,
+)
 from tests.domains.support import at, envelope, run
 
 
@@ -210,3 +218,42 @@ async def test_a_reduce_only_order_never_opens_or_grows_a_position(side: int) ->
     assert isinstance(rejected, OrderRejected)
     assert rejected.reason == OrderRejectReason.ORDER_REJECT_REASON_EXCHANGE_REFUSED
     assert "would open or grow" in rejected.detail
+
+
+class _FailsOnce:
+    """A paper exchange whose first submit fails the way a lost connection would."""
+
+    name = "paper"
+
+    def __init__(self) -> None:
+        self.paper = _execution().exchange
+        self.submits: list[MarketOrder] = []
+
+    def on_price(self, symbol: str, price: Decimal, at: datetime) -> None:
+        self.paper.on_price(symbol, price, at)
+
+    async def submit(self, order: MarketOrder, at: datetime) -> Fill | Refusal:
+        self.submits.append(order)
+        if len(self.submits) == 1:
+            raise ConnectionError("exchange unreachable")
+        return await self.paper.submit(order, at)
+
+
+async def test_a_submit_that_raises_is_submitted_again_on_the_retry() -> None:
+    exchange = _FailsOnce()
+    execution = Execution(exchange)
+    await run(execution, MarketTick(symbol="BTC-USD", price="50000", sequence=1))
+    event = envelope(_approved())
+    with pytest.raises(ConnectionError):
+        await deliver(execution, event)
+    assert "sig-1" not in execution.ordered
+    retried = await deliver(execution, event)  # the runner retries the same event
+    assert [o.event_type for o in retried] == [
+        "execution.order.submitted",
+        "execution.order.filled",
+    ]
+    assert [o.order_id for o in exchange.submits] == ["ord-sig-1", "ord-sig-1"]
+    # the same outputs, ids included, as if the first attempt had never failed
+    assert retried == await deliver(await _with_price(), event)
+    assert await deliver(execution, event) == retried  # and a further retry repeats them
+    assert len(exchange.submits) == 2

@@ -2,7 +2,9 @@
 
 One approved signal yields at most one order: the order id is derived from the signal id,
 and the ids of signals already ordered are kept (and snapshotted), so a replayed or
-duplicated approval is recognised and submits nothing. The very same approval event handled
+duplicated approval is recognised and submits nothing. A signal counts as ordered only once
+the exchange has answered: when the submit raises, nothing is remembered and the retry
+submits again. The very same approval event handled
 again (a retry whose outputs may not have been published) gets its recorded outputs again,
 with the same event ids, without a second call to the exchange.
 """
@@ -77,8 +79,6 @@ class Execution(Actor):
             return
         if approved.signal_id in self.ordered:
             return
-        self._remember(approved.signal_id)
-        self._snapshot = None
         start = len(ctx.outputs)
         order_id = order_id_for(approved.signal_id)
         now = ctx.envelope.occurred_at
@@ -110,6 +110,10 @@ class Execution(Actor):
                 _reference_price(approved.reference_price),
             )
             result = await self.exchange.submit(order, ctx.occurred_at)
+        # Remembered only now: had submit raised, the retry must send the order again (same
+        # order id, so an exchange that dedupes by client order id still sees it once).
+        self._remember(approved.signal_id)
+        self._snapshot = None
         if isinstance(result, Refusal):
             self.refused += 1
             ctx.emit(

@@ -13,8 +13,9 @@ from quantum.events.v1.market_pb2 import MarketTick
 from quantum.events.v1.portfolio_pb2 import PnlUpdated, PositionClosed, PositionOpened
 from quantum.events.v2 import execution_pb2 as execution_v2
 
+from runtime.core.actor import deliver
 from runtime.domains.portfolio import Portfolio
-from tests.domains.support import at, run
+from tests.domains.support import at, envelope, run
 
 BUY, SELL = Side.SIDE_BUY, Side.SIDE_SELL
 
@@ -189,6 +190,22 @@ async def test_v2_partial_fills_are_applied_in_order() -> None:
 async def test_a_malformed_fill_fails_loudly() -> None:
     with pytest.raises(ValueError, match="order o1"):
         await run(_portfolio(), _fill("o1", BUY, "x", "100"))
+
+
+@pytest.mark.parametrize("bad_price", ["0", "NaN", "x"])
+async def test_a_fill_with_one_bad_part_changes_nothing_and_fails_again_on_retry(
+    bad_price: str,
+) -> None:
+    pf = _portfolio()
+    fill = execution_v2.OrderFilled(order_id="o1", symbol="BTC", side=BUY)
+    fill.fills.add(quantity="1", price="100", fee="0.1", fee_currency="USD")
+    fill.fills.add(quantity="1", price=bad_price, fee="0.1", fee_currency="USD")
+    event = envelope(fill, when=at(1))
+    for _ in range(2):  # the runner's retry of the same event fails the same way
+        with pytest.raises(ValueError, match="order o1"):
+            await deliver(pf, event)
+        assert pf.ledger == _portfolio().ledger  # nothing half-applied, not even the day
+    assert not pf.ledger.already_applied("o1")
 
 
 async def test_snapshot_and_restore_keep_positions() -> None:

@@ -42,13 +42,15 @@ class Portfolio(Actor):
     def on_fill(self, fill: OrderFilled, ctx: HandlerContext) -> None:
         if self.ledger.already_applied(fill.order_id):
             return  # one order fills once: a redelivered fill changes nothing
-        now = ctx.occurred_at
-        self.ledger.start_day(now)
         if not fill.fills:
             raise ValueError(f"fill of order {fill.order_id} carries no partial fills")
+        # Every part is checked before any is applied: the ledger marks the order applied on
+        # its first part, so a bad later part must not leave it half-applied (and the retry
+        # then skipping it as done). All or nothing.
+        parts = [_fill_numbers(fill.order_id, part) for part in fill.fills]
+        self.ledger.start_day(ctx.occurred_at)
         at = ctx.envelope.occurred_at
-        for part in fill.fills:
-            quantity, price, fee = _fill_numbers(fill.order_id, part)
+        for quantity, price, fee in parts:
             self._apply(fill.order_id, fill.symbol, fill.side, quantity, price, fee, at, ctx)
         self._emit_pnl(fill.symbol, ctx)
 

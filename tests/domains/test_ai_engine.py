@@ -106,6 +106,31 @@ async def test_engine_emits_signal_generated_with_derived_id() -> None:
     assert signal.generated_at.ToDatetime() == at(7).replace(tzinfo=None)
 
 
+BAD_PRICES = ["0", "-1", "NaN", "Infinity", "sNaN", "x", ""]
+
+
+async def test_ticks_without_a_usable_price_are_skipped_and_poison_nothing() -> None:
+    engine, clean = AiEngine(_model()), AiEngine(_model())
+    seq = 0
+    signals = []
+    for p in BAD_PRICES:  # before the first good tick: a symbol must not start at price 0
+        seq += 1
+        assert await deliver(engine, envelope(_tick(p, seq))) == []
+    for i, p in enumerate(FLAT_THEN_UP):
+        for bad in (p, *BAD_PRICES) if i == 3 else (p,):  # and between good ones
+            seq += 1
+            signals.extend(await deliver(engine, envelope(_tick(bad, seq), when=at(seq))))
+        await deliver(clean, envelope(_tick(p, i + 1)))
+    [out] = signals
+    signal = open_payload(out)
+    assert isinstance(signal, SignalGenerated)
+    assert (signal.side, signal.reference_price) == (Side.SIDE_BUY, "101")
+    state, clean_state = json.loads(engine.snapshot_state()), json.loads(clean.snapshot_state())
+    for symbol_state in (state["model"]["BTC-USD"], clean_state["model"]["BTC-USD"]):
+        del symbol_state["last_sequence"]
+    assert state == clean_state  # the bad ticks left no trace in the averages
+
+
 class AlwaysSell:
     """A plug-in model: proves the engine takes any SignalModel."""
 

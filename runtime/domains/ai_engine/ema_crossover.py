@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from quantum.events.v1.common_pb2 import Side
@@ -71,7 +71,9 @@ class EmaCrossoverModel:
         return self._model_id
 
     def observe(self, tick: MarketTick) -> Signal | None:
-        price = Decimal(tick.price)
+        price = _usable_price(tick.price)
+        if price is None:
+            return None  # one bad print must not poison the symbol's averages (or divide by 0)
         state = self._states.get(tick.symbol)
         if state is None:
             self._states[tick.symbol] = _SymbolState(
@@ -148,3 +150,13 @@ class EmaCrossoverModel:
 
 def _ema(previous: Decimal, value: Decimal, alpha: Decimal) -> Decimal:
     return (previous + alpha * (value - previous)).quantize(_STATE_PLACES)
+
+
+def _usable_price(text: str) -> Decimal | None:
+    """The tick's price, or None when it is not a finite decimal > 0 (skipped, as portfolio
+    and execution skip it)."""
+    try:
+        price = Decimal(text)
+    except InvalidOperation:
+        return None
+    return price if price.is_finite() and price > 0 else None

@@ -117,6 +117,16 @@ def decode_envelope(data: bytes) -> Envelope:
         raise InvalidEnvelope(f"envelope is missing required fields: {', '.join(missing)}")
     if envelope.schema_version == 0:
         raise InvalidEnvelope("envelope is missing required field: schema_version")
+    # Checked here, not when a handler runs: a malformed id would otherwise fail every attempt
+    # to build the handler's trace, and the entry could never be retried or dead-lettered.
+    if not tracing.is_trace_id(envelope.trace_id):
+        raise InvalidEnvelope(
+            f"envelope trace_id {envelope.trace_id!r} is not 32 lowercase hex characters (non-zero)"
+        )
+    if not tracing.is_span_id(envelope.span_id):
+        raise InvalidEnvelope(
+            f"envelope span_id {envelope.span_id!r} is not 16 lowercase hex characters (non-zero)"
+        )
     return envelope
 
 

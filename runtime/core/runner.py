@@ -500,7 +500,7 @@ class DomainRunner:
                 return
             except Exception as exc:
                 if entry.deliveries >= self.config.max_deliveries:
-                    with tracing.use(trace_of(envelope)):
+                    with _trace_scope(envelope):
                         _log.error(
                             "handler_failed_dead_lettered",
                             domain=self.domain,
@@ -534,7 +534,7 @@ class DomainRunner:
         """
         delay = self._retry.delay(entry.deliveries - 1)
         self.metrics.retries.labels(self.domain, envelope.event_type).inc()
-        with tracing.use(trace_of(envelope)):
+        with _trace_scope(envelope):
             _log.warning(
                 "handler_failed_retrying",
                 domain=self.domain,
@@ -786,6 +786,15 @@ def _field(raw: Any, name: bytes) -> bytes | None:
             value = raw[index + 1]
             return value if isinstance(value, bytes) else b""
     return b""
+
+
+def _trace_scope(envelope: Envelope) -> contextlib.AbstractContextManager[object]:
+    """The envelope's trace for a log line; none if its ids are unusable (never raises)."""
+    try:
+        trace = trace_of(envelope)
+    except ValueError:
+        return contextlib.nullcontext()
+    return tracing.use(trace)
 
 
 def _entry_order(entry_id: bytes) -> tuple[int, int]:

@@ -28,6 +28,16 @@ _SPAN_ID_RE = re.compile(r"^[0-9a-f]{16}$")
 _PROPAGATOR = TraceContextTextMapPropagator()
 
 
+def is_trace_id(value: str) -> bool:
+    """A valid W3C trace id: 32 lowercase hex characters, not all zero."""
+    return bool(_TRACE_ID_RE.match(value)) and value != "0" * 32
+
+
+def is_span_id(value: str) -> bool:
+    """A valid W3C span id: 16 lowercase hex characters, not all zero."""
+    return bool(_SPAN_ID_RE.match(value)) and value != "0" * 16
+
+
 @dataclass(frozen=True, slots=True)
 class TraceContext:
     """One span of one trace, in W3C form."""
@@ -38,9 +48,9 @@ class TraceContext:
     sampled: bool = True
 
     def __post_init__(self) -> None:
-        if not _TRACE_ID_RE.match(self.trace_id) or self.trace_id == "0" * 32:
+        if not is_trace_id(self.trace_id):
             raise ValueError(f"trace id {self.trace_id!r} is not 32 lowercase hex characters")
-        if not _SPAN_ID_RE.match(self.span_id) or self.span_id == "0" * 16:
+        if not is_span_id(self.span_id):
             raise ValueError(f"span id {self.span_id!r} is not 16 lowercase hex characters")
 
     def child(self, span_id: str | None = None) -> TraceContext:

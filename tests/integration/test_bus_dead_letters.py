@@ -34,6 +34,18 @@ def missing_trace() -> bytes:
     return envelope.SerializeToString()
 
 
+def malformed_trace_id() -> bytes:
+    envelope = seal(tick("BTC", 1), producer="x")
+    envelope.trace_id = "xyz"
+    return envelope.SerializeToString()
+
+
+def malformed_span_id() -> bytes:
+    envelope = seal(tick("BTC", 1), producer="x")
+    envelope.span_id = "0" * 16
+    return envelope.SerializeToString()
+
+
 def bad_payload() -> bytes:
     envelope = seal(tick("BTC", 1), producer="x")
     envelope.payload = b"\xff\xff\xff"
@@ -47,10 +59,21 @@ def bad_payload() -> bytes:
         ({ENVELOPE_FIELD: unknown_type()}, "unknown_type"),
         ({ENVELOPE_FIELD: unknown_version()}, "unknown_version"),
         ({ENVELOPE_FIELD: missing_trace()}, "invalid"),
+        ({ENVELOPE_FIELD: malformed_trace_id()}, "invalid"),
+        ({ENVELOPE_FIELD: malformed_span_id()}, "invalid"),
         ({ENVELOPE_FIELD: bad_payload()}, "undecodable"),
         ({b"something": b"else"}, "invalid"),
     ],
-    ids=["garbage", "unknown-type", "unknown-version", "missing-field", "bad-payload", "no-env"],
+    ids=[
+        "garbage",
+        "unknown-type",
+        "unknown-version",
+        "missing-field",
+        "malformed-trace-id",
+        "zero-span-id",
+        "bad-payload",
+        "no-env",
+    ],
 )
 async def test_an_entry_that_cannot_be_opened_is_dead_lettered_at_once_and_the_actor_goes_on(
     aredis: aioredis.Redis, keyspace: Keyspace, fields: dict[bytes, bytes], reason: str

@@ -136,6 +136,24 @@ def test_envelope_without_required_fields_is_invalid() -> None:
         decode_envelope(data)
 
 
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("trace_id", "xyz"),
+        ("trace_id", "A" * 32),
+        ("trace_id", "0" * 32),
+        ("span_id", "xyz"),
+        ("span_id", "0" * 16),
+    ],
+)
+def test_envelope_with_malformed_trace_ids_is_invalid(field: str, value: str) -> None:
+    envelope = seal(market_pb2.MarketTick(symbol="A"), producer="md")
+    setattr(envelope, field, value)
+    with pytest.raises(InvalidEnvelope, match=field) as info:
+        decode_envelope(envelope.SerializeToString())
+    assert info.value.reason == "invalid"
+
+
 def test_unknown_type_and_unknown_version_are_told_apart() -> None:
     envelope = seal(market_pb2.MarketTick(symbol="A"), producer="md")
     envelope.event_type = "market.candle"

@@ -87,7 +87,7 @@ class ControlPlaneConfig:
 def split_host_port(addr: str) -> tuple[str, int]:
     """``host:port`` (or ``[v6]:port``) into its parts; ConfigError when malformed."""
     host, sep, port = addr.rpartition(":")
-    if not sep or not port.isdigit() or not host:
+    if not sep or not (port.isascii() and port.isdigit()) or not host:
         raise ConfigError(f"address {addr!r} is not host:port, for example 127.0.0.1:50051")
     return host.strip("[]"), int(port)
 

@@ -2,22 +2,29 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
+from google.protobuf.timestamp_pb2 import Timestamp
 from quantum.control.v1.replay_service_pb2 import EventRange
 from quantum.events.v1.envelope_pb2 import Envelope
 
+from control_plane.entry_ids import MAX_ID_PART, is_entry_id
 from control_plane.errors import FieldViolation, invalid_argument
 from control_plane.redis_reads import xrange
 from control_plane.stored_events import ENVELOPE_FIELD, parse_envelope
 from runtime.core.keys import Keyspace
 from runtime.core.registry import EventRegistry
 
-_ENTRY_ID_RE = re.compile(r"^\d{1,20}(-\d{1,20})?$")
 PAGE = 512
+_TOO_LATE = "is beyond the range of stream entry ids (2**64-1 ms after 1970)"
+
+
+def _milliseconds(ts: Timestamp) -> int:
+    # Not Timestamp.ToMilliseconds: it raises ValueError past year 9999, which the range
+    # checks below report as a bad field instead.
+    return int(ts.seconds) * 1000 + int(ts.nanos) // 1_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,7 +55,7 @@ def check_range(
         )
     for name in ("start_id", "end_id"):
         value = getattr(event_range, name)
-        if value and not _ENTRY_ID_RE.match(value):
+        if value and not is_entry_id(value):
             violations.append(
                 FieldViolation(
                     f"{prefix}.{name}",
@@ -59,13 +66,17 @@ def check_range(
         violations.append(FieldViolation(f"{prefix}.limit", "must be 0 (no limit) or positive"))
     start_ms = end_ms = None
     if event_range.HasField("start_time"):
-        start_ms = event_range.start_time.ToMilliseconds()
+        start_ms = _milliseconds(event_range.start_time)
         if start_ms < 0:
             violations.append(FieldViolation(f"{prefix}.start_time", "must not be before 1970"))
+        elif start_ms > MAX_ID_PART:
+            violations.append(FieldViolation(f"{prefix}.start_time", _TOO_LATE))
     if event_range.HasField("end_time"):
-        end_ms = event_range.end_time.ToMilliseconds()
+        end_ms = _milliseconds(event_range.end_time)
         if end_ms < 0:
             violations.append(FieldViolation(f"{prefix}.end_time", "must not be before 1970"))
+        elif end_ms > MAX_ID_PART:
+            violations.append(FieldViolation(f"{prefix}.end_time", _TOO_LATE))
     if start_ms is not None and end_ms is not None and end_ms < start_ms:
         violations.append(FieldViolation(f"{prefix}.end_time", "must not be before start_time"))
     if violations:

@@ -16,6 +16,7 @@ from quantum.control.v1 import policy_service_pb2_grpc as pb_grpc
 from quantum.events.v1 import policy_pb2
 
 from control_plane.auth import current_principal
+from control_plane.entry_ids import positive_int
 from control_plane.errors import (
     ControlPlaneError,
     FieldViolation,
@@ -191,9 +192,9 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
         page_size = min(request.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
         before: int | None = None
         if request.page_token:
-            if not request.page_token.isdigit() or int(request.page_token) < 1:
+            before = positive_int(request.page_token, 2**63 - 1)
+            if before is None:
                 raise bad_field("page_token", "is not a token from a previous response")
-            before = int(request.page_token)
         records = await self._store.history(page_size, before)
         more = len(records) == page_size and records[-1].version > 1
         return pb.ListPolicyHistoryResponse(

@@ -15,6 +15,7 @@ from quantum.control.v1 import replay_service_pb2_grpc as pb_grpc
 from quantum.events.v1.envelope_pb2 import Envelope
 
 from control_plane.auth import Role, current_principal, require
+from control_plane.entry_ids import is_entry_id
 from control_plane.errors import (
     ControlPlaneError,
     FieldViolation,
@@ -31,8 +32,7 @@ from runtime.core.registry import EventRegistry
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
-_ENTRY_ID_RE = re.compile(r"^\d{1,20}-\d{1,20}$")
-_DOMAIN_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+_DOMAIN_RE = re.compile(r"[a-z][a-z0-9_]{0,63}")
 STREAM_MAXLEN = 10_000
 
 # Puts one dead letter back on its stream unless that was done before: atomic, so two
@@ -63,7 +63,7 @@ def redriven_key(keyspace: Keyspace, domain: str) -> str:
 def check_domain_name(value: str, field_path: str = "domain") -> str:
     if not value:
         raise bad_field(field_path, "is required, for example 'risk_safety'")
-    if not _DOMAIN_RE.match(value):
+    if not _DOMAIN_RE.fullmatch(value):
         raise bad_field(field_path, f"is not a domain name (lowercase, digits, '_'): {value!r}")
     return value
 
@@ -188,7 +188,7 @@ class ReplayServicer(pb_grpc.ReplayServiceServicer):
         page_size = page_size_of(request.page_size)
         start = "-"
         if request.page_token:
-            if not _ENTRY_ID_RE.match(request.page_token):
+            if not is_entry_id(request.page_token, sequence_required=True):
                 raise bad_field("page_token", "is not a token from a previous response")
             start = "(" + request.page_token
         entries = await xrange(self._redis, self._keyspace.dlq(domain), start, "+", page_size + 1)
@@ -228,7 +228,7 @@ class ReplayServicer(pb_grpc.ReplayServiceServicer):
         violations = [
             FieldViolation(f"entry_ids[{i}]", f"is not a stream entry id: {value!r}")
             for i, value in enumerate(request.entry_ids)
-            if not _ENTRY_ID_RE.match(value)
+            if not is_entry_id(value, sequence_required=True)
         ]
         if violations:
             raise invalid_argument("some entry ids are malformed", violations)

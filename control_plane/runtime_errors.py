@@ -34,4 +34,11 @@ def translate(exc: BaseException) -> ControlPlaneError | None:
             f"Redis is unreachable ({exc}); retry when it is back",
             Reason.REDIS_UNAVAILABLE,
         )
+    if isinstance(exc, redis.exceptions.ResponseError) and "Invalid stream ID" in str(exc):
+        # A backstop: requests are checked before they reach Redis, but if an id slips
+        # through, the caller sent it, so the fault is theirs, not the server's.
+        return invalid_argument(
+            f"Redis rejected a stream entry id of the request: {exc}",
+            [FieldViolation("entry_id", "is not a stream entry id Redis accepts")],
+        )
     return None

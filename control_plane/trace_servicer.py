@@ -21,11 +21,11 @@ from control_plane.stored_events import parse_envelope, stored_event
 from runtime.core.keys import Keyspace
 from runtime.core.registry import EventRegistry
 
-_TRACE_ID_RE = re.compile(r"^[0-9a-f]{32}$")
+_TRACE_ID_RE = re.compile(r"[0-9a-f]{32}")
 
 
 def check_trace_id(value: str, field_path: str = "trace_id") -> str:
-    if not _TRACE_ID_RE.match(value) or value == "0" * 32:
+    if not _TRACE_ID_RE.fullmatch(value) or value == "0" * 32:
         raise bad_field(
             field_path, f"must be 32 lowercase hex characters (a W3C trace id), got {value!r}"
         )

@@ -60,7 +60,8 @@ async def _system(url: str, namespace: str, state_dir: Path) -> tuple[Any, ...]:
     await store.start()
     factories = actor_factories(store, EQUITY)
     actors = [make() for make in factories.values()]
-    bus = EventBus(redis, keyspace, producer="bench")
+    # Long streams: a burst of ticks must not be trimmed before a lagging domain reads it.
+    bus = EventBus(redis, keyspace, producer="bench", maxlen=1_000_000)
     runtime = Runtime(actors, redis, keyspace, bus, RunnerConfig("bench-0", block_ms=50))
     task = asyncio.create_task(runtime.run())
     return redis, keyspace, store, actors, bus, runtime, task

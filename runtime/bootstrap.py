@@ -12,15 +12,18 @@ import asyncio
 import contextlib
 import signal
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, cast
 
 import redis.asyncio as aioredis
 from quantum.events.v1.market_pb2 import MarketTick
+from redis.exceptions import ResponseError
 
+from control_plane.auth import TokenConfigError
 from control_plane.config import ConfigError
 from control_plane.server import ControlPlane, config_from_args
 from control_plane.server import main as control_plane_main
@@ -30,9 +33,13 @@ from runtime.core.bus import EventBus
 from runtime.core.host import Runtime, default_consumer_name, install_uvloop
 from runtime.core.keys import Keyspace
 from runtime.core.logs import configure_logging, get_logger
+from runtime.core.policy import RiskMode, TradingState
+from runtime.core.policy.model import Policy
+from runtime.core.policy.ports import PolicyReader, PolicyWriter
 from runtime.core.policy.store import PolicyStore
 from runtime.core.redis_server import RedisServerNotFound, redis_url
 from runtime.core.runner import RunnerConfig
+from runtime.core.upcasting import EMIT_VERSIONS_ENV, process_emit_versions
 from runtime.domains.ai_engine import AiEngine
 from runtime.domains.analytics import Analytics
 from runtime.domains.execution import Execution, PaperExchange
@@ -50,11 +57,57 @@ log = get_logger("runtime.bootstrap")
 
 ActorFactory = Callable[[], Actor]
 FEED_DOMAIN = "market_data"
+# Domains whose state is per symbol, so partitions by symbol can split them. risk_safety,
+# portfolio and analytics keep the whole account (equity, exposure, drawdown): split, each
+# part would believe it owned all of it, so --partition leaves them on their plain group.
+PARTITIONABLE = frozenset({"ai_engine", "execution"})
 DRAIN_TIMEOUT_S = 10.0
 STOP_TIMEOUT_S = 30.0
 
 
-def actor_factories(store: PolicyStore, equity: Decimal) -> dict[str, ActorFactory]:
+class PolicyControl(PolicyReader, PolicyWriter, Protocol):
+    """What the domains are given: the live PolicyStore, or a replay's read-only stand-in."""
+
+
+class ReplayPolicy:
+    """The live policy for reading, and writes that are logged but never applied.
+
+    A replay re-delivers old events to a fresh domain; analytics would otherwise react to
+    an old drawdown by switching *today's* trading to DEFENSIVE or HALTED.
+    """
+
+    def __init__(self, store: PolicyReader) -> None:
+        self._store = store
+
+    def get_policy(self) -> Policy:
+        return self._store.get_policy()
+
+    async def switch_mode(
+        self,
+        mode: RiskMode,
+        *,
+        expected_version: int | None = None,
+        changed_by: str,
+        reason: str,
+    ) -> Policy:
+        log.info("replay_policy_write_not_applied", mode=mode, changed_by=changed_by, reason=reason)
+        return self._store.get_policy()
+
+    async def set_trading_state(
+        self,
+        state: TradingState,
+        *,
+        expected_version: int | None = None,
+        changed_by: str,
+        reason: str,
+    ) -> Policy:
+        log.info(
+            "replay_policy_write_not_applied", state=state, changed_by=changed_by, reason=reason
+        )
+        return self._store.get_policy()
+
+
+def actor_factories(store: PolicyControl, equity: Decimal) -> dict[str, ActorFactory]:
     """How each consuming domain is built; the same in every process that hosts it."""
     return {
         "ai_engine": AiEngine,
@@ -93,21 +146,39 @@ async def _publish_feed(
 async def backlog_cleared(
     redis: aioredis.Redis, keyspace: Keyspace, actors: Sequence[Actor]
 ) -> bool:
-    """True when every group of the hosted domains has nothing undelivered or pending."""
+    """True when every group of the hosted domains has read to the end and holds nothing.
+
+    Compares each group's last-delivered id with the stream's last id rather than trusting
+    XINFO's ``lag``, which Redis can only estimate once a stream has been trimmed.
+    """
     for actor in actors:
         for event_type in actor.consumes():
+            stream = keyspace.stream(event_type.name)
             try:
-                groups = await redis.xinfo_groups(keyspace.stream(event_type.name))
-            except Exception:
+                groups = await redis.xinfo_groups(stream)
+                last = cast(list[tuple[bytes, object]], await redis.xrevrange(stream, count=1))
+            except ResponseError:  # no such stream yet: nothing to read
                 continue
+            if not last:
+                continue
+            last_id = _entry_order(last[0][0])
             for group in groups:
-                name = group["name"]
-                name = name.decode() if isinstance(name, bytes) else name
+                name = _text(group["name"])
                 if not name.startswith(keyspace.group(actor.name)):
                     continue
-                if int(group.get("pending") or 0) or int(group.get("lag") or 0):
+                delivered = _entry_order(group["last-delivered-id"])
+                if int(group.get("pending") or 0) or delivered < last_id:
                     return False
     return True
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _entry_order(entry_id: bytes | str) -> tuple[int, int]:
+    millis, _, sequence = _text(entry_id).partition("-")
+    return int(millis), int(sequence or 0)
 
 
 async def _drain(redis: aioredis.Redis, keyspace: Keyspace, actors: Sequence[Actor]) -> None:
@@ -120,6 +191,14 @@ async def _drain(redis: aioredis.Redis, keyspace: Keyspace, actors: Sequence[Act
     log.warning("drain_timeout", seconds=DRAIN_TIMEOUT_S)
 
 
+async def _bounded(step: Awaitable[None], what: str) -> None:
+    """Await a shutdown step, but not forever: Redis may be gone for good."""
+    try:
+        await asyncio.wait_for(step, STOP_TIMEOUT_S)
+    except TimeoutError:
+        log.error("shutdown_step_timeout", step=what, seconds=STOP_TIMEOUT_S)
+
+
 async def _run(args: argparse.Namespace, url: str) -> int:
     keyspace = Keyspace(args.namespace)
     redis = aioredis.Redis.from_url(url, socket_connect_timeout=2.0)
@@ -130,7 +209,11 @@ async def _run(args: argparse.Namespace, url: str) -> int:
     hosted = [name for name in args.domains if name != FEED_DOMAIN]
     actors = [factories[name]() for name in hosted]
     bus = EventBus(redis, keyspace, producer="runtime")
-    runtime = Runtime(actors, redis, keyspace, bus, RunnerConfig(default_consumer_name()))
+    partition, partitions = args.partition
+    config = RunnerConfig(default_consumer_name())
+    partitioned = replace(config, partition=partition, partitions=partitions)
+    configs = {name: partitioned for name in hosted if name in PARTITIONABLE}
+    runtime = Runtime(actors, redis, keyspace, bus, config, configs=configs)
     plane: ControlPlane | None = None
     if not args.no_control_plane:
         plane = ControlPlane(
@@ -138,7 +221,7 @@ async def _run(args: argparse.Namespace, url: str) -> int:
             keyspace,
             store,
             config=config_from_args(args),
-            domain_factories=factories,
+            domain_factories=actor_factories(ReplayPolicy(store), args.equity),
             publisher=bus,
         )
         await plane.start()
@@ -183,7 +266,7 @@ async def _run(args: argparse.Namespace, url: str) -> int:
             feed_stop.set()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(feed_task, timeout=5.0)
-        await bus.flush()
+        await _bounded(bus.flush(), "flush the feed's events")
         if not runtime_task.done():
             await _drain(redis, keyspace, actors)
         runtime.stop()
@@ -205,7 +288,7 @@ async def _run(args: argparse.Namespace, url: str) -> int:
             loop.remove_signal_handler(sig)
         if plane is not None:
             await plane.stop(grace=1.0)
-        await bus.close()
+        await _bounded(bus.close(), "close the event bus")
         summary = await report.summarize(redis, keyspace, since)
         await store.stop()
         await redis.aclose()
@@ -218,10 +301,16 @@ def run(args: argparse.Namespace) -> int:
     configure_logging(args.log_level)
     install_uvloop()
     try:
+        process_emit_versions()  # a typo in QUANTUM_EMIT_VERSIONS fails here, not per event
+    except (ValueError, LookupError) as exc:
+        message = str(exc) if EMIT_VERSIONS_ENV in str(exc) else f"{EMIT_VERSIONS_ENV}: {exc}"
+        print(f"quantum run: {message}", file=sys.stderr)
+        return 2
+    try:
         with contextlib.ExitStack() as stack:
             url = args.redis_url or stack.enter_context(redis_url())
             return asyncio.run(_run(args, url))
-    except (RedisServerNotFound, ConfigError) as exc:
+    except (RedisServerNotFound, ConfigError, TokenConfigError) as exc:
         print(f"quantum run: {exc}", file=sys.stderr)
         return 2
 

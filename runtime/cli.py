@@ -55,6 +55,16 @@ def _speed(value: str) -> float | None:
     return _positive_float(value)
 
 
+def _partition(value: str) -> tuple[int, int]:
+    try:
+        index, count = (int(part) for part in value.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not I/N, for example 0/2") from None
+    if count < 1 or not 0 <= index < count:
+        raise argparse.ArgumentTypeError(f"{value!r}: I must be in 0..N-1 and N at least 1")
+    return index, count
+
+
 def _decimal(value: str) -> Decimal:
     try:
         return Decimal(value)
@@ -140,6 +150,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--seed", type=int, default=7, help="seed of the simulated feed")
     run.add_argument("--equity", type=_decimal, default=Decimal(100_000), help="starting equity")
+    run.add_argument(
+        "--partition",
+        type=_partition,
+        default=(0, 1),
+        metavar="I/N",
+        help="with N processes hosting the same domains: this one takes partition I of N "
+        "(by crc32 of the symbol), keeping every symbol's events in order (default: 0/1)",
+    )
     run.add_argument(
         "--no-control-plane", action="store_true", help="do not serve the gRPC control plane"
     )

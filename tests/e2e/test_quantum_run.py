@@ -9,6 +9,9 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+import redis
+
 from runtime.core.keys import Keyspace
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -115,3 +118,99 @@ def test_bad_arguments_are_refused_with_a_clear_message() -> None:
     )
     assert result.returncode == 2
     assert "unknown domain(s) risk" in result.stderr
+
+
+def _delete_namespace(url: str, space: Keyspace) -> None:
+    client = redis.Redis.from_url(url)
+    try:
+        keys = list(client.scan_iter(match=space.pattern(), count=1000))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()
+
+
+def test_two_partitions_of_one_domain_produce_what_one_process_does(
+    redis_server_url: str, keyspace: Keyspace, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """ai_engine and execution split over two processes by --partition: every symbol still
+    sees its events in order, so signals and fills are exactly those of a single process."""
+    single_space = Keyspace(keyspace.namespace + "-single")
+    request.addfinalizer(lambda: _delete_namespace(redis_server_url, single_space))
+    single = subprocess.run(
+        _command(
+            redis_server_url,
+            single_space,
+            tmp_path / "single",
+            "--feed",
+            str(FIXTURE_FEED),
+            "--speed",
+            "max",
+        ),
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
+    )
+    assert single.returncode == 0, single.stderr[-3000:]
+    helper = subprocess.Popen(
+        [
+            *_command(redis_server_url, keyspace, tmp_path / "helper"),
+            "--domains",
+            "ai_engine,execution",
+            "--partition",
+            "1/2",
+            "--no-control-plane",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        split = subprocess.run(
+            _command(
+                redis_server_url,
+                keyspace,
+                tmp_path / "main",
+                "--feed",
+                str(FIXTURE_FEED),
+                "--speed",
+                "max",
+                "--partition",
+                "0/2",
+            ),
+            capture_output=True,
+            text=True,
+            timeout=90,
+            check=False,
+        )
+    finally:
+        helper.send_signal(signal.SIGTERM)
+        helper.wait(timeout=60)
+    assert split.returncode == 0, split.stderr[-3000:]
+    assert helper.returncode == 0
+    signals = _count(single.stdout, "ai.signal.generated")
+    assert signals > 0
+    assert _count(split.stdout, "ai.signal.generated") == signals
+    assert _count(split.stdout, "market.tick") == _count(single.stdout, "market.tick")
+    assert _count(split.stdout, "execution.order.filled") == _count(
+        single.stdout, "execution.order.filled"
+    )
+
+
+def test_bad_configuration_in_the_environment_is_refused_before_starting(tmp_path: Path) -> None:
+    for env, expected in (
+        ({"QUANTUM_EMIT_VERSIONS": "ai.signal.generated=7"}, "has no schema version 7"),
+        ({"QUANTUM_EMIT_VERSIONS": "garbage"}, "is not '<event type>=<version>'"),
+        ({"QUANTUM_TOKENS": "alice-only"}, "is not 'name:role:token'"),
+    ):
+        result = subprocess.run(
+            [*QUANTUM, "run", "--duration", "1", "--state-dir", str(tmp_path)],
+            capture_output=True,
+            text=True,
+            env={**os.environ, **env},
+            timeout=60,
+            check=False,
+        )
+        assert result.returncode == 2, (env, result.stderr[-2000:])
+        assert expected in result.stderr
+        assert "Traceback" not in result.stderr

@@ -13,32 +13,13 @@ from decimal import Decimal
 from typing import Protocol
 
 from runtime.core.policy import ModeLimits, Policy, RiskMode, TradingState
+from runtime.core.policy.ports import PolicyReader, PolicyWriter
 
 _STATE_RANK = {TradingState.ACTIVE: 0, TradingState.REDUCING: 1, TradingState.HALTED: 2}
 
 
-class PolicyControl(Protocol):
+class PolicyControl(PolicyReader, PolicyWriter, Protocol):
     """What analytics needs of the PolicyStore: read, switch mode, set trading state."""
-
-    def get_policy(self) -> Policy: ...
-
-    async def switch_mode(
-        self,
-        mode: RiskMode,
-        *,
-        expected_version: int | None = None,
-        changed_by: str,
-        reason: str,
-    ) -> object: ...
-
-    async def set_trading_state(
-        self,
-        state: TradingState,
-        *,
-        expected_version: int | None = None,
-        changed_by: str,
-        reason: str,
-    ) -> object: ...
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,9 +11,10 @@ from quantum.events.v1.risk_pb2 import RejectReason, SignalApproved, SignalRejec
 from quantum.events.v2.ai_pb2 import SignalGenerated
 
 from runtime.core.actor import Actor, HandlerContext, handles
+from runtime.core.policy.codec import mode_to_proto
+from runtime.core.policy.ports import PolicyReader
 from runtime.domains.risk_safety.book import Book
 from runtime.domains.risk_safety.checks import Approval, decide, parse_price
-from runtime.domains.risk_safety.policy_source import PolicyReader, mode_to_proto
 
 
 class RiskSafety(Actor):

@@ -13,6 +13,7 @@ from typing import cast
 
 import redis.asyncio as aioredis
 from quantum.events.v1 import portfolio_pb2, risk_pb2
+from redis.exceptions import ResponseError
 
 from runtime.core.envelope import decode_envelope, open_payload
 from runtime.core.keys import Keyspace
@@ -53,15 +54,30 @@ class RunSummary:
         return "\n".join(lines)
 
 
-async def stream_positions(redis: aioredis.Redis, keyspace: Keyspace) -> dict[str, str]:
-    """The last entry id of every event stream now: where this run's events begin."""
-    positions = {}
-    for name in default_registry().names():
-        last = cast(
-            list[tuple[bytes, object]], await redis.xrevrange(keyspace.stream(name), count=1)
-        )
-        positions[name] = last[0][0].decode() if last else "0-0"
-    return positions
+@dataclass(frozen=True, slots=True)
+class StreamPosition:
+    """Where a stream stood: its last entry id and how many entries were ever added to it."""
+
+    last_id: str = "0-0"
+    entries_added: int = 0
+
+
+async def _position(redis: aioredis.Redis, stream: str) -> StreamPosition:
+    try:
+        info = await redis.xinfo_stream(stream)
+    except ResponseError:  # no such stream yet
+        return StreamPosition()
+    last = info.get("last-generated-id") or b"0-0"
+    return StreamPosition(
+        last.decode() if isinstance(last, bytes) else str(last), int(info["entries-added"])
+    )
+
+
+async def stream_positions(redis: aioredis.Redis, keyspace: Keyspace) -> dict[str, StreamPosition]:
+    """Where every event stream stands now: where this run's events begin."""
+    return {
+        name: await _position(redis, keyspace.stream(name)) for name in default_registry().names()
+    }
 
 
 async def _entries_after(
@@ -72,24 +88,36 @@ async def _entries_after(
     return cast(list[tuple[bytes, dict[bytes, bytes]]], entries)
 
 
-async def summarize(redis: aioredis.Redis, keyspace: Keyspace, since: dict[str, str]) -> RunSummary:
-    """Summarise the events added to every stream after the ``since`` positions."""
+async def summarize(
+    redis: aioredis.Redis, keyspace: Keyspace, since: dict[str, StreamPosition]
+) -> RunSummary:
+    """Summarise the events added to every stream after the ``since`` positions.
+
+    Counts come from each stream's ``entries-added`` counter, so they stay exact when the
+    stream was trimmed during a long run; rejection reasons are read from the entries still
+    retained (the last ~10,000 per stream).
+    """
     summary = RunSummary()
     for name in default_registry().names():
-        entries = await _entries_after(redis, keyspace, name, since.get(name, "0-0"))
-        if entries:
-            summary.events[name] = len(entries)
+        before = since.get(name, StreamPosition())
+        now = await _position(redis, keyspace.stream(name))
+        added = now.entries_added - before.entries_added
+        if added <= 0:
+            continue
+        summary.events[name] = added
         if name == "execution.order.filled":
-            summary.fills = len(entries)
+            summary.fills = added
         elif name == "portfolio.position.closed":
-            summary.closed_positions = len(entries)
+            summary.closed_positions = added
         elif name == "risk.signal.rejected":
-            for _, fields in entries:
+            for _, fields in await _entries_after(redis, keyspace, name, before.last_id):
                 payload = open_payload(decode_envelope(fields[b"envelope"]))
                 assert isinstance(payload, risk_pb2.SignalRejected)
                 summary.rejections[risk_pb2.RejectReason.Name(payload.reason)] += 1
-        elif name == "portfolio.pnl.updated" and entries:
-            last = open_payload(decode_envelope(entries[-1][1][b"envelope"]))
+        elif name == "portfolio.pnl.updated":
+            newest = await redis.xrevrange(keyspace.stream(name), count=1)
+            fields = cast(list[tuple[bytes, dict[bytes, bytes]]], newest)[0][1]
+            last = open_payload(decode_envelope(fields[b"envelope"]))
             assert isinstance(last, portfolio_pb2.PnlUpdated)
             summary.realized_pnl = Decimal(last.realized_pnl or 0)
             summary.unrealized_pnl = Decimal(last.unrealized_pnl or 0)

@@ -1,0 +1,50 @@
+"""The end-of-run summary counts exactly, even when streams were trimmed during the run."""
+
+from __future__ import annotations
+
+import redis.asyncio as aioredis
+from quantum.events.v1.common_pb2 import Side
+from quantum.events.v1.portfolio_pb2 import PnlUpdated
+from quantum.events.v1.risk_pb2 import RejectReason, SignalRejected
+
+from runtime.core.envelope import seal
+from runtime.core.keys import Keyspace
+from runtime.report import stream_positions, summarize
+
+
+async def _add(redis: aioredis.Redis, keyspace: Keyspace, payload: object, maxlen: int) -> None:
+    envelope = seal(payload, producer="test", partition_key="BTC-USD")  # type: ignore[arg-type]
+    await redis.xadd(
+        keyspace.stream(envelope.event_type),
+        {b"envelope": envelope.SerializeToString()},
+        maxlen=maxlen,
+        approximate=False,
+    )
+
+
+async def test_counts_survive_trimming_and_only_this_run_counts(
+    aredis: aioredis.Redis, keyspace: Keyspace
+) -> None:
+    earlier = SignalRejected(signal_id="old", reason=RejectReason.REJECT_REASON_NO_PRICE)
+    await _add(aredis, keyspace, earlier, maxlen=5)  # from an earlier run: not counted
+    since = await stream_positions(aredis, keyspace)
+
+    for i in range(30):
+        reason = (
+            RejectReason.REJECT_REASON_CONFIDENCE_TOO_LOW
+            if i % 3
+            else RejectReason.REJECT_REASON_ORDER_RATE_EXCEEDED
+        )
+        rejected = SignalRejected(signal_id=f"s{i}", side=Side.SIDE_BUY, reason=reason)
+        await _add(aredis, keyspace, rejected, maxlen=5)
+    for equity in ("100000", "99950.5"):
+        await _add(aredis, keyspace, PnlUpdated(equity=equity, drawdown="0.0005"), maxlen=5)
+
+    summary = await summarize(aredis, keyspace, since)
+
+    assert summary.events == {"risk.signal.rejected": 30, "portfolio.pnl.updated": 2}
+    assert str(summary.equity) == "99950.5"
+    # reasons come from the entries still retained: the last five
+    assert sum(summary.rejections.values()) == 5
+    assert "REJECT_REASON_NO_PRICE" not in summary.rejections
+    assert "Quantum Trader run summary" in summary.render()

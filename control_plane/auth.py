@@ -192,15 +192,30 @@ OPEN_SERVICES = frozenset(
     }
 )
 
-# The role each method needs; methods not listed need VIEWER. ReplayToDomain with
-# publish=true additionally needs OPERATOR, checked by the servicer (it depends on the body).
-_OPERATOR_METHODS = frozenset(
-    {
-        "/quantum.control.v1.PolicyService/SwitchMode",
-        "/quantum.control.v1.PolicyService/UpdatePolicy",
-        "/quantum.control.v1.ReplayService/RedriveDeadLetters",
-    }
+# The role each method needs. ReplayToDomain with publish=true additionally needs OPERATOR,
+# checked by the servicer (it depends on the body). A method missing here (one added to a
+# proto but not yet classified) needs OPERATOR: deny by default, never open a write by accident.
+_P, _R, _RT, _T = (
+    "/quantum.control.v1.PolicyService/",
+    "/quantum.control.v1.ReplayService/",
+    "/quantum.control.v1.RuntimeService/",
+    "/quantum.control.v1.TraceService/",
 )
+METHOD_ROLES: Mapping[str, Role] = {
+    f"{_P}GetPolicy": Role.VIEWER,
+    f"{_P}WatchPolicy": Role.VIEWER,
+    f"{_P}ListPolicyHistory": Role.VIEWER,
+    f"{_P}SwitchMode": Role.OPERATOR,
+    f"{_P}UpdatePolicy": Role.OPERATOR,
+    f"{_R}ReadEvents": Role.VIEWER,
+    f"{_R}ReplayToDomain": Role.VIEWER,
+    f"{_R}ListDeadLetters": Role.VIEWER,
+    f"{_R}RedriveDeadLetters": Role.OPERATOR,
+    f"{_RT}GetSystemHealth": Role.VIEWER,
+    f"{_RT}ListDomains": Role.VIEWER,
+    f"{_T}GetTrace": Role.VIEWER,
+    f"{_T}SubscribeTraces": Role.VIEWER,
+}
 
 
 def required_role(method: str) -> Role | None:
@@ -208,7 +223,7 @@ def required_role(method: str) -> Role | None:
     service = method.lstrip("/").split("/", 1)[0]
     if service in OPEN_SERVICES:
         return None
-    return Role.OPERATOR if method in _OPERATOR_METHODS else Role.VIEWER
+    return METHOD_ROLES.get(method, Role.OPERATOR)
 
 
 def authorize(

@@ -20,7 +20,8 @@ Why each step is where it is (DESIGN section 4):
 - Redis errors are retried with capped backoff; a deleted group is recreated where this
   consumer last acknowledged.
 
-Ordering: one runner handles its entries in stream order. Several runners of one domain keep
+Ordering: one runner handles its entries in stream order, and the entries of one read from
+several streams merged by entry id (time order). Several runners of one domain keep
 per-partition-key order through *partition groups*: with ``partitions=N`` each runner reads the
 stream through its own group ``<domain>.p<i>of<N>`` and handles only the keys that hash to
 ``i`` (acknowledging the rest unhandled), so a key is always handled by one runner, in order.
@@ -370,6 +371,7 @@ class DomainRunner:
                 # envelope: a foreign entry, which fails decoding below (dead-lettered).
                 data = fields.get(ENVELOPE_FIELD, b"") if fields else None
                 entries.append(_Entry(stream, entry_id, data, 1))
+        _merge_by_time(entries)
         if history and entries:
             await self._fill_deliveries(entries)
         return entries
@@ -395,6 +397,7 @@ class DomainRunner:
                 entry_id, raw_fields = item[0], item[1]
                 data = _field(raw_fields, ENVELOPE_FIELD)
                 entries.append(_Entry(stream, entry_id, data, 1))
+        _merge_by_time(entries)
         if entries:
             await self._fill_deliveries(entries)
             _log.warning(
@@ -795,6 +798,16 @@ def _trace_scope(envelope: Envelope) -> contextlib.AbstractContextManager[object
     except ValueError:
         return contextlib.nullcontext()
     return tracing.use(trace)
+
+
+def _merge_by_time(entries: list[_Entry]) -> None:
+    """Order a read of several streams by entry id (time): a stable sort, so each stream's
+    own order is kept. Entry ids are in milliseconds: within one millisecond, entries of two
+    streams are a tie (kept in stream name order). Time order holds within one read; a
+    stream with a backlog longer than ``batch_size`` can still hand newer entries of another
+    stream in the same read."""
+    if len(entries) > 1 and entries[0].stream != entries[-1].stream:
+        entries.sort(key=lambda entry: _entry_order(entry.entry_id))
 
 
 def _entry_order(entry_id: bytes) -> tuple[int, int]:

@@ -321,6 +321,14 @@ class DomainRunner:
                         prefetch = asyncio.create_task(self._fetch(history=False))
                     if batch.entries:
                         await self._process(batch)
+                        if self._abandoned:
+                            # A retry was cut short: the entries read after the failed one
+                            # stay pending (unacknowledged), so they are never acknowledged
+                            # before it; the next start takes them all in order.
+                            if prefetch is not None:
+                                task, prefetch = prefetch, None
+                                await self._drop(task)
+                            break
                     if failures:
                         _log.info("redis_recovered", domain=self.domain, attempts=failures + 1)
                         failures = 0
@@ -342,6 +350,15 @@ class DomainRunner:
                 prefetch.cancel()
                 with contextlib.suppress(BaseException):
                     await prefetch
+
+    async def _drop(self, task: asyncio.Task[_Batch]) -> None:
+        """Let a prefetch finish (a read returns within block_ms) and forget its batch."""
+        try:
+            batch = await task
+        except Exception:  # its entries, if any were read, stay pending on this consumer
+            return
+        with contextlib.suppress(ValueError):
+            self._held.remove(batch)
 
     async def _fetch(self, *, history: bool) -> _Batch:
         return await self._prepare(await self._read(history=history))

@@ -186,3 +186,24 @@ async def test_the_attempt_count_survives_a_restart(
     assert letter.attempts == 4
     assert first.calls[1] + second.calls[1] == 4
     await bus.close()
+
+
+async def test_a_retry_cut_short_by_stop_leaves_the_prefetched_entries_pending(
+    aredis: aioredis.Redis, keyspace: Keyspace
+) -> None:
+    bus = EventBus(aredis, keyspace, metrics=RuntimeMetrics())
+    for i in (1, 2, 3):
+        await bus.publish(tick("BTC", i))
+    # One entry per read: while entry 1 fails and waits for its retry, entry 2 is prefetched.
+    config = RunnerConfig("c1", batch_size=1, block_ms=50, retry_base_ms=5_000, retry_cap_ms=5_000)
+    actor = FlakyTicks(fail_times={1: 100})
+    async with running(DomainRunner(actor, aredis, keyspace, bus, config)):
+        await wait_until(lambda: actor.calls.get(1) == 1)
+    assert actor.handled == []  # nothing after the failed entry was handled, nor acknowledged
+    assert await pending(aredis, keyspace, actor.name) == 2
+    # The next life takes them in order: the failed entry first.
+    again = FlakyTicks()
+    async with running(DomainRunner(again, aredis, keyspace, bus, FAST)):
+        await wait_until(lambda: again.handled == [1, 2, 3])
+    assert await pending(aredis, keyspace, actor.name) == 0
+    await bus.close()

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Mapping
 from typing import Any, Protocol
 
+import grpc
 from grpc import aio
 from quantum.control.v1 import policy_service_pb2 as pb
 from quantum.control.v1 import policy_service_pb2_grpc as pb_grpc
@@ -217,11 +218,23 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
                 yield pb.WatchPolicyResponse(policy=policy_to_proto(current))
                 last: Policy | int = current
             else:
+                if resume > current.version:
+                    raise ControlPlaneError(
+                        grpc.StatusCode.OUT_OF_RANGE,
+                        f"after_version {resume} is above the current policy version "
+                        f"{current.version}; resume from a version you were sent, or leave "
+                        "after_version unset to start from the current policy",
+                        Reason.POLICY_VERSION_AHEAD,
+                        {"after_version": str(resume), "current_version": str(current.version)},
+                    )
                 last = resume
                 for change in await self._changes_between(resume, current.version):
                     yield pb.WatchPolicyResponse(policy=change.new_policy, change=change)
                     last = change.version
                 if isinstance(last, int) and last < current.version:
+                    # The history has a gap (trimmed or lost): the caller still gets the
+                    # policy in force, as a snapshot without a change record.
+                    yield pb.WatchPolicyResponse(policy=policy_to_proto(current))
                     last = current
             async for policy in subscription:
                 last_version = last if isinstance(last, int) else last.version

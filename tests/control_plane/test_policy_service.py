@@ -185,3 +185,30 @@ async def test_watch_resumes_after_a_version_from_the_history(harness: Harness) 
     versions = [(await asyncio.wait_for(call.read(), 10)).change.version for _ in range(2)]
     assert versions == [2, 3]
     call.cancel()
+
+
+async def test_watch_after_a_version_above_the_current_is_out_of_range(harness: Harness) -> None:
+    call = stub(harness).WatchPolicy(
+        pb.WatchPolicyRequest(after_version=7), metadata=harness.viewer
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await asyncio.wait_for(call.read(), 10)
+    details = details_of(caught.value)
+    assert details.code == grpc.StatusCode.OUT_OF_RANGE
+    assert details.reason == "POLICY_VERSION_AHEAD"
+    assert details.metadata == {"after_version": "7", "current_version": "1"}
+
+
+async def test_watch_across_a_history_gap_sends_the_current_policy(harness: Harness) -> None:
+    for mode in (policy_pb2.RISK_MODE_DEFENSIVE, policy_pb2.RISK_MODE_AGGRESSIVE):
+        await stub(harness).SwitchMode(
+            pb.SwitchModeRequest(mode=mode, reason="gap"), metadata=harness.operator
+        )
+    await harness.redis.delete(harness.keyspace.policy_history())  # the records are lost
+    call = stub(harness).WatchPolicy(
+        pb.WatchPolicyRequest(after_version=1), metadata=harness.viewer
+    )
+    first = await asyncio.wait_for(call.read(), 10)
+    assert first.policy.version == 3
+    assert first.policy.mode == policy_pb2.RISK_MODE_AGGRESSIVE
+    call.cancel()

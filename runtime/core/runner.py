@@ -755,7 +755,7 @@ class DomainRunner:
 
     async def _heartbeat_loop(self) -> None:
         while not self._stopping:
-            with contextlib.suppress(*RETRYABLE_ERRORS):  # the consume loop reports outages
+            with contextlib.suppress(*_BACKGROUND_ERRORS):  # the consume loop reports outages
                 await self.redis.hset(self._heartbeat_key, self.config.consumer_name, str(now_ms()))
             await asyncio.sleep(self.config.heartbeat_interval_s)
 

@@ -190,3 +190,22 @@ async def test_a_cancelled_publisher_does_not_break_flush_and_its_event_still_la
     task.cancel()
     await bus.flush()
     assert await aredis.xlen(keyspace.stream("market.tick")) == 1
+
+
+async def test_heartbeat_outlives_an_error_reply(
+    bus: EventBus, aredis: aioredis.Redis, keyspace: Keyspace
+) -> None:
+    key = keyspace.heartbeat("tick_counter")
+    await aredis.set(key, "not a hash")  # every HSET now gets a WRONGTYPE error reply
+    actor = TickCounter()
+    config = RunnerConfig(consumer_name="c8", block_ms=50, heartbeat_interval_s=0.02)
+    async with running(DomainRunner(actor, aredis, keyspace, bus, config)):
+        await bus.publish(tick("BTC", 1))
+        await wait_until(lambda: actor.counts.get("BTC") == 1)
+        await asyncio.sleep(0.1)  # several heartbeats have met the error
+        await aredis.delete(key)
+        for _ in range(500):
+            if await aredis.hget(key, "c8"):
+                break
+            await asyncio.sleep(0.01)
+    assert int(await aredis.hget(key, "c8")) > 0

@@ -1,8 +1,9 @@
 """What the control plane knows about the domains: consumer groups, lag, pending, heartbeats.
 
 Everything is read from Redis, so the control plane also describes domains running in other
-processes: a domain is every consumer group of this namespace's streams (the group name is
-the domain name) plus every domain the composition root registered.
+processes: a domain is every consumer group of this namespace's event streams (one per
+registered event type; the group name is the domain name) plus every domain the composition
+root registered.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from quantum.control.v1.runtime_service_pb2 import ConsumerGroupInfo, DomainInfo
 
 from runtime.core.keys import Keyspace
+from runtime.core.registry import EventRegistry, default_registry
 
 # A domain that beat within this many seconds is RUNNING; within STALE_AFTER_S, DEGRADED.
 RUNNING_WITHIN_S = 5.0
@@ -67,22 +69,21 @@ class DomainInspector:
         redis: aioredis.Redis,
         keyspace: Keyspace,
         consumes: Mapping[str, Sequence[str]] | None = None,
+        registry: EventRegistry | None = None,
     ) -> None:
         self._redis = redis
         self._keyspace = keyspace
+        self._registry = registry or default_registry()
         self._consumes = {name: list(types) for name, types in (consumes or {}).items()}
 
-    async def _streams(self) -> list[str]:
-        prefix = self._keyspace.stream("")
-        found = [
-            _text(key)
-            async for key in self._redis.scan_iter(match=f"{prefix}*", count=1000, _type="STREAM")
-        ]
-        return sorted(found)
+    def _streams(self) -> list[str]:
+        # One stream per registered event type: never a SCAN of the whole keyspace, which
+        # costs O(all keys) on every health check. Streams that do not exist are skipped.
+        return [self._keyspace.stream(name) for name in self._registry.names()]
 
     async def figures(self) -> list[DomainFigures]:
         """Every known domain with its groups, newest heartbeat, total lag and pending."""
-        streams = await self._streams()
+        streams = self._streams()
         async with self._redis.pipeline(transaction=False) as pipe:
             for stream in streams:
                 pipe.xinfo_groups(stream)

@@ -157,7 +157,9 @@ class ControlPlane:
         if publisher is None:
             self._own_bus = EventBus(redis, keyspace, producer="control_plane")
             publisher = self._own_bus
-        self.inspector = DomainInspector(redis, keyspace, _consumes(factories, self.registry))
+        self.inspector = DomainInspector(
+            redis, keyspace, _consumes(factories, self.registry), self.registry
+        )
         checks = (
             list(extra_checks)
             if extra_checks is not None

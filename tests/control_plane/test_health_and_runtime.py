@@ -118,3 +118,21 @@ async def test_a_configured_postgres_that_does_not_answer_is_critical(
     assert components["postgres"].status == pb.HEALTH_STATUS_CRITICAL
     assert "cannot connect" in components["postgres"].detail
     assert response.status == pb.HEALTH_STATUS_CRITICAL
+
+
+async def test_listing_domains_reads_the_registered_streams_without_scanning(
+    private_redis: RedisServer, keyspace: Keyspace
+) -> None:
+    client = aioredis.Redis.from_url(private_redis.url)
+    try:
+        stream = keyspace.stream("market.tick")
+        await client.xadd(stream, {"envelope": b"x"})
+        await client.xgroup_create(stream, "tick_counter", id="0")
+        await client.config_resetstat()
+        figures = await DomainInspector(client, keyspace).figures()
+        assert [f.info.name for f in figures] == ["tick_counter"]
+        assert [g.stream for g in figures[0].info.groups] == [stream]
+        stats = await client.info("commandstats")
+        assert "cmdstat_scan" not in stats
+    finally:
+        await client.aclose()

@@ -27,13 +27,13 @@ from control_plane.event_ranges import check_range, count_range, read_range
 from control_plane.redis_reads import hmget, xrange
 from control_plane.stored_events import stored_event
 from runtime.core.actor import Actor, deliver
+from runtime.core.bus import DEFAULT_MAXLEN, EventBus
 from runtime.core.keys import Keyspace
 from runtime.core.registry import EventRegistry
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
 _DOMAIN_RE = re.compile(r"[a-z][a-z0-9_]{0,63}")
-STREAM_MAXLEN = 10_000
 
 # Puts one dead letter back on its stream unless that was done before: atomic, so two
 # concurrent redrives of one letter publish it once.
@@ -53,6 +53,14 @@ class EnvelopePublisher(Protocol):
 
 
 ActorFactory = Callable[[], Actor]
+
+
+def stream_maxlen(publisher: EnvelopePublisher | None, event_type: str) -> int:
+    """The MAXLEN a redrive trims ``event_type``'s stream to: the bus's own, so a redrive
+    never trims a stream harder than publishing to it does."""
+    if isinstance(publisher, EventBus):
+        return publisher._stream_of(event_type)[1]  # the bus's per-stream rule, not a copy
+    return DEFAULT_MAXLEN
 
 
 def redriven_key(keyspace: Keyspace, domain: str) -> str:
@@ -247,7 +255,11 @@ class ReplayServicer(pb_grpc.ReplayServiceServicer):
                 )
             done, _new_id = await self._redrive(
                 keys=[redriven_key(self._keyspace, domain), stream],
-                args=[entry_id, fields.get(b"payload", b""), STREAM_MAXLEN],
+                args=[
+                    entry_id,
+                    fields.get(b"payload", b""),
+                    stream_maxlen(self._publisher, stream.removeprefix(prefix)),
+                ],
             )
             if int(done):
                 response.redriven += 1

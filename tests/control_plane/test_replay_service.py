@@ -167,3 +167,18 @@ async def test_malformed_dead_letter_requests_are_invalid_argument(harness: Harn
             metadata=harness.viewer,
         )
     assert details_of(caught.value).code == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_redrive_trims_the_stream_no_harder_than_the_bus(harness: Harness) -> None:
+    harness.bus.maxlen = 20_000  # before the bus first publishes to market.tick
+    stream = harness.keyspace.stream("market.tick")
+    async with harness.redis.pipeline(transaction=False) as pipe:
+        for _ in range(12_000):
+            pipe.xadd(stream, {"envelope": b"x"})
+        await pipe.execute()
+    await add_dead_letters(harness, 1)
+    response = await stub(harness).RedriveDeadLetters(
+        pb.RedriveDeadLettersRequest(domain="tick_counter"), metadata=harness.operator
+    )
+    assert response.redriven == 1
+    assert await harness.redis.xlen(stream) == 12_001

@@ -368,3 +368,39 @@ async def test_a_redis_that_went_back_to_an_older_version_gets_the_newer_one_aga
     assert written.trading_state is TradingState.HALTED
     assert store.get_policy() == written
     assert int(await aredis.hget(keyspace.policy(), "version")) == written.version
+
+
+async def test_the_follower_outlives_an_error_reply_and_says_degraded(
+    make_store: StoreFactory, aredis: aioredis.Redis, keyspace: Keyspace
+) -> None:
+    # A long staleness bound: only the event stream can bring the change this fast.
+    writer, reader = await make_store(), await make_store(staleness_s=30.0)
+    stream = keyspace.stream("policy.updated")
+    backup = f"{stream}:backup"
+    async with aredis.pipeline(transaction=True) as pipe:
+        pipe.rename(stream, backup)
+        pipe.set(stream, "not a stream")  # every XREAD now gets a WRONGTYPE error reply
+        await pipe.execute()
+    assert await eventually(lambda: reader.health() is PolicyHealth.DEGRADED, within_s=5.0)
+    assert "follow" in reader.status().last_error
+    await aredis.delete(stream)
+    await aredis.rename(backup, stream)
+    written = await writer.switch_mode(RiskMode.AGGRESSIVE, changed_by="test", reason="rally")
+    assert await eventually(lambda: reader.get_policy() == written, within_s=5.0)
+
+
+async def test_the_version_check_outlives_an_error_reply_and_recovers(
+    make_store: StoreFactory, aredis: aioredis.Redis, keyspace: Keyspace
+) -> None:
+    store = await make_store(staleness_s=0.1)
+    key = keyspace.policy()
+    backup = f"{key}:backup"
+    async with aredis.pipeline(transaction=True) as pipe:
+        pipe.rename(key, backup)
+        pipe.set(key, "not a hash")  # every HMGET now gets a WRONGTYPE error reply
+        await pipe.execute()
+    assert await eventually(lambda: store.health() is PolicyHealth.DEGRADED, within_s=5.0)
+    assert "version-check" in store.status().last_error
+    await aredis.delete(key)
+    await aredis.rename(backup, key)
+    assert await eventually(lambda: store.health() is PolicyHealth.HEALTHY, within_s=5.0)

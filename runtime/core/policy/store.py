@@ -657,8 +657,8 @@ class PolicyStore:
             best = snapshot
         return best
 
-    def _mark_lost(self, exc: BaseException) -> None:
-        self._last_error = f"Redis unreachable: {exc}"
+    def _mark_lost(self, exc: BaseException, problem: str = "Redis unreachable") -> None:
+        self._last_error = f"{problem}: {exc}"
         if self._health is PolicyHealth.HEALTHY:
             self._health = PolicyHealth.DEGRADED
             _log.warning(
@@ -691,18 +691,22 @@ class PolicyStore:
                 reply = await self._redis.xread(
                     {self._stream_key: self._follow_from}, count=100, block=self._block_ms
                 )
+                backoff.reset()
+                # RESP2 replies [[stream, entries]]; RESP3 replies {stream: [entries]}.
+                streams = reply.items() if isinstance(reply, dict) else (reply or ())
+                for _stream, entries in cast("Iterable[tuple[Any, Any]]", streams):
+                    for entry_id, fields in cast(
+                        "Iterable[tuple[bytes, dict[bytes, bytes]]]", entries
+                    ):
+                        self._follow_from = _text(entry_id)
+                        if self._follow_from != self._event_id:  # not our own write
+                            self._apply_event(self._follow_from, fields)
             except _REDIS_DOWN as exc:
                 self._mark_lost(exc)
                 await self._pause(backoff.next_delay())
-                continue
-            backoff.reset()
-            # RESP2 replies [[stream, entries]]; RESP3 replies {stream: [entries]}.
-            streams = reply.items() if isinstance(reply, dict) else (reply or ())
-            for _stream, entries in cast("Iterable[tuple[Any, Any]]", streams):
-                for entry_id, fields in cast("Iterable[tuple[bytes, dict[bytes, bytes]]]", entries):
-                    self._follow_from = _text(entry_id)
-                    if self._follow_from != self._event_id:  # not our own write, already in
-                        self._apply_event(self._follow_from, fields)
+            except Exception as exc:  # an error reply (LOADING, READONLY...): keep following
+                self._loop_failed("follow", exc)
+                await self._pause(backoff.next_delay())
 
     def _apply_event(self, entry_id: str, fields: Mapping[bytes, bytes]) -> None:
         try:
@@ -737,7 +741,21 @@ class PolicyStore:
             except _REDIS_DOWN as exc:
                 self._mark_lost(exc)
                 delay = min(self._staleness_s, backoff.next_delay())
+            except Exception as exc:  # an error reply, an unreadable policy: check again later
+                self._loop_failed("version-check", exc)
+                delay = min(self._staleness_s, backoff.next_delay())
             await self._pause(delay)
+
+    def _loop_failed(self, loop: str, exc: Exception) -> None:
+        """A background loop met an error other than an outage: say so, and go DEGRADED."""
+        error = f"{type(exc).__name__}: {exc}"
+        _log.error(
+            "policy_store_loop_failed",
+            loop=loop,
+            error=error,
+            hint="the cache may lag Redis; the loop retries with backoff",
+        )
+        self._mark_lost(exc, f"{loop} failed ({type(exc).__name__})")
 
     async def _write_snapshots(self) -> None:
         """Write the snapshot after each change and every ``snapshot_interval_s``."""

@@ -226,8 +226,12 @@ class ControlPlane:
     async def start(self) -> int:
         """Listen and serve; returns the gRPC port (useful with port 0)."""
         await self.serving_watcher.start()
-        self.server = self._build_server()
-        await self.server.start()
+        try:
+            self.server = self._build_server()
+            await self.server.start()
+        except BaseException:
+            await self.stop(grace=0)  # the watcher task must not outlive a failed start
+            raise
         if self.config.metrics_addr:
             self.metrics = MetricsEndpoint(
                 self.config.metrics_addr, RuntimeCollector(policy=self.policy_store.get_policy)

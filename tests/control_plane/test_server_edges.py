@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import subprocess
 import urllib.request
 from pathlib import Path
@@ -18,10 +19,12 @@ from quantum.control.v1.trace_service_pb2_grpc import TraceServiceStub
 from quantum.events.v1 import policy_pb2
 
 from clients.control_client import ControlClient, TlsOptions
-from control_plane.config import TlsConfig
+from control_plane.config import ConfigError, ControlPlaneConfig, TlsConfig
+from control_plane.server import ControlPlane
 from runtime.core import tracing
 from runtime.core.envelope import decode_envelope
 from runtime.core.keys import Keyspace
+from runtime.core.policy.store import PolicyStore
 from runtime.core.redis_server import free_port
 from tests.control_plane.conftest import Harness, start_harness, stop_harness
 from tests.control_plane.support import wait_until
@@ -135,3 +138,24 @@ async def test_the_client_retries_while_the_server_is_unavailable(
                 await asyncio.wait_for(pending, 20)
         finally:
             await stop_harness(h)
+
+
+async def test_a_failed_start_leaves_no_task_running(
+    aredis: aioredis.Redis, keyspace: Keyspace, tmp_path: Path
+) -> None:
+    store = PolicyStore(aredis, keyspace, state_dir=tmp_path)
+    await store.start()
+    try:
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            addr = f"127.0.0.1:{taken.getsockname()[1]}"
+            plane = ControlPlane(aredis, keyspace, store, config=ControlPlaneConfig(grpc_addr=addr))
+            with pytest.raises(ConfigError, match="cannot listen"):
+                await plane.start()
+        watchers = [
+            t for t in asyncio.all_tasks() if t.get_name() == "control-plane-serving-watcher"
+        ]
+        assert watchers == []
+    finally:
+        await store.stop()

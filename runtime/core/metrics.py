@@ -145,11 +145,12 @@ class Counter(_Family):
         return child.value if child is not None else 0.0
 
     def snapshot(self) -> MetricFamily:
+        # Over a copy: a scrape runs in another thread while the event loop adds label values.
         return MetricFamily(
             self.name,
             self.kind,
             self.help,
-            samples=[Sample(self._labels(k), c.value) for k, c in self._children.items()],
+            samples=[Sample(self._labels(k), c.value) for k, c in list(self._children.items())],
         )
 
 
@@ -175,11 +176,12 @@ class Gauge(_Family):
         return child.value if child is not None else math.nan
 
     def snapshot(self) -> MetricFamily:
+        # Over a copy: a scrape runs in another thread while the event loop adds label values.
         return MetricFamily(
             self.name,
             self.kind,
             self.help,
-            samples=[Sample(self._labels(k), c.value) for k, c in self._children.items()],
+            samples=[Sample(self._labels(k), c.value) for k, c in list(self._children.items())],
         )
 
 
@@ -216,7 +218,7 @@ class Histogram(_Family):
 
     def snapshot(self) -> MetricFamily:
         histograms = []
-        for key, child in self._children.items():
+        for key, child in list(self._children.items()):
             cumulative = 0
             buckets = []
             for bound, n in zip((*self.bounds, math.inf), child.counts, strict=True):
@@ -261,7 +263,7 @@ class MetricsRegistry:
         return family
 
     def snapshot(self) -> list[MetricFamily]:
-        return [family.snapshot() for family in self._families.values()]
+        return [family.snapshot() for family in list(self._families.values())]
 
 
 class RuntimeMetrics:

@@ -22,6 +22,7 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 import grpc
+from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.field_mask_pb2 import FieldMask
 from google.protobuf.timestamp_pb2 import Timestamp
 from grpc import aio
@@ -42,18 +43,24 @@ from control_plane.errors import ErrorDetails, FieldViolation, details_of
 T = TypeVar("T")
 
 DEFAULT_ADDR = "127.0.0.1:50051"
-_LIMIT_FIELDS = (
-    "min_confidence",
-    "max_leverage",
-    "max_position_notional",
-    "max_open_positions",
-    "risk_per_trade_pct",
-    "max_daily_loss_pct",
-    "allowed_symbols",
-    "max_orders_per_second",
-    "max_drawdown_pct",
+# The limit fields and the modes carrying them, read from the generated descriptors so a field
+# added to ModeLimits is settable here without a hand-kept copy.
+_LIMIT_FIELDS: Mapping[str, FieldDescriptor] = {
+    f.name: f for f in policy_pb2.ModeLimits.DESCRIPTOR.fields
+}
+_LIMIT_MODES = frozenset(
+    f.name
+    for f in policy_pb2.Policy.DESCRIPTOR.fields
+    if f.message_type is not None and f.message_type.full_name == "quantum.events.v1.ModeLimits"
 )
-_INT_LIMITS = frozenset({"max_open_positions", "max_orders_per_second"})
+_INT_CPP_TYPES = frozenset(
+    {
+        FieldDescriptor.CPPTYPE_INT32,
+        FieldDescriptor.CPPTYPE_INT64,
+        FieldDescriptor.CPPTYPE_UINT32,
+        FieldDescriptor.CPPTYPE_UINT64,
+    }
+)
 
 
 class ControlError(Exception):
@@ -122,13 +129,14 @@ def policy_update(changes: Mapping[str, object]) -> tuple[policy_pb2.Policy, Fie
             policy.trading_state = trading_state_number(value)  # type: ignore[arg-type]
         else:
             mode, _, name = path.partition(".")
-            if mode not in ("aggressive", "normal", "defensive") or name not in _LIMIT_FIELDS:
+            limit = _LIMIT_FIELDS.get(name)
+            if mode not in _LIMIT_MODES or limit is None:
                 continue
             limits = getattr(policy, mode)
-            if name == "allowed_symbols":
-                symbols = value.split(",") if isinstance(value, str) else value
-                limits.allowed_symbols[:] = [str(s).strip() for s in symbols]  # type: ignore[attr-defined]
-            elif name in _INT_LIMITS:
+            if limit.is_repeated:
+                items = value.split(",") if isinstance(value, str) else value
+                getattr(limits, name)[:] = [str(s).strip() for s in items]  # type: ignore[attr-defined]
+            elif limit.cpp_type in _INT_CPP_TYPES:
                 setattr(limits, name, int(str(value)))
             else:
                 setattr(limits, name, str(value))

@@ -56,9 +56,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--token", default=env.get("QUANTUM_TOKEN"), help="bearer token (or $QUANTUM_TOKEN)"
     )
-    parser.add_argument("--tls-ca", type=Path, default=env.get("QUANTUM_TLS_CA") or None)
-    parser.add_argument("--tls-cert", type=Path, default=env.get("QUANTUM_TLS_CERT") or None)
-    parser.add_argument("--tls-key", type=Path, default=env.get("QUANTUM_TLS_KEY") or None)
+    # QUANTUM_CLIENT_TLS_*, not the server's QUANTUM_TLS_CERT/KEY: a shell that serves the
+    # control plane would otherwise present the server's key pair as a client certificate.
+    for flag, name in (("ca", "CA"), ("cert", "CERT"), ("key", "KEY")):
+        variable = f"QUANTUM_CLIENT_TLS_{name}"
+        parser.add_argument(
+            f"--tls-{flag}", type=Path, default=env.get(variable) or None, help=f"(or ${variable})"
+        )
     parser.add_argument("--server-name", default="", help="TLS server name override")
     parser.add_argument("--timeout", type=float, default=5.0, help="deadline per call, seconds")
     parser.add_argument("--json", action="store_true", help="JSON lines instead of tables")

@@ -6,8 +6,14 @@ import asyncio
 import json
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
+import pytest
+from quantum.events.v1 import policy_pb2
+
+from clients.control_client import policy_update
+from clients.quantumctl.cli import build_parser
 from tests.control_plane.conftest import Harness
 from tests.control_plane.support import tick_envelopes
 
@@ -129,3 +135,37 @@ async def test_top_prints_rates_policy_and_consumers(harness: Harness) -> None:
     assert last["policy"]["mode"] == "RISK_MODE_NORMAL"
     assert last["rates_per_s"]["market.tick"] > 0
     assert "tick_counter" in last["lag"]
+
+
+def test_quantumctl_reads_client_tls_variables_not_the_servers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("QUANTUM_TLS_CERT", "server.crt")
+    monkeypatch.setenv("QUANTUM_TLS_KEY", "server.key")
+    monkeypatch.delenv("QUANTUM_TLS_CA", raising=False)
+    args = build_parser().parse_args(["policy", "get"])
+    assert (args.tls_ca, args.tls_cert, args.tls_key) == (None, None, None)
+    monkeypatch.setenv("QUANTUM_CLIENT_TLS_CA", "ca.crt")
+    monkeypatch.setenv("QUANTUM_CLIENT_TLS_CERT", "client.crt")
+    monkeypatch.setenv("QUANTUM_CLIENT_TLS_KEY", "client.key")
+    args = build_parser().parse_args(["policy", "get"])
+    assert (args.tls_ca, args.tls_cert, args.tls_key) == (
+        Path("ca.crt"),
+        Path("client.crt"),
+        Path("client.key"),
+    )
+
+
+def test_every_limit_field_of_every_mode_can_be_updated() -> None:
+    limit_modes = [
+        f.name
+        for f in policy_pb2.Policy.DESCRIPTOR.fields
+        if f.message_type is policy_pb2.ModeLimits.DESCRIPTOR
+    ]
+    assert limit_modes == ["aggressive", "normal", "defensive"]
+    for mode in limit_modes:
+        for field in policy_pb2.ModeLimits.DESCRIPTOR.fields:
+            value: object = ["BTC-USD"] if field.is_repeated else "3"
+            policy, mask = policy_update({f"{mode}.{field.name}": value})
+            assert list(mask.paths) == [f"{mode}.{field.name}"]
+            assert getattr(getattr(policy, mode), field.name), f"{mode}.{field.name} was not set"

@@ -95,6 +95,10 @@ class BusClosed(RuntimeError):
     """The bus was closed; nothing more can be published through it."""
 
 
+class PublishTimeout(RuntimeError):
+    """``flush``/``close`` with a timeout: events were still unsent (Redis slow or away)."""
+
+
 class _Waiter:
     """The caller of one publish call, waiting for the stream ids of its envelopes."""
 
@@ -232,26 +236,82 @@ class EventBus:
             return []
         return await self._submit(batch)
 
-    async def flush(self) -> None:
-        """Wait until everything queued before this call has been sent (or has failed)."""
-        target = self._accepted
-        while self._settled < target:
-            progress = self._progress
-            assert progress is not None
-            progress.clear()
-            await progress.wait()
+    # ``timeout`` rather than the caller's asyncio.timeout (ASYNC109): expiring, these say how
+    # many events are unsent, and close() still closes, which a cancellation could not.
+    async def flush(self, timeout: float | None = None) -> None:  # noqa: ASYNC109
+        """Wait until everything queued before this call has been sent (or has failed).
 
-    async def close(self) -> None:
-        """Flush, then stop the flusher; later publishes raise ``BusClosed``."""
+        With ``timeout`` (seconds), raise ``PublishTimeout`` when that has not happened by
+        then; the events stay queued and are still retried. None waits as long as it takes.
+        """
+        target = self._accepted
+        deadline = asyncio.timeout(timeout)
+        try:
+            async with deadline:
+                while self._settled < target:
+                    progress = self._progress
+                    assert progress is not None
+                    progress.clear()
+                    await progress.wait()
+        except TimeoutError:
+            if not deadline.expired():
+                raise
+            unsent = target - self._settled
+            _log.error(
+                "publish_flush_timed_out",
+                unsent=unsent,
+                buffered=len(self._queue),
+                timeout_s=timeout,
+            )
+            raise PublishTimeout(
+                f"{unsent} events were not confirmed by Redis within {timeout} s; Redis is "
+                "slow or unreachable (they stay queued and are retried)"
+            ) from None
+
+    async def close(self, timeout: float | None = None) -> None:  # noqa: ASYNC109
+        """Flush, then stop the flusher; later publishes raise ``BusClosed``.
+
+        With ``timeout`` (seconds), the bus closes even when events are still unsent then:
+        they are given up (logged with their count), their publishers get ``PublishTimeout``
+        and so does the caller. None waits as long as it takes (Redis back).
+        """
         if self._closed:
             return
-        await self.flush()
+        timed_out: PublishTimeout | None = None
+        try:
+            await self.flush(timeout)
+        except PublishTimeout as exc:
+            timed_out = exc
         self._closed = True
         if self._flusher is not None:
             self._flusher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._flusher
             self._flusher = None
+        if not self._queue:
+            return
+        # Given up: the timeout expired, or publishes raced the close. Their publishers are
+        # told rather than left waiting for a flusher that is gone.
+        unsent = len(self._queue)
+        _log.error(
+            "events_not_published",
+            unsent=unsent,
+            timeout_s=timeout,
+            hint="the event bus closed before Redis confirmed these events; they may be lost",
+        )
+        error: RuntimeError = (
+            PublishTimeout(
+                f"the event bus closed with {unsent} events unsent: Redis did not confirm "
+                f"them within {timeout} s"
+            )
+            if timed_out is not None
+            else BusClosed("the event bus closed before this event was sent")
+        )
+        batch, self._queue = self._queue, []
+        self._fail(batch, error)
+        self._settle(len(batch))
+        if timed_out is not None:
+            raise error
 
     @property
     def buffered(self) -> int:

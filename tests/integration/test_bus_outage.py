@@ -13,7 +13,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from runtime.core.backoff import Backoff
-from runtime.core.bus import EventBus, PublishBufferFull
+from runtime.core.bus import BusClosed, EventBus, PublishBufferFull, PublishTimeout
 from runtime.core.keys import Keyspace
 from runtime.core.metrics import RuntimeMetrics
 from runtime.core.redis_server import RedisServer
@@ -95,3 +95,39 @@ async def test_redis_killed_and_restarted_mid_flow_loses_nothing_acknowledged_an
     assert restored.counts == {"BTC": 3_000}
     assert metrics.redis_errors.value("runner") >= 1
     await bus.close()
+
+
+async def test_flush_with_a_timeout_raises_while_redis_is_away_and_keeps_the_events(
+    private_redis: RedisServer, client: aioredis.Redis
+) -> None:
+    bus = EventBus(client, KEYSPACE, backoff=Backoff(0.02, 0.1), metrics=RuntimeMetrics())
+    await bus.publish(tick("BTC", 0))
+    private_redis.kill()
+    waiting = [asyncio.create_task(bus.publish(tick("BTC", i))) for i in (1, 2, 3)]
+    await asyncio.sleep(0)  # the publishes are queued
+    with pytest.raises(PublishTimeout, match="3 events"):
+        await bus.flush(timeout=0.3)
+    assert not any(task.done() for task in waiting)  # still queued, still retried
+    private_redis.restart()
+    await asyncio.wait_for(bus.flush(), 20)
+    assert len(await asyncio.gather(*waiting)) == 3
+    assert await client.xlen(KEYSPACE.stream("market.tick")) >= 4
+    await bus.close(timeout=5)
+
+
+async def test_close_with_a_timeout_gives_up_the_unsent_events_and_says_how_many(
+    private_redis: RedisServer, client: aioredis.Redis
+) -> None:
+    bus = EventBus(client, KEYSPACE, backoff=Backoff(0.02, 0.1), metrics=RuntimeMetrics())
+    await bus.publish(tick("BTC", 0))
+    private_redis.kill()
+    waiting = [asyncio.create_task(bus.publish(tick("BTC", i))) for i in (1, 2)]
+    await asyncio.sleep(0)  # the publishes are queued
+    with pytest.raises(PublishTimeout, match="2 events"):
+        await bus.close(timeout=0.3)
+    for task in waiting:  # their publishers are told, never left waiting forever
+        with pytest.raises(PublishTimeout):
+            await asyncio.wait_for(task, 5)
+    assert bus.buffered == 0
+    with pytest.raises(BusClosed):
+        await bus.publish(tick("BTC", 3))

@@ -28,6 +28,8 @@ from runtime.core.registry import EventRegistry
 log = get_logger("control_plane.live_feed")
 
 DEFAULT_QUEUE_SIZE = 1024
+# How long a cut-off subscriber's handler may stay blocked writing before it is cancelled.
+CUT_OFF_GRACE_S = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +59,9 @@ class Subscription:
     filter: EventFilter
     queue: asyncio.Queue[StoredEvent | None]
     cut_off: bool = False
+    # The task serving this subscriber (the RPC's): cancelled when it is cut off and does not
+    # end by itself, because a subscriber that stops reading leaves it blocked in a write.
+    handler: asyncio.Task[object] | None = field(default=None, repr=False)
     _closed: bool = field(default=False, repr=False)
 
     def offer(self, event: StoredEvent) -> None:
@@ -66,10 +71,18 @@ class Subscription:
         try:
             self.queue.put_nowait(event)
         except asyncio.QueueFull:
-            self.cut_off = True
-            while not self.queue.empty():
-                self.queue.get_nowait()
-            self.queue.put_nowait(None)
+            self._cut_off()
+
+    def _cut_off(self) -> None:
+        self.cut_off = True
+        while not self.queue.empty():
+            self.queue.get_nowait()
+        self.queue.put_nowait(None)  # a handler still reading ends with RESOURCE_EXHAUSTED
+        self.feed.forget(self)  # no more events are decoded or queued for it
+        handler = self.handler
+        if handler is not None and not handler.done():
+            # A handler blocked in a write never reads the None above: bound that write.
+            asyncio.get_running_loop().call_later(self.feed.cut_off_grace_s, handler.cancel)
 
     async def __aiter__(self) -> AsyncIterator[StoredEvent]:
         try:
@@ -106,7 +119,9 @@ class LiveFeed:
         queue_size: int = DEFAULT_QUEUE_SIZE,
         block_ms: int = 500,
         batch: int = 512,
+        cut_off_grace_s: float = CUT_OFF_GRACE_S,
     ) -> None:
+        self.cut_off_grace_s = cut_off_grace_s
         self._redis = redis
         self._keyspace = keyspace
         self._registry = registry
@@ -130,16 +145,26 @@ class LiveFeed:
 
     async def subscribe(self, event_filter: EventFilter) -> Subscription:
         """A new subscription that sees events added from now on."""
-        subscription = Subscription(self, event_filter, asyncio.Queue(self._queue_size))
+        subscription = Subscription(
+            self, event_filter, asyncio.Queue(self._queue_size), handler=asyncio.current_task()
+        )
         self._subscribers.add(subscription)
         if self._reader is None or self._reader.done():
             self._started = asyncio.Event()
             self._reader = asyncio.create_task(self._read(), name="control-plane-live-feed")
-        await self._started.wait()
+        try:
+            await self._started.wait()
+        except BaseException:  # cancelled while waiting: the caller never gets it to close
+            await self.unsubscribe(subscription)
+            raise
         return subscription
 
-    async def unsubscribe(self, subscription: Subscription) -> None:
+    def forget(self, subscription: Subscription) -> None:
+        """Stop dispatching to ``subscription`` (the reader stops when nobody is left)."""
         self._subscribers.discard(subscription)
+
+    async def unsubscribe(self, subscription: Subscription) -> None:
+        self.forget(subscription)
         if not self._subscribers:
             await self.stop()
 
@@ -205,6 +230,8 @@ class LiveFeed:
             return
         event: StoredEvent | None = None
         for subscription in list(self._subscribers):
+            if subscription.cut_off:
+                continue
             if event is None:
                 # Decode the payload once, and only when someone may want it.
                 probe = StoredEvent(stream=stream, entry_id=entry_id, envelope=envelope)

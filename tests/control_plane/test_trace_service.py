@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import grpc
 import pytest
+import redis.asyncio as aioredis
 from grpc import aio
 from quantum.control.v1 import trace_service_pb2 as pb
 from quantum.control.v1.trace_service_pb2_grpc import TraceServiceStub
 
 from control_plane.errors import details_of
+from control_plane.live_feed import EventFilter, LiveFeed, Subscription
 from control_plane.trace_servicer import causal_order
+from runtime.core.keys import Keyspace
+from runtime.core.registry import default_registry
 from tests.control_plane.conftest import Harness, start_harness, stop_harness
 from tests.control_plane.support import causal_chain, tick_envelopes, wait_until
 
@@ -130,3 +135,69 @@ def test_causal_order_keeps_every_event_even_in_a_causation_cycle() -> None:
     chain[0].causation_id = chain[2].event_id  # corrupt data: a cycle
     ordered = causal_order([*chain, chain[1]])  # and a duplicate
     assert sorted(e.event_id for e in ordered) == sorted(e.event_id for e in chain)
+
+
+async def test_a_subscriber_that_never_reads_again_has_its_handler_ended(
+    aredis: aioredis.Redis, keyspace: Keyspace, tmp_path: Path
+) -> None:
+    h = await start_harness(aredis, keyspace, tmp_path, queue_size=32)
+    feed = h.plane.live_feed
+    feed.cut_off_grace_s = 0.2
+    subscriptions: list[Subscription] = []
+    subscribe = feed.subscribe
+
+    async def recording(event_filter: EventFilter) -> Subscription:
+        subscription = await subscribe(event_filter)
+        subscriptions.append(subscription)
+        return subscription
+
+    feed.subscribe = recording  # type: ignore[method-assign]
+    channel = aio.insecure_channel(h.address, options=[("grpc.http2.bdp_probe", 0)])
+    try:
+        call = TraceServiceStub(channel).SubscribeTraces(
+            pb.SubscribeTracesRequest(), metadata=h.viewer
+        )
+        await wait_until(lambda: bool(subscriptions) and feed.following)
+        # Slowly enough that the handler keeps up until the client's window is full and its
+        # writes block; then the queue fills and the subscriber is cut off.
+        for _ in range(2000):
+            await h.bus.publish_envelopes(tick_envelopes(20))
+            await asyncio.sleep(0.005)
+            if subscriptions[0].cut_off:
+                break
+        # The client never reads: the handler, blocked writing, is ended all the same.
+        await wait_until(lambda: feed.subscriber_count == 0)
+        (subscription,) = subscriptions
+        assert subscription.cut_off
+        assert subscription.handler is not None
+        await wait_until(subscription.handler.done)
+        call.cancel()
+    finally:
+        await channel.close()
+        await stop_harness(h)
+
+
+async def test_a_subscribe_cancelled_before_the_reader_starts_leaves_no_subscription(
+    keyspace: Keyspace,
+) -> None:
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()  # accepts, never answers: the reader cannot start
+        writer.close()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    client = aioredis.Redis(host="127.0.0.1", port=port)
+    feed = LiveFeed(client, keyspace, default_registry())
+    try:
+        pending = asyncio.create_task(feed.subscribe(EventFilter()))
+        await wait_until(lambda: feed.subscriber_count == 1)
+        pending.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await pending
+        assert feed.subscriber_count == 0
+        assert not feed.following
+    finally:
+        await feed.stop()
+        await client.aclose()
+        server.close()
+        await server.wait_closed()

@@ -45,7 +45,7 @@ async function main(argv: string[]): Promise<number> {
   const client = new ControlClient({
     address: process.env.QUANTUM_ADDR ?? "127.0.0.1:50051",
     token: process.env.QUANTUM_TOKEN,
-    tlsCa: process.env.QUANTUM_TLS_CA,
+    tlsCa: process.env.QUANTUM_CLIENT_TLS_CA,
   });
   switch (command) {
     case "health": {

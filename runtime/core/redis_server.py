@@ -154,15 +154,17 @@ def start_redis_server(
 
 
 @contextlib.contextmanager
-def redis_url(env: Mapping[str, str] | None = None) -> Iterator[str]:
+def redis_url(
+    env: Mapping[str, str] | None = None, *, default_port: int = DEFAULT_PORT
+) -> Iterator[str]:
     """Yield a Redis URL by the order in the module docstring; stops what it started."""
     env = os.environ if env is None else env
     configured = env.get("REDIS_URL")
     if configured:
         yield configured
         return
-    if ping(DEFAULT_HOST, DEFAULT_PORT):
-        yield f"redis://{DEFAULT_HOST}:{DEFAULT_PORT}/0"
+    if ping(DEFAULT_HOST, default_port):
+        yield f"redis://{DEFAULT_HOST}:{default_port}/0"
         return
     server = start_redis_server()
     try:

@@ -28,7 +28,7 @@ from typing import Any, cast
 import redis.asyncio as aioredis
 from quantum.events.v1.envelope_pb2 import Envelope
 
-from runtime.bootstrap import actor_factories, backlog_cleared
+from runtime.bootstrap import actor_factories, drain
 from runtime.core.actor import Actor, deliver
 from runtime.core.bus import EventBus
 from runtime.core.envelope import decode_envelope
@@ -77,11 +77,8 @@ async def _shutdown(system: tuple[Any, ...]) -> None:
 
 
 async def _drained(redis: aioredis.Redis, keyspace: Keyspace, actors: list[Actor]) -> None:
-    for _ in range(30_000):  # ten minutes at most
-        if await backlog_cleared(redis, keyspace, actors):
-            return
-        await asyncio.sleep(0.02)
-    raise TimeoutError("the pipeline did not drain within ten minutes")
+    if not await drain(redis, keyspace, actors, timeout_s=600):
+        raise TimeoutError("the pipeline did not drain within ten minutes")
 
 
 async def throughput(url: str, ticks: int, state_dir: Path) -> float:

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -29,7 +29,7 @@ from control_plane.server import ControlPlane, config_from_args
 from control_plane.server import main as control_plane_main
 from runtime import report
 from runtime.core.actor import Actor
-from runtime.core.bus import EventBus
+from runtime.core.bus import EventBus, PublishTimeout
 from runtime.core.host import Runtime, default_consumer_name, install_uvloop
 from runtime.core.keys import Keyspace
 from runtime.core.logs import configure_logging, get_logger
@@ -181,22 +181,21 @@ def _entry_order(entry_id: bytes | str) -> tuple[int, int]:
     return int(millis), int(sequence or 0)
 
 
-async def _drain(redis: aioredis.Redis, keyspace: Keyspace, actors: Sequence[Actor]) -> None:
+async def drain(
+    redis: aioredis.Redis,
+    keyspace: Keyspace,
+    actors: Sequence[Actor],
+    timeout_s: float = DRAIN_TIMEOUT_S,
+) -> bool:
+    """Wait until the hosted domains have handled everything on their streams; False when
+    ``timeout_s`` passed first."""
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + DRAIN_TIMEOUT_S
+    deadline = loop.time() + timeout_s
     while loop.time() < deadline:
         if await backlog_cleared(redis, keyspace, actors):
-            return
-        await asyncio.sleep(0.1)
-    log.warning("drain_timeout", seconds=DRAIN_TIMEOUT_S)
-
-
-async def _bounded(step: Awaitable[None], what: str) -> None:
-    """Await a shutdown step, but not forever: Redis may be gone for good."""
-    try:
-        await asyncio.wait_for(step, STOP_TIMEOUT_S)
-    except TimeoutError:
-        log.error("shutdown_step_timeout", step=what, seconds=STOP_TIMEOUT_S)
+            return True
+        await asyncio.sleep(0.05)
+    return False
 
 
 async def _run(args: argparse.Namespace, url: str) -> int:
@@ -266,9 +265,10 @@ async def _run(args: argparse.Namespace, url: str) -> int:
             feed_stop.set()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(feed_task, timeout=5.0)
-        await _bounded(bus.flush(), "flush the feed's events")
-        if not runtime_task.done():
-            await _drain(redis, keyspace, actors)
+        with contextlib.suppress(PublishTimeout):  # the bus logs what it could not send
+            await bus.flush(timeout=STOP_TIMEOUT_S)
+        if not runtime_task.done() and not await drain(redis, keyspace, actors):
+            log.warning("drain_timeout", seconds=DRAIN_TIMEOUT_S)
         runtime.stop()
         try:
             await asyncio.wait_for(asyncio.shield(runtime_task), STOP_TIMEOUT_S)
@@ -288,7 +288,8 @@ async def _run(args: argparse.Namespace, url: str) -> int:
             loop.remove_signal_handler(sig)
         if plane is not None:
             await plane.stop(grace=1.0)
-        await _bounded(bus.close(), "close the event bus")
+        with contextlib.suppress(PublishTimeout):
+            await bus.close(timeout=STOP_TIMEOUT_S)
         summary = await report.summarize(redis, keyspace, since)
         await store.stop()
         await redis.aclose()

@@ -2,8 +2,9 @@
 
 Per batch: XREADGROUP many entries, decode them, skip those already processed, run the
 actor's handlers one at a time (through ``actor.deliver``, the path replays use too), publish
-their outputs durably, then acknowledge — in one MULTI/EXEC with the processed-id marks and
-the actor's state snapshot, so that "acknowledged", "processed" and "state" never disagree.
+their outputs durably, then acknowledge — in one atomic server-side script with the
+processed-id marks and the actor's state snapshot, so that "acknowledged", "processed" and
+"state" never disagree.
 
 Why each step is where it is (DESIGN section 4):
 - outputs are published before the acknowledgement: a crash in between redelivers the input,
@@ -66,6 +67,32 @@ _log = get_logger("runtime.runner")
 
 # Errors a background duty (heartbeat, keep-alive, stats) notes and outlives.
 _BACKGROUND_ERRORS: tuple[type[Exception], ...] = (*RETRYABLE_ERRORS, ResponseError)
+
+# A commit (dead letters, XACK, processed marks, state) as one server-side script: atomic like
+# MULTI/EXEC, and like it every command runs even when one fails (the first error is raised
+# afterwards), but one command to encode and one reply to parse instead of one per write.
+# ARGV holds, per command: its argument count after the key, its name, those arguments;
+# KEYS holds each command's key, in order.
+COMMIT_SCRIPT = """
+local pcall = redis.pcall
+local failed = nil
+local i = 1
+for k = 1, #KEYS do
+  local n = tonumber(ARGV[i])
+  local reply = pcall(ARGV[i + 1], KEYS[k], unpack(ARGV, i + 2, i + 1 + n))
+  if failed == nil and type(reply) == 'table' and reply.err then
+    failed = reply
+  end
+  i = i + 2 + n
+end
+if failed then
+  return failed
+end
+return #KEYS
+"""
+
+# Ids per XACK/SADD in a commit: well under Lua's limit on the arguments of one call.
+_MAX_IDS_PER_COMMAND = 1_000
 
 # Processed marks are grouped by the first 6 characters of the event id: 30 bits of
 # milliseconds dropped, so one set holds about 17.5 minutes of events.
@@ -228,6 +255,7 @@ class DomainRunner:
         self._held: list[_Batch] = []  # read and not yet committed: kept alive
         self._recent: OrderedDict[str, None] = OrderedDict()  # ids handled lately
         self._processed_prefix = keyspace.processed(actor.name) + ":"
+        self._commit_script = redis.register_script(COMMIT_SCRIPT)
         self._stopping = False
         self._running = False
         self._done = asyncio.Event()
@@ -654,29 +682,43 @@ class DomainRunner:
         if commit.outputs:
             await self._publish_outputs(commit.outputs)  # durable before the ack
         state = self.actor.snapshot_state()
+        keys, args = self._commit_commands(commit, state)
 
         async def write() -> None:
-            async with self.redis.pipeline(transaction=True) as pipe:
-                for letter in commit.dead:
-                    pipe.execute_command(*xadd_args(self.keyspace, self.domain, letter))
-                for stream, ids in commit.acks.items():
-                    pipe.execute_command("XACK", stream, self.group, *ids)
-                buckets: dict[str, list[str]] = {}
-                for entry in commit.processed:
-                    assert entry.envelope is not None
-                    buckets.setdefault(entry.bucket, []).append(entry.envelope.event_id)
-                for key, marks in buckets.items():
-                    pipe.execute_command("SADD", key, *marks)
-                    pipe.execute_command("EXPIRE", key, self.config.processed_ttl_s)
-                if state is not None:
-                    pipe.execute_command("SET", self._state_key, state)
-                await pipe.execute()
+            await self._commit_script(keys=keys, args=args, client=self.redis)
 
         await self._with_reconnect("commit", write)
         for stream, ids in commit.acks.items():
             self._last_acked[stream] = max(ids, key=_entry_order)
         for event_type, n in commit.consumed.items():
             self.metrics.consumed.labels(self.domain, event_type).inc(n)
+
+    def _commit_commands(self, commit: _Commit, state: bytes | None) -> tuple[list[str], list[Any]]:
+        """The commit as COMMIT_SCRIPT's keys and arguments: one key per command, in order."""
+        keys: list[str] = []
+        args: list[Any] = []
+
+        def add(name: str, key: str, rest: Sequence[Any]) -> None:
+            keys.append(key)
+            args.extend((len(rest), name, *rest))
+
+        for letter in commit.dead:
+            name, key, *rest = xadd_args(self.keyspace, self.domain, letter)
+            add(name, key, rest)
+        for stream, ids in commit.acks.items():
+            for start in range(0, len(ids), _MAX_IDS_PER_COMMAND):
+                add("XACK", stream, [self.group, *ids[start : start + _MAX_IDS_PER_COMMAND]])
+        buckets: dict[str, list[str]] = {}
+        for entry in commit.processed:
+            assert entry.envelope is not None
+            buckets.setdefault(entry.bucket, []).append(entry.envelope.event_id)
+        for key, marks in buckets.items():
+            for start in range(0, len(marks), _MAX_IDS_PER_COMMAND):
+                add("SADD", key, marks[start : start + _MAX_IDS_PER_COMMAND])
+            add("EXPIRE", key, [self.config.processed_ttl_s])
+        if state is not None:
+            add("SET", self._state_key, [state])
+        return keys, args
 
     async def _publish_outputs(self, outputs: list[Envelope]) -> None:
         failures = 0

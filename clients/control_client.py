@@ -5,8 +5,10 @@
         await client.switch_mode("DEFENSIVE", expected_version=policy.version, reason="drill")
 
 Every unary call has a deadline (``timeout``, 5 s by default) and is retried with capped
-exponential backoff while the server answers UNAVAILABLE (restarting, Redis lost); writes
-are safe to retry because they are compare-and-set on ``expected_version`` or idempotent.
+exponential backoff while the server answers UNAVAILABLE (restarting, Redis lost). Writes
+are safe to retry: without ``expected_version`` a repeated write changes nothing more (the
+store writes nothing when the value is already in force); with it, a retry that finds its own
+earlier attempt committed is recognised and returned instead of a spurious ABORTED.
 Failures raise ``ControlError`` carrying the status code and the google.rpc details.
 """
 
@@ -242,6 +244,34 @@ class ControlClient:
             await asyncio.sleep(delay * (0.5 + random.random() / 2))
             attempt += 1
 
+    async def _write(
+        self, call: Callable[..., Awaitable[Any]], request: Any, expected_version: int | None
+    ) -> policy_pb2.Policy:
+        """A policy write, retried on UNAVAILABLE like any call.
+
+        A retry can meet its own earlier attempt, committed before the connection dropped:
+        a compare-and-set then answers ABORTED although the change is in. Reading the policy
+        back tells the two apart: the version right after ours, with our reason, is our write.
+        """
+        attempts = 0
+
+        async def counted(message: Any, **kwargs: Any) -> Any:
+            nonlocal attempts
+            attempts += 1
+            return await call(message, **kwargs)
+
+        try:
+            response = await self._unary(counted, request)
+        except ControlError as error:
+            if error.code != grpc.StatusCode.ABORTED or attempts < 2 or expected_version is None:
+                raise
+            current = await self.get_policy()
+            if current.version == expected_version + 1 and current.reason == request.reason:
+                return current
+            raise
+        policy: policy_pb2.Policy = response.policy
+        return policy
+
     async def _stream(self, call: Callable[..., Any], request: Any) -> AsyncIterator[Any]:
         stream = call(request, metadata=self.metadata())
         try:
@@ -266,8 +296,7 @@ class ControlClient:
         request = policy_pb.SwitchModeRequest(mode=mode_number(mode), reason=reason)
         if expected_version is not None:
             request.expected_version = expected_version
-        response: policy_pb.SwitchModeResponse = await self._unary(self.policy.SwitchMode, request)
-        return response.policy
+        return await self._write(self.policy.SwitchMode, request, expected_version)
 
     async def update_policy(
         self, changes: Mapping[str, object], *, reason: str, expected_version: int | None = None
@@ -277,10 +306,7 @@ class ControlClient:
         request = policy_pb.UpdatePolicyRequest(policy=policy, update_mask=mask, reason=reason)
         if expected_version is not None:
             request.expected_version = expected_version
-        response: policy_pb.UpdatePolicyResponse = await self._unary(
-            self.policy.UpdatePolicy, request
-        )
-        return response.policy
+        return await self._write(self.policy.UpdatePolicy, request, expected_version)
 
     def watch_policy(
         self, after_version: int | None = None

@@ -38,7 +38,7 @@ from runtime.core.policy.model import Policy
 from runtime.core.policy.ports import PolicyReader, PolicyWriter
 from runtime.core.policy.store import PolicyStore
 from runtime.core.redis_server import RedisServerNotFound, redis_url
-from runtime.core.runner import RunnerConfig
+from runtime.core.runner import RunnerConfig, entry_order
 from runtime.core.upcasting import EMIT_VERSIONS_ENV, process_emit_versions
 from runtime.domains.ai_engine import AiEngine
 from runtime.domains.analytics import Analytics
@@ -161,12 +161,12 @@ async def backlog_cleared(
                 continue
             if not last:
                 continue
-            last_id = _entry_order(last[0][0])
+            last_id = entry_order(last[0][0])
             for group in groups:
                 name = _text(group["name"])
                 if not name.startswith(keyspace.group(actor.name)):
                     continue
-                delivered = _entry_order(group["last-delivered-id"])
+                delivered = entry_order(group["last-delivered-id"])
                 if int(group.get("pending") or 0) or delivered < last_id:
                     return False
     return True
@@ -174,11 +174,6 @@ async def backlog_cleared(
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
-
-
-def _entry_order(entry_id: bytes | str) -> tuple[int, int]:
-    millis, _, sequence = _text(entry_id).partition("-")
-    return int(millis), int(sequence or 0)
 
 
 async def drain(

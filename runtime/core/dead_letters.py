@@ -72,7 +72,7 @@ class DeadLetter:
             original_stream=text(b"original_stream"),
             original_entry_id=text(b"original_entry_id"),
             payload=fields.get(b"payload", b""),
-            reason=_as_reason(reason),
+            reason=as_reason(reason),
             error_type=text(b"error_type"),
             error_message=text(b"error_message"),
             attempts=int(text(b"attempts") or 0),
@@ -84,7 +84,8 @@ class DeadLetter:
         )
 
 
-def _as_reason(text: str) -> Reason:
+def as_reason(text: str) -> Reason:
+    """The known dead-letter reason named by ``text``; anything else is \"invalid\"."""
     for reason in REASONS:
         if reason == text:
             return reason

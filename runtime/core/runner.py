@@ -54,7 +54,7 @@ from runtime.core.bus import (
     PublishBufferFull,
     is_transient,
 )
-from runtime.core.dead_letters import REASONS, DeadLetter, Reason, now_ms, xadd_args
+from runtime.core.dead_letters import DeadLetter, Reason, as_reason, now_ms, xadd_args
 from runtime.core.envelope import EnvelopeError, decode_envelope, open_payload, trace_of
 from runtime.core.keys import Keyspace
 from runtime.core.logs import get_logger
@@ -689,7 +689,7 @@ class DomainRunner:
 
         await self._with_reconnect("commit", write)
         for stream, ids in commit.acks.items():
-            self._last_acked[stream] = max(ids, key=_entry_order)
+            self._last_acked[stream] = max(ids, key=entry_order)
         for event_type, n in commit.consumed.items():
             self.metrics.consumed.labels(self.domain, event_type).inc(n)
 
@@ -866,16 +866,15 @@ def _merge_by_time(entries: list[_Entry]) -> None:
     stream with a backlog longer than ``batch_size`` can still hand newer entries of another
     stream in the same read."""
     if len(entries) > 1 and entries[0].stream != entries[-1].stream:
-        entries.sort(key=lambda entry: _entry_order(entry.entry_id))
+        entries.sort(key=lambda entry: entry_order(entry.entry_id))
 
 
-def _entry_order(entry_id: bytes) -> tuple[int, int]:
-    ms, _, seq = entry_id.partition(b"-")
+def entry_order(entry_id: bytes | str) -> tuple[int, int]:
+    """A stream entry id as (milliseconds, sequence): how Redis orders them."""
+    raw = entry_id.encode() if isinstance(entry_id, str) else entry_id
+    ms, _, seq = raw.partition(b"-")
     return int(ms), int(seq or 0)
 
 
 def _reason(exc: EnvelopeError | UnhandledEventType) -> Reason:
-    for known in REASONS:
-        if known == exc.reason:
-            return known
-    return "invalid"
+    return as_reason(exc.reason)

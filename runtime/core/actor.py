@@ -31,7 +31,9 @@ from google.protobuf.message import Message
 from quantum.events.v1.envelope_pb2 import Envelope
 
 from runtime.core import tracing, upcasting
+from runtime.core.dead_letters import Reason
 from runtime.core.envelope import open_payload, seal, trace_of
+from runtime.core.failures import PermanentFailure
 from runtime.core.ids import derive_event_id
 from runtime.core.registry import EventRegistry, EventType, default_registry
 
@@ -232,7 +234,7 @@ async def deliver(
     return ctx.outputs
 
 
-class UnhandledEventType(LookupError):
+class UnhandledEventType(PermanentFailure, LookupError):
     """An actor received an event type it has no handler for."""
 
-    reason = "unknown_type"
+    reason: ClassVar[Reason] = "unknown_type"

@@ -9,12 +9,15 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
+from typing import ClassVar
 
 from google.protobuf.message import DecodeError, Message
 from google.protobuf.timestamp_pb2 import Timestamp
 from quantum.events.v1.envelope_pb2 import Envelope
 
 from runtime.core import tracing
+from runtime.core.dead_letters import Reason
+from runtime.core.failures import PermanentFailure
 from runtime.core.ids import derive_span_id, new_event_id, new_trace_id
 from runtime.core.registry import (
     EventRegistry,
@@ -24,26 +27,26 @@ from runtime.core.registry import (
 )
 
 
-class EnvelopeError(ValueError):
+class EnvelopeError(PermanentFailure, ValueError):
     """An entry that cannot be turned into a handled event; ``reason`` is a stable code."""
 
-    reason = "invalid"
+    reason: ClassVar[Reason] = "invalid"
 
 
 class UndecodableEvent(EnvelopeError):
-    reason = "undecodable"
+    reason: ClassVar[Reason] = "undecodable"
 
 
 class UnknownEventTypeError(EnvelopeError):
-    reason = "unknown_type"
+    reason: ClassVar[Reason] = "unknown_type"
 
 
 class UnknownVersionError(EnvelopeError):
-    reason = "unknown_version"
+    reason: ClassVar[Reason] = "unknown_version"
 
 
 class InvalidEnvelope(EnvelopeError):
-    reason = "invalid"
+    reason: ClassVar[Reason] = "invalid"
 
 
 _REQUIRED_FIELDS = ("event_id", "event_type", "trace_id", "span_id")

@@ -45,7 +45,7 @@ from quantum.events.v1.envelope_pb2 import Envelope
 from redis.exceptions import ResponseError
 
 from runtime.core import tracing
-from runtime.core.actor import Actor, UnhandledEventType, deliver
+from runtime.core.actor import Actor, deliver
 from runtime.core.backoff import Backoff
 from runtime.core.bus import (
     ENVELOPE_FIELD,
@@ -54,8 +54,9 @@ from runtime.core.bus import (
     PublishBufferFull,
     is_transient,
 )
-from runtime.core.dead_letters import DeadLetter, Reason, as_reason, now_ms, xadd_args
+from runtime.core.dead_letters import DeadLetter, Reason, now_ms, xadd_args
 from runtime.core.envelope import EnvelopeError, decode_envelope, open_payload, trace_of
+from runtime.core.failures import is_permanent, reason_of
 from runtime.core.keys import Keyspace
 from runtime.core.logs import get_logger
 from runtime.core.metrics import RuntimeMetrics, runtime_metrics
@@ -494,7 +495,7 @@ class DomainRunner:
             try:
                 entry.envelope = envelope = decode_envelope(entry.data)
             except EnvelopeError as exc:
-                self._dead_letter(commit, entry, _reason(exc), exc)
+                self._dead_letter(commit, entry, exc.reason, exc)
                 continue
             if (
                 partitions > 1
@@ -543,10 +544,10 @@ class DomainRunner:
                 payload: Message = open_payload(envelope, self.registry)
                 started = time.perf_counter()
                 outputs = await deliver(self.actor, envelope, self.registry, payload)
-            except (EnvelopeError, UnhandledEventType) as exc:
-                self._dead_letter(commit, entry, _reason(exc), exc)
-                return
             except Exception as exc:
+                if is_permanent(exc):  # no retry can fix it: dead-lettered at once
+                    self._dead_letter(commit, entry, reason_of(exc), exc)
+                    return
                 if entry.deliveries >= self.config.max_deliveries:
                     with _trace_scope(envelope):
                         _log.error(
@@ -874,7 +875,3 @@ def entry_order(entry_id: bytes | str) -> tuple[int, int]:
     raw = entry_id.encode() if isinstance(entry_id, str) else entry_id
     ms, _, seq = raw.partition(b"-")
     return int(ms), int(seq or 0)
-
-
-def _reason(exc: EnvelopeError | UnhandledEventType) -> Reason:
-    return as_reason(exc.reason)

@@ -31,13 +31,13 @@ from typing import Any
 
 from quantum.events.v1.market_pb2 import MarketTick
 
+from runtime.adapters.redis.bus import EventBus
+from runtime.adapters.redis.host import install_uvloop
+from runtime.adapters.redis.runner import DomainRunner, RunnerConfig
 from runtime.core.actor import Actor, HandlerContext, handles
-from runtime.core.bus import EventBus
-from runtime.core.host import install_uvloop
 from runtime.core.keys import Keyspace
 from runtime.core.metrics import RuntimeMetrics
 from runtime.core.redis_server import start_redis_server
-from runtime.core.runner import DomainRunner, RunnerConfig
 
 PAYLOAD_BYTES = 200
 STREAM = "bench:baseline"

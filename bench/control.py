@@ -87,7 +87,7 @@ def floor_server(port: int) -> None:
         add_PolicyServiceServicer_to_server,
     )
 
-    from runtime.core.host import install_uvloop
+    from runtime.adapters.redis.host import install_uvloop
 
     class Trivial(PolicyServiceServicer):
         async def GetPolicy(
@@ -218,7 +218,7 @@ def run(argv: list[str]) -> dict[str, Any]:
     parser.add_argument("--no-floor", action="store_true", help="skip the trivial-server baseline")
     args = parser.parse_args(argv)
 
-    from runtime.core.host import install_uvloop
+    from runtime.adapters.redis.host import install_uvloop
 
     install_uvloop()
     redis_server = start_redis_server()

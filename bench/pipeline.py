@@ -28,16 +28,16 @@ from typing import Any, cast
 import redis.asyncio as aioredis
 from quantum.events.v1.envelope_pb2 import Envelope
 
+from runtime.adapters.redis.bus import EventBus
+from runtime.adapters.redis.host import Runtime, install_uvloop
+from runtime.adapters.redis.runner import RunnerConfig
 from runtime.bootstrap import actor_factories, drain
 from runtime.core.actor import Actor, deliver
-from runtime.core.bus import EventBus
 from runtime.core.envelope import decode_envelope
-from runtime.core.host import Runtime, install_uvloop
 from runtime.core.keys import Keyspace
 from runtime.core.logs import configure_logging
 from runtime.core.policy.store import PolicyStore
 from runtime.core.redis_server import start_redis_server
-from runtime.core.runner import RunnerConfig
 from runtime.domains.market_data import SimulatedFeed, paced_batches, tick_envelope
 
 SYMBOLS = ("BTC-USD", "ETH-USD", "SOL-USD")

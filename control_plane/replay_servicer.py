@@ -26,8 +26,8 @@ from control_plane.errors import (
 from control_plane.event_ranges import check_range, count_range, read_range
 from control_plane.redis_reads import hmget, xrange
 from control_plane.stored_events import stored_event
+from runtime.adapters.redis.bus import DEFAULT_MAXLEN, EventBus
 from runtime.core.actor import Actor, deliver
-from runtime.core.bus import DEFAULT_MAXLEN, EventBus
 from runtime.core.keys import Keyspace
 from runtime.core.registry import EventRegistry
 
@@ -59,7 +59,7 @@ def stream_maxlen(publisher: EnvelopePublisher | None, event_type: str) -> int:
     """The MAXLEN a redrive trims ``event_type``'s stream to: the bus's own, so a redrive
     never trims a stream harder than publishing to it does."""
     if isinstance(publisher, EventBus):
-        return publisher._stream_of(event_type)[1]  # the bus's per-stream rule, not a copy
+        return publisher.maxlen_of(event_type)  # the bus's per-stream rule, not a copy
     return DEFAULT_MAXLEN
 
 

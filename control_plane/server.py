@@ -59,8 +59,8 @@ from control_plane.policy_servicer import PolicyServicer
 from control_plane.replay_servicer import ActorFactory, EnvelopePublisher, ReplayServicer
 from control_plane.runtime_servicer import RuntimeServicer
 from control_plane.trace_servicer import TraceServicer
+from runtime.adapters.redis.bus import EventBus
 from runtime.core.actor import Actor
-from runtime.core.bus import EventBus
 from runtime.core.keys import Keyspace
 from runtime.core.logs import get_logger
 from runtime.core.policy.status import PolicyHealth
@@ -367,7 +367,7 @@ async def serve(
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``quantum control-plane``: parse, configure logging, serve."""
-    from runtime.core.host import install_uvloop
+    from runtime.adapters.redis.host import install_uvloop
     from runtime.core.logs import configure_logging
 
     args = build_parser().parse_args(argv)

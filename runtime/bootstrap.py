@@ -28,9 +28,10 @@ from control_plane.config import ConfigError
 from control_plane.server import ControlPlane, config_from_args
 from control_plane.server import main as control_plane_main
 from runtime import report
+from runtime.adapters.redis.bus import EventBus, PublishTimeout
+from runtime.adapters.redis.host import Runtime, default_consumer_name, install_uvloop
+from runtime.adapters.redis.runner import RunnerConfig, entry_order
 from runtime.core.actor import Actor
-from runtime.core.bus import EventBus, PublishTimeout
-from runtime.core.host import Runtime, default_consumer_name, install_uvloop
 from runtime.core.keys import Keyspace
 from runtime.core.logs import configure_logging, get_logger
 from runtime.core.policy import RiskMode, TradingState
@@ -38,7 +39,6 @@ from runtime.core.policy.model import Policy
 from runtime.core.policy.ports import PolicyReader, PolicyWriter
 from runtime.core.policy.store import PolicyStore
 from runtime.core.redis_server import RedisServerNotFound, redis_url
-from runtime.core.runner import RunnerConfig, entry_order
 from runtime.core.upcasting import EMIT_VERSIONS_ENV, process_emit_versions
 from runtime.domains.ai_engine import AiEngine
 from runtime.domains.analytics import Analytics

@@ -32,7 +32,7 @@ from quantum.events.v1.envelope_pb2 import Envelope
 
 from runtime.core import tracing, upcasting
 from runtime.core.dead_letters import Reason
-from runtime.core.envelope import open_payload, seal, trace_of
+from runtime.core.envelope import open_payload, payload_type, seal_child, trace_of
 from runtime.core.failures import PermanentFailure
 from runtime.core.ids import derive_event_id
 from runtime.core.registry import EventRegistry, EventType, default_registry
@@ -51,7 +51,7 @@ def handles(method: F) -> F:
 class HandlerContext:
     """What a handler sees of the world besides its payload, and where its outputs go."""
 
-    __slots__ = ("_outputs", "emit_versions", "envelope", "producer", "registry", "trace")
+    __slots__ = ("_outputs", "_trace", "emit_versions", "envelope", "producer", "registry")
 
     def __init__(
         self,
@@ -67,8 +67,15 @@ class HandlerContext:
         self.emit_versions = (
             upcasting.process_emit_versions() if emit_versions is None else emit_versions
         )
-        self.trace = trace_of(envelope)
+        self._trace: tracing.TraceContext | None = None
         self._outputs: list[Envelope] = []
+
+    @property
+    def trace(self) -> tracing.TraceContext:
+        """The input event's own span (made on first use: most handlers never ask)."""
+        if self._trace is None:
+            self._trace = trace_of(self.envelope)
+        return self._trace
 
     @property
     def event_id(self) -> str:
@@ -94,20 +101,20 @@ class HandlerContext:
         partition_key: str | None = None,
         headers: Mapping[str, str] | None = None,
     ) -> Envelope:
-        """Queue an output event; it is published before the input is acknowledged.
+        """Queue an output event; it is committed with the acknowledgement of the input.
 
         The payload goes out at the schema version ``emit_versions`` names for its type.
         """
         index = len(self._outputs)
-        payload = upcasting.for_emission(payload, self.emit_versions)
-        envelope = seal(
+        if self.emit_versions:
+            payload = upcasting.for_emission(payload, self.emit_versions)
+        cause = self.envelope
+        envelope = seal_child(
             payload,
             producer=self.producer,
-            partition_key=self.partition_key if partition_key is None else partition_key,
-            event_id=derive_event_id(self.event_id, self.producer, index),
-            causation_id=self.event_id,
-            trace=self.trace,
-            occurred_at=self.occurred_at,
+            partition_key=cause.partition_key if partition_key is None else partition_key,
+            event_id=derive_event_id(cause.event_id, self.producer, index),
+            cause=cause,
             headers=headers,
             registry=self.registry,
         )
@@ -202,6 +209,81 @@ def _payload_class(owner: type, method: Callable[..., Any]) -> type[Message]:
     return message
 
 
+class Dispatcher:
+    """Runs an actor's handlers: finds the handler of an envelope's type and version once,
+    decodes the payload, and calls the handler inside the event's trace.
+
+    ``dispatch`` returns the outputs directly for a sync handler (no await per event) and an
+    awaitable of them for an async one. It raises the ``runtime.core.envelope`` errors when
+    the payload cannot be opened, ``UnhandledEventType`` when no handler takes it, and
+    whatever the handler raises (the delivery loop classifies it).
+    """
+
+    __slots__ = ("_actor", "_emit_versions", "_registry", "_routes", "_specs")
+
+    def __init__(self, actor: Actor, registry: EventRegistry | None = None) -> None:
+        self._actor = actor
+        self._registry = registry or default_registry()
+        self._specs = type(actor)._handler_specs
+        emit = actor.emit_versions
+        self._emit_versions = upcasting.process_emit_versions() if emit is None else emit
+        self._routes: dict[tuple[str, int], _Route] = {}
+
+    def dispatch(self, envelope: Envelope) -> list[Envelope] | Awaitable[list[Envelope]]:
+        route = self._routes.get((envelope.event_type, envelope.schema_version))
+        if route is None:
+            route = self._route(envelope)
+        payload = open_payload(envelope, self._registry, route.message)
+        if route.upcast:
+            payload = upcasting.for_handler(payload, self._specs)
+        ctx = HandlerContext(envelope, self._actor.name, self._registry, self._emit_versions)
+        if route.is_async:
+            return self._dispatch_async(route.method, payload, ctx)
+        token = tracing.enter_event(envelope)
+        try:
+            route.method(payload, ctx)
+        finally:
+            tracing.leave(token)
+        return ctx._outputs
+
+    async def _dispatch_async(
+        self, method: Callable[..., Any], payload: Message, ctx: HandlerContext
+    ) -> list[Envelope]:
+        token = tracing.enter_event(ctx.envelope)
+        try:
+            await method(payload, ctx)
+        finally:
+            tracing.leave(token)
+        return ctx._outputs
+
+    def _route(self, envelope: Envelope) -> _Route:
+        event_type = payload_type(envelope, self._registry)
+        spec = self._specs.get(event_type.message)
+        upcast = False
+        if spec is None:  # the actor may take this event type at another schema version
+            probe = upcasting.for_handler(event_type.message(), self._specs)
+            spec = self._specs.get(type(probe))
+            upcast = True
+        if spec is None:
+            raise UnhandledEventType(
+                f"{type(self._actor).__name__} has no handler for {envelope.event_type} "
+                f"v{envelope.schema_version}"
+            )
+        route = _Route(
+            event_type.message, getattr(self._actor, spec.method_name), spec.is_async, upcast
+        )
+        self._routes[(envelope.event_type, envelope.schema_version)] = route
+        return route
+
+
+@dataclass(frozen=True, slots=True)
+class _Route:
+    message: type[Message]
+    method: Callable[..., Any]
+    is_async: bool
+    upcast: bool
+
+
 async def deliver(
     actor: Actor,
     envelope: Envelope,
@@ -210,9 +292,9 @@ async def deliver(
 ) -> list[Envelope]:
     """Run the actor's handler for one envelope inside its trace; return the outputs.
 
-    Raises the ``runtime.core.envelope`` errors when the entry cannot be opened, and
-    ``UnhandledEventType`` when the actor has no handler for it; whatever the handler raises
-    propagates (the runtime retries or dead-letters it).
+    The one-off form of ``Dispatcher`` (replays use it). Raises the ``runtime.core.envelope``
+    errors when the entry cannot be opened, and ``UnhandledEventType`` when the actor has no
+    handler for it; whatever the handler raises propagates.
     """
     reg = registry or default_registry()
     if payload is None:

@@ -21,6 +21,7 @@ from runtime.core.failures import PermanentFailure
 from runtime.core.ids import derive_span_id, new_event_id, new_trace_id
 from runtime.core.registry import (
     EventRegistry,
+    EventType,
     UnknownEventType,
     UnknownSchemaVersion,
     default_registry,
@@ -50,6 +51,9 @@ class InvalidEnvelope(EnvelopeError):
 
 
 _REQUIRED_FIELDS = ("event_id", "event_type", "trace_id", "span_id")
+# google.protobuf.Timestamp's valid range: 0001-01-01T00:00:00Z to 9999-12-31T23:59:59Z.
+_MIN_SECONDS = -62_135_596_800
+_MAX_SECONDS = 253_402_300_799
 
 
 def timestamp(at: datetime | None = None) -> Timestamp:
@@ -103,6 +107,42 @@ def seal(
     return envelope
 
 
+def seal_child(
+    payload: Message,
+    *,
+    producer: str,
+    partition_key: str,
+    event_id: str,
+    cause: Envelope,
+    headers: Mapping[str, str] | None = None,
+    registry: EventRegistry | None = None,
+) -> Envelope:
+    """Wrap a handler's output: a child of ``cause``'s span, at ``cause``'s event time.
+
+    The handler hot path: the cause was validated at decode, so its trace fields are copied
+    as they are. Event time keeps microseconds, as ``seal`` with a datetime does, so an output
+    is byte-identical however it was sealed.
+    """
+    event_type = (registry or default_registry()).for_message(payload)
+    at = cause.occurred_at
+    envelope = Envelope(
+        event_id=event_id,
+        event_type=event_type.name,
+        schema_version=event_type.version,
+        trace_id=cause.trace_id,
+        span_id=derive_span_id(event_id),
+        parent_span_id=cause.span_id,
+        causation_id=cause.event_id,
+        occurred_at=Timestamp(seconds=at.seconds, nanos=at.nanos - at.nanos % 1000),
+        producer=producer,
+        partition_key=partition_key,
+        payload=payload.SerializeToString(deterministic=True),
+    )
+    if headers:
+        envelope.headers.update(headers)
+    return envelope
+
+
 def _now_timestamp() -> Timestamp:
     now_ns = time.time_ns()
     return Timestamp(seconds=now_ns // 1_000_000_000, nanos=now_ns % 1_000_000_000)
@@ -122,6 +162,13 @@ def decode_envelope(data: bytes) -> Envelope:
         raise InvalidEnvelope("envelope is missing required field: schema_version")
     # Checked here, not when a handler runs: a malformed id would otherwise fail every attempt
     # to build the handler's trace, and the entry could never be retried or dead-lettered.
+    # Handlers then take the ids as they are (no check per use).
+    at = envelope.occurred_at
+    if not (_MIN_SECONDS <= at.seconds <= _MAX_SECONDS and 0 <= at.nanos < 1_000_000_000):
+        raise InvalidEnvelope(
+            f"envelope occurred_at ({at.seconds} s, {at.nanos} ns) is outside the protobuf "
+            "Timestamp range (years 1 to 9999)"
+        )
     if not tracing.is_trace_id(envelope.trace_id):
         raise InvalidEnvelope(
             f"envelope trace_id {envelope.trace_id!r} is not 32 lowercase hex characters (non-zero)"
@@ -133,17 +180,24 @@ def decode_envelope(data: bytes) -> Envelope:
     return envelope
 
 
-def open_payload(envelope: Envelope, registry: EventRegistry | None = None) -> Message:
-    """Decode the payload named by the envelope's type and version."""
+def payload_type(envelope: Envelope, registry: EventRegistry | None = None) -> EventType:
+    """The registered event type an envelope names; raises the unknown-type/version errors."""
     try:
-        event_type = (registry or default_registry()).get(
-            envelope.event_type, envelope.schema_version
-        )
+        return (registry or default_registry()).get(envelope.event_type, envelope.schema_version)
     except UnknownSchemaVersion as exc:
         raise UnknownVersionError(str(exc)) from exc
     except UnknownEventType as exc:
         raise UnknownEventTypeError(str(exc)) from exc
-    payload = event_type.message()
+
+
+def open_payload(
+    envelope: Envelope,
+    registry: EventRegistry | None = None,
+    message: type[Message] | None = None,
+) -> Message:
+    """Decode the payload named by the envelope's type and version (``message`` when the
+    caller already looked its class up)."""
+    payload = (message or payload_type(envelope, registry).message)()
     try:
         payload.ParseFromString(envelope.payload)
     except (DecodeError, RuntimeError) as exc:

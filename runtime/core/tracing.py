@@ -10,10 +10,10 @@ domains and in gRPC metadata between processes.
 from __future__ import annotations
 
 import contextvars
-import re
 from collections.abc import Iterable, Iterator, Mapping, MutableMapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Protocol
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace as otel_trace
@@ -23,19 +23,22 @@ from runtime.core.ids import new_span_id, new_trace_id
 
 TRACEPARENT = "traceparent"
 
-_TRACE_ID_RE = re.compile(r"^[0-9a-f]{32}$")
-_SPAN_ID_RE = re.compile(r"^[0-9a-f]{16}$")
 _PROPAGATOR = TraceContextTextMapPropagator()
+_HEX = "0123456789abcdef"
+_ZERO_TRACE = "0" * 32
+_ZERO_SPAN = "0" * 16
 
 
 def is_trace_id(value: str) -> bool:
-    """A valid W3C trace id: 32 lowercase hex characters, not all zero."""
-    return bool(_TRACE_ID_RE.match(value)) and value != "0" * 32
+    """A valid W3C trace id: exactly 32 lowercase hex characters, not all zero."""
+    # strip() with the hex alphabet leaves "" only when every character is one of them: a C
+    # loop, no regex (this runs once per decoded event); the length check rejects a newline.
+    return len(value) == 32 and not value.strip(_HEX) and value != _ZERO_TRACE
 
 
 def is_span_id(value: str) -> bool:
-    """A valid W3C span id: 16 lowercase hex characters, not all zero."""
-    return bool(_SPAN_ID_RE.match(value)) and value != "0" * 16
+    """A valid W3C span id: exactly 16 lowercase hex characters, not all zero."""
+    return len(value) == 16 and not value.strip(_HEX) and value != _ZERO_SPAN
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,9 +96,29 @@ def new_trace() -> TraceContext:
     return TraceContext(trace_id=new_trace_id(), span_id=new_span_id())
 
 
+# Whether the OpenTelemetry API's context follows ours. Off until an SDK tracer provider is
+# configured (``runtime.core.otel``): without one nothing reads that context, and attaching
+# it costs more than the rest of an event's dispatch.
+_otel_bridge = False
+
+
+def set_opentelemetry_bridge(enabled: bool) -> None:
+    """Keep the OpenTelemetry API's current span in step with ours (on when exporting)."""
+    global _otel_bridge
+    _otel_bridge = enabled
+
+
+def opentelemetry_bridge() -> bool:
+    return _otel_bridge
+
+
 @contextmanager
 def use(ctx: TraceContext) -> Iterator[TraceContext]:
-    """Run the block inside ``ctx``; the previous context comes back on exit."""
+    """Run the block inside ``ctx``; the previous context comes back on exit.
+
+    The OpenTelemetry API sees the same span (``get_current_span``), so code instrumented
+    with it joins the trace.
+    """
     token = _current.set(ctx)
     otel_token = otel_context.attach(
         otel_trace.set_span_in_context(otel_trace.NonRecordingSpan(ctx._otel_span_context()))
@@ -105,6 +128,54 @@ def use(ctx: TraceContext) -> Iterator[TraceContext]:
     finally:
         otel_context.detach(otel_token)
         _current.reset(token)
+
+
+class _EventToken:
+    __slots__ = ("otel", "var")
+
+    def __init__(self, var: contextvars.Token[TraceContext | None], otel: object) -> None:
+        self.var = var
+        self.otel = otel
+
+
+def enter_event(envelope: _HasTrace) -> _EventToken:
+    """Enter the span of a decoded event (its ids were validated at decode); ``leave`` exits.
+
+    The hot path of every handler call: a context variable set, and the OpenTelemetry
+    context only when an exporter is configured.
+    """
+    ctx = trusted(envelope.trace_id, envelope.span_id, envelope.parent_span_id)
+    otel_token: object = None
+    if _otel_bridge:
+        otel_token = otel_context.attach(
+            otel_trace.set_span_in_context(otel_trace.NonRecordingSpan(ctx._otel_span_context()))
+        )
+    return _EventToken(_current.set(ctx), otel_token)
+
+
+def leave(token: _EventToken) -> None:
+    if token.otel is not None:
+        otel_context.detach(token.otel)  # type: ignore[arg-type]
+    _current.reset(token.var)
+
+
+def trusted(trace_id: str, span_id: str, parent_span_id: str = "") -> TraceContext:
+    """A TraceContext from ids already validated (at decode): skips the checks."""
+    ctx = object.__new__(TraceContext)
+    object.__setattr__(ctx, "trace_id", trace_id)
+    object.__setattr__(ctx, "span_id", span_id)
+    object.__setattr__(ctx, "parent_span_id", parent_span_id)
+    object.__setattr__(ctx, "sampled", True)
+    return ctx
+
+
+class _HasTrace(Protocol):
+    @property
+    def trace_id(self) -> str: ...
+    @property
+    def span_id(self) -> str: ...
+    @property
+    def parent_span_id(self) -> str: ...
 
 
 @contextmanager

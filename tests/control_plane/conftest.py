@@ -15,7 +15,7 @@ from grpc import aio
 from control_plane.auth import Role, TokenTable
 from control_plane.config import ControlPlaneConfig, TlsConfig
 from control_plane.server import ControlPlane
-from runtime.core.bus import EventBus
+from runtime.adapters.redis.bus import EventBus
 from runtime.core.keys import Keyspace
 from runtime.core.metrics import RuntimeMetrics
 from runtime.core.policy.store import PolicyStore

@@ -5,10 +5,15 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
+import redis.asyncio as aioredis
 from quantum.events.v1.envelope_pb2 import Envelope
 
+from runtime.adapters.redis.committer import RedisCommitter
+from runtime.adapters.redis.streams import StreamNames
 from runtime.core import tracing
 from runtime.core.envelope import seal
+from runtime.core.keys import Keyspace
+from runtime.core.transport import Commit
 from tests.process.actors import tick
 
 
@@ -49,3 +54,20 @@ def causal_chain(length: int) -> tuple[str, list[Envelope]]:
             )
         )
     return root.trace_id, events
+
+
+async def index_trace(redis: aioredis.Redis, keyspace: Keyspace, envelopes: list[Envelope]) -> None:
+    """Index envelopes as a consumer's batch commit does (it indexes the events of chains)."""
+    committer = RedisCommitter(
+        redis,
+        keyspace,
+        StreamNames(keyspace),
+        domain="test_indexer",
+        group="test_indexer",
+        state_key=f"{keyspace.namespace}:state:test_indexer",
+        processed_ttl_s=60,
+    )
+    try:
+        await committer.commit(Commit(indexed=list(envelopes)))
+    finally:
+        await committer.close()

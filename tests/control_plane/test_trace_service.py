@@ -18,7 +18,7 @@ from control_plane.trace_servicer import causal_order
 from runtime.core.keys import Keyspace
 from runtime.core.registry import default_registry
 from tests.control_plane.conftest import Harness, start_harness, stop_harness
-from tests.control_plane.support import causal_chain, tick_envelopes, wait_until
+from tests.control_plane.support import causal_chain, index_trace, tick_envelopes, wait_until
 
 
 async def drain(
@@ -30,7 +30,8 @@ async def drain(
 
 async def test_get_trace_returns_every_event_oldest_first_with_causation(harness: Harness) -> None:
     trace_id, chain = causal_chain(4)
-    await harness.bus.publish_envelopes(reversed(chain))  # indexed newest first
+    await harness.bus.publish_envelopes(chain)
+    await index_trace(harness.redis, harness.keyspace, chain[::-1])  # indexed newest first
     response = await TraceServiceStub(harness.channel).GetTrace(
         pb.GetTraceRequest(trace_id=trace_id), metadata=harness.viewer
     )
@@ -57,6 +58,7 @@ async def test_get_trace_puts_causes_before_effects_that_share_their_time(
             if other.causation_id == old_id:
                 other.causation_id = envelope.event_id
     await harness.bus.publish_envelopes(chain)
+    await index_trace(harness.redis, harness.keyspace, chain)
     response = await TraceServiceStub(harness.channel).GetTrace(
         pb.GetTraceRequest(trace_id=trace_id), metadata=harness.viewer
     )

@@ -25,12 +25,12 @@ import pytest
 import redis.asyncio as aioredis
 
 from runtime import bootstrap
+from runtime.adapters.redis.bus import EventBus
+from runtime.adapters.redis.runner import state_key
 from runtime.core.actor import Actor
-from runtime.core.bus import EventBus
 from runtime.core.ids import derive_event_id
 from runtime.core.keys import Keyspace
 from runtime.core.policy.defaults import default_policy
-from runtime.core.runner import state_key
 from runtime.core.tracing import TraceContext
 from runtime.domains.market_data import CsvFeed, tick_envelope
 from tests.domains.support import ROOT_ID, Chain, StubPolicyStore

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
 
-from runtime.core.runner import DomainRunner
+from runtime.adapters.redis.runner import DomainRunner
 
 
 async def wait_until(condition: Callable[[], bool], within_s: float = 10.0) -> None:

@@ -6,10 +6,10 @@ import asyncio
 
 import redis.asyncio as aioredis
 
-from runtime.core.bus import EventBus
+from runtime.adapters.redis.bus import EventBus
+from runtime.adapters.redis.runner import DomainRunner, RunnerConfig, group_name
 from runtime.core.keys import Keyspace
 from runtime.core.metrics import RuntimeMetrics
-from runtime.core.runner import DomainRunner, RunnerConfig, group_name
 from tests.integration.bus_support import running, wait_until
 from tests.process.actors import SlowTicks, TickCounter, tick
 

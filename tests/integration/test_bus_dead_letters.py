@@ -6,12 +6,12 @@ import pytest
 import redis.asyncio as aioredis
 from quantum.events.v1.envelope_pb2 import Envelope
 
-from runtime.core.bus import ENVELOPE_FIELD, EventBus
+from runtime.adapters.redis.bus import ENVELOPE_FIELD, EventBus
+from runtime.adapters.redis.runner import DomainRunner, RunnerConfig, group_name
 from runtime.core.dead_letters import read_dead_letters
 from runtime.core.envelope import seal
 from runtime.core.keys import Keyspace
 from runtime.core.metrics import RuntimeMetrics
-from runtime.core.runner import DomainRunner, RunnerConfig, group_name
 from tests.integration.bus_support import running, wait_until
 from tests.process.actors import TickCounter, tick
 

@@ -3,35 +3,39 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from typing import Any
 
 import redis.asyncio as aioredis
 from quantum.events.v1.envelope_pb2 import Envelope
 
+from runtime.adapters.redis.bus import ENVELOPE_FIELD, EventBus
+from runtime.adapters.redis.runner import DomainRunner, RunnerConfig, group_name
 from runtime.core.actor import deliver
-from runtime.core.bus import ENVELOPE_FIELD, EventBus
 from runtime.core.dead_letters import read_dead_letters
 from runtime.core.keys import Keyspace
 from runtime.core.metrics import RuntimeMetrics
-from runtime.core.runner import DomainRunner, RunnerConfig, group_name
+from runtime.core.transport import Commit, Committer
 from tests.integration.bus_support import running, wait_until
 from tests.process.actors import FlakyTicks, TickCounter, tick
 
 FAST = RunnerConfig(consumer_name="c1", block_ms=50, retry_base_ms=10, retry_cap_ms=40)
 
 
-class GatedBus(EventBus):
-    """An EventBus whose batch publishes wait at a gate (to look between publish and ack)."""
+class GatedCommitter:
+    """Wraps a runner's committer: each commit waits at a gate (to look before it lands)."""
 
-    def __init__(self, *args: object, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+    def __init__(self, inner: Committer) -> None:
+        self.inner = inner
         self.gate = asyncio.Event()
         self.waiting = asyncio.Event()
 
-    async def publish_envelopes(self, envelopes: Iterable[Envelope]) -> list[str]:
+    async def commit(self, commit: Commit) -> None:
         self.waiting.set()
         await self.gate.wait()
-        return await super().publish_envelopes(envelopes)
+        await self.inner.commit(commit)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
 
 
 async def pending(aredis: aioredis.Redis, keyspace: Keyspace, domain: str) -> int:
@@ -39,23 +43,28 @@ async def pending(aredis: aioredis.Redis, keyspace: Keyspace, domain: str) -> in
     return int(info["pending"])
 
 
-async def test_input_is_acknowledged_only_after_its_outputs_are_in_redis(
+async def test_input_is_acknowledged_only_with_its_outputs_in_one_commit(
     aredis: aioredis.Redis, keyspace: Keyspace
 ) -> None:
-    bus = GatedBus(aredis, keyspace, metrics=RuntimeMetrics())
+    bus = EventBus(aredis, keyspace, metrics=RuntimeMetrics())
     actor = TickCounter()
-    async with running(DomainRunner(actor, aredis, keyspace, bus, FAST)):
-        await EventBus.publish_envelopes(bus, [await _sealed(bus, 1)])
-        await asyncio.wait_for(bus.waiting.wait(), 10)
+    runner = DomainRunner(actor, aredis, keyspace, bus, FAST)
+    gated = GatedCommitter(runner.committer)
+    runner.committer = gated
+    async with running(runner):
+        await bus.publish_envelopes([await _sealed(bus, 1)])
+        await asyncio.wait_for(gated.waiting.wait(), 10)
+        # Handled, but nothing of it is in Redis yet: no output, the input still pending.
         assert actor.counts == {"BTC": 1}
         assert await aredis.xlen(keyspace.stream("portfolio.pnl.updated")) == 0
         assert await pending(aredis, keyspace, actor.name) == 1
-        bus.gate.set()
+        gated.gate.set()
         for _ in range(500):
             if await pending(aredis, keyspace, actor.name) == 0:
                 break
             await asyncio.sleep(0.01)
-    assert await aredis.xlen(keyspace.stream("portfolio.pnl.updated")) == 1
+        # The commit landed whole: the output is there exactly when the input is acknowledged.
+        assert await aredis.xlen(keyspace.stream("portfolio.pnl.updated")) == 1
     assert await pending(aredis, keyspace, actor.name) == 0
     await bus.close()
 

@@ -6,11 +6,11 @@ import asyncio
 
 import redis.asyncio as aioredis
 
-from runtime.core.bus import EventBus
-from runtime.core.host import Runtime
+from runtime.adapters.redis.bus import EventBus
+from runtime.adapters.redis.host import Runtime
+from runtime.adapters.redis.runner import RunnerConfig, group_name
 from runtime.core.keys import Keyspace
 from runtime.core.metrics import RuntimeMetrics
-from runtime.core.runner import RunnerConfig, group_name
 from tests.integration.bus_support import wait_until
 from tests.process.actors import FlakyTicks, TickCounter, tick
 

@@ -8,11 +8,11 @@ import random
 import pytest
 import redis.asyncio as aioredis
 
+from runtime.adapters.redis.bus import EventBus
+from runtime.adapters.redis.runner import DomainRunner, RunnerConfig, group_name
 from runtime.core.backoff import Backoff
-from runtime.core.bus import EventBus
 from runtime.core.keys import Keyspace
 from runtime.core.metrics import MetricsRegistry, RuntimeMetrics, render_prometheus
-from runtime.core.runner import DomainRunner, RunnerConfig, group_name
 from tests.integration.bus_support import running, wait_until
 from tests.process.actors import FlakyTicks, TickCounter, tick
 

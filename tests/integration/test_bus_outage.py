@@ -12,12 +12,12 @@ from collections.abc import AsyncIterator
 import pytest
 import redis.asyncio as aioredis
 
+from runtime.adapters.redis.bus import BusClosed, EventBus, PublishBufferFull, PublishTimeout
+from runtime.adapters.redis.runner import DomainRunner, RunnerConfig, group_name
 from runtime.core.backoff import Backoff
-from runtime.core.bus import BusClosed, EventBus, PublishBufferFull, PublishTimeout
 from runtime.core.keys import Keyspace
 from runtime.core.metrics import RuntimeMetrics
 from runtime.core.redis_server import RedisServer
-from runtime.core.runner import DomainRunner, RunnerConfig, group_name
 from tests.integration.bus_support import running, wait_until
 from tests.process.actors import TickCounter, tick
 

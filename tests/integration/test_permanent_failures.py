@@ -10,13 +10,13 @@ import pytest
 import redis.asyncio as aioredis
 from quantum.events.v1.market_pb2 import MarketTick
 
+from runtime.adapters.redis.bus import EventBus
+from runtime.adapters.redis.runner import DomainRunner, RunnerConfig, group_name
 from runtime.core.actor import Actor, HandlerContext, handles
-from runtime.core.bus import EventBus
 from runtime.core.dead_letters import read_dead_letters
 from runtime.core.failures import InvalidEvent, is_permanent, reason_of
 from runtime.core.keys import Keyspace
 from runtime.core.metrics import RuntimeMetrics
-from runtime.core.runner import DomainRunner, RunnerConfig, group_name
 from tests.integration.bus_support import running, wait_until
 from tests.process.actors import tick
 

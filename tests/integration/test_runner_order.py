@@ -8,11 +8,11 @@ import redis.asyncio as aioredis
 from quantum.events.v1.market_pb2 import MarketTick
 from quantum.events.v1.portfolio_pb2 import PnlUpdated
 
+from runtime.adapters.redis.bus import EventBus
+from runtime.adapters.redis.runner import DomainRunner, RunnerConfig
 from runtime.core.actor import Actor, HandlerContext, handles
-from runtime.core.bus import EventBus
 from runtime.core.keys import Keyspace
 from runtime.core.metrics import RuntimeMetrics
-from runtime.core.runner import DomainRunner, RunnerConfig
 from tests.integration.bus_support import running, wait_until
 from tests.process.actors import tick
 

@@ -20,11 +20,11 @@ import pytest
 import redis.asyncio as aioredis
 from quantum.events.v1.envelope_pb2 import Envelope
 
-from runtime.core.bus import ENVELOPE_FIELD, EventBus
+from runtime.adapters.redis.bus import ENVELOPE_FIELD, EventBus
+from runtime.adapters.redis.runner import group_name, state_key
 from runtime.core.keys import Keyspace
 from runtime.core.metrics import RuntimeMetrics
 from runtime.core.redis_server import RedisServer
-from runtime.core.runner import group_name, state_key
 from tests.process.actors import TickCounter, tick
 
 pytestmark = pytest.mark.slow
@@ -112,6 +112,16 @@ async def publish_ticks(bus: EventBus, per_symbol: int, chunk: int, pause_s: flo
         await asyncio.sleep(pause_s)
 
 
+async def wait_for_handled(aredis: aioredis.Redis, keyspace: Keyspace) -> None:
+    """Until the worker's committed state shows at least one handled tick."""
+    for _ in range(1_000):
+        state = await read_state(aredis, keyspace)
+        if state and sum(state["counts"].values()):  # type: ignore[union-attr]
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the worker handled nothing within 10 s")
+
+
 async def test_sigkill_at_random_moments_every_effect_happens_exactly_once(
     aredis: aioredis.Redis, keyspace: Keyspace, worker: Worker
 ) -> None:
@@ -156,8 +166,10 @@ async def test_sigterm_drains_acknowledges_and_exits_zero(
     )
     await worker.start()
     try:
-        producer = asyncio.create_task(publish_ticks(bus, 300, chunk=30, pause_s=0.01))
-        await asyncio.sleep(0.15)
+        # About a second of publishing; the worker is stopped as soon as it has handled some.
+        producer = asyncio.create_task(publish_ticks(bus, 300, chunk=30, pause_s=0.1))
+        await wait_for_handled(aredis, keyspace)
+        assert not producer.done(), "the feed ended before the worker was stopped mid-stream"
         assert worker.terminate() == 0
         await producer
     finally:

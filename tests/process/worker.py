@@ -13,11 +13,11 @@ import sys
 
 import redis.asyncio as aioredis
 
-from runtime.core.bus import EventBus
-from runtime.core.host import install_uvloop, run_actors
+from runtime.adapters.redis.bus import EventBus
+from runtime.adapters.redis.host import install_uvloop, run_actors
+from runtime.adapters.redis.runner import RunnerConfig
 from runtime.core.keys import Keyspace
 from runtime.core.logs import configure_logging
-from runtime.core.runner import RunnerConfig
 from tests.process.actors import TickCounter
 
 

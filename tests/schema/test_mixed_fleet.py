@@ -14,11 +14,11 @@ from quantum.events.v1.envelope_pb2 import Envelope
 from quantum.events.v1.market_pb2 import MarketTick
 from quantum.events.v2 import ai_pb2 as ai_v2
 
+from runtime.adapters.redis.bus import ENVELOPE_FIELD, EventBus
+from runtime.adapters.redis.runner import DomainRunner, RunnerConfig
 from runtime.core.actor import Actor, HandlerContext, handles
-from runtime.core.bus import ENVELOPE_FIELD, EventBus
 from runtime.core.keys import Keyspace
 from runtime.core.metrics import RuntimeMetrics
-from runtime.core.runner import DomainRunner, RunnerConfig
 
 
 class Signaler(Actor):

@@ -1,15 +1,18 @@
-"""The event bus: publishing envelopes to Redis Streams, batched and durable.
+"""The publisher: batching, retrying, bounded publishing of envelopes to an event log.
 
-``publish`` returns once the event is in Redis (XADD answered), never earlier, so a caller
-that saw success can rely on the event. Under load, concurrent publishes coalesce: one
-flusher task takes everything queued since its last round trip and sends it as one pipeline
-(XADD per event, plus the trace index), so the cost of a round trip is shared by the batch;
-when idle, a publish goes out on the next loop iteration (no timer, well under 1 ms).
+``publish`` returns once the event is stored (the log's append answered), never earlier, so a
+caller that saw success can rely on the event. Under load, concurrent publishes coalesce: one
+flusher task takes everything queued since its last round trip and appends it as one batch,
+so the cost of a round trip is shared; when idle, a publish goes out on the next loop
+iteration (no timer, well under 1 ms). ``publish_nowait`` queues without a coroutine and
+returns the future of the entry ids: the batch-first producer API.
 
-When Redis is unreachable the flusher retries the same batch, in order, with capped
-exponential backoff, and reconnects by itself. Publishes queue meanwhile, up to
+When the broker is unreachable the flusher retries the same batch, in order, with capped
+exponential backoff (the log reconnects by itself). Publishes queue meanwhile, up to
 ``max_buffer`` events; past that ``publish`` raises ``PublishBufferFull`` instead of dropping.
 A batch retried after a lost reply may land twice; consumers skip the duplicate by event id.
+
+Broker-neutral: it speaks ``runtime.core.transport.EventLog`` only.
 """
 
 from __future__ import annotations
@@ -17,78 +20,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Iterable, Mapping
-from typing import Any
 
-import redis.asyncio as aioredis
 from google.protobuf.message import Message
 from quantum.events.v1.envelope_pb2 import Envelope
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from runtime.core.backoff import Backoff
 from runtime.core.envelope import seal
-from runtime.core.keys import Keyspace
 from runtime.core.logs import get_logger
 from runtime.core.metrics import RuntimeMetrics, runtime_metrics
 from runtime.core.registry import EventRegistry, default_registry
-from runtime.core.trace_index import DEFAULT_TRACE_TTL_S
+from runtime.core.transport import EventLog
 
-ENVELOPE_FIELD = b"envelope"
-DEFAULT_MAXLEN = 10_000
 DEFAULT_MAX_BUFFER = 100_000
 DEFAULT_MAX_BATCH = 1_000
 
-# Errors after which the same request can simply be sent again, once Redis answers.
-RETRYABLE_ERRORS: tuple[type[Exception], ...] = (
-    RedisConnectionError,
-    RedisTimeoutError,
-    ConnectionError,
-    TimeoutError,
-)
-
-# Error replies that mean "not now" rather than "never": a script running too long, a
-# dataset loading after a restart, a replica promoted or a cluster slot moving.
-TRANSIENT_REPLIES = ("BUSY ", "LOADING", "TRYAGAIN", "MASTERDOWN", "READONLY", "CLUSTERDOWN")
-
-_log = get_logger("runtime.bus")
-
-
-def is_transient(exc: BaseException) -> bool:
-    """True for Redis errors after which the same request can be sent again later."""
-    if isinstance(exc, RETRYABLE_ERRORS):
-        return True
-    return isinstance(exc, ResponseError) and str(exc).startswith(TRANSIENT_REPLIES)
-
-
-# KEYS: the batch's streams, then its trace index keys.
-# ARGV: #streams, trace TTL, MAXLEN per stream, then (stream#, trace key#, envelope) per event.
-# Returns the stream entry ids in order.
-PUBLISH_SCRIPT = """
-local call = redis.call
-local n = tonumber(ARGV[1])
-local ttl = ARGV[2]
-local ids = {}
-local touched = {}
-local k = 1
-for i = 3 + n, #ARGV, 3 do
-  local s = tonumber(ARGV[i])
-  local t = tonumber(ARGV[i + 1])
-  local data = ARGV[i + 2]
-  ids[k] = call('XADD', KEYS[s], 'MAXLEN', '~', ARGV[2 + s], '*', 'envelope', data)
-  call('RPUSH', KEYS[t], data)
-  touched[t] = true
-  k = k + 1
-end
-for t in pairs(touched) do
-  call('EXPIRE', KEYS[t], ttl)
-end
-return ids
-"""
+_log = get_logger("runtime.publisher")
 
 
 class PublishBufferFull(RuntimeError):
-    """The publish buffer is full (Redis slow or unreachable); the event was not accepted."""
+    """The publish buffer is full (the broker slow or unreachable); the event was not accepted."""
 
 
 class BusClosed(RuntimeError):
@@ -96,7 +46,7 @@ class BusClosed(RuntimeError):
 
 
 class PublishTimeout(RuntimeError):
-    """``flush``/``close`` with a timeout: events were still unsent (Redis slow or away)."""
+    """``flush``/``close`` with a timeout: events were still unsent (the broker slow or away)."""
 
 
 class _Waiter:
@@ -111,45 +61,29 @@ class _Waiter:
 
 
 class _Queued:
-    """One envelope waiting for its XADD."""
+    """One envelope waiting for its append."""
 
-    __slots__ = ("data", "event_type", "index", "maxlen", "stream", "trace_id", "waiter")
+    __slots__ = ("data", "event_type", "index", "waiter")
 
-    def __init__(
-        self,
-        stream: str,
-        maxlen: int,
-        data: bytes,
-        event_type: str,
-        trace_id: str,
-        waiter: _Waiter,
-        index: int,
-    ) -> None:
-        self.stream = stream
-        self.maxlen = maxlen
-        self.data = data
+    def __init__(self, event_type: str, data: bytes, waiter: _Waiter, index: int) -> None:
         self.event_type = event_type
-        self.trace_id = trace_id
+        self.data = data
         self.waiter = waiter
         self.index = index
 
 
-class EventBus:
-    """Publishes events to ``<namespace>:stream:<type>`` with batching and retries."""
+class Publisher:
+    """Publishes envelopes to an ``EventLog`` with batching, retries and a bounded buffer."""
 
     def __init__(
         self,
-        redis: aioredis.Redis,
-        keyspace: Keyspace,
+        log: EventLog,
         *,
         producer: str = "",
         registry: EventRegistry | None = None,
-        maxlen: int = DEFAULT_MAXLEN,
-        maxlen_per_stream: Mapping[str, int] | None = None,
         max_buffer: int = DEFAULT_MAX_BUFFER,
         max_batch: int = DEFAULT_MAX_BATCH,
         linger_ms: float = 0.0,
-        trace_ttl_s: int = DEFAULT_TRACE_TTL_S,
         backoff: Backoff | None = None,
         metrics: RuntimeMetrics | None = None,
     ) -> None:
@@ -157,16 +91,12 @@ class EventBus:
             raise ValueError("max_buffer and max_batch must be at least 1")
         if not 0.0 <= linger_ms <= 1.0:
             raise ValueError(f"linger_ms must be between 0 and 1 ms; got {linger_ms}")
-        self.redis = redis
-        self.keyspace = keyspace
+        self.log = log
         self.producer = producer
         self.registry = registry or default_registry()
-        self.maxlen = maxlen
-        self._maxlen_per_stream = dict(maxlen_per_stream or {})
         self.max_buffer = max_buffer
         self.max_batch = max_batch
         self.linger_s = linger_ms / 1000.0
-        self.trace_ttl_s = trace_ttl_s
         self.backoff = backoff or Backoff(base_s=0.05, cap_s=2.0)
         self.metrics = metrics or runtime_metrics()
         self._queue: list[_Queued] = []
@@ -176,8 +106,6 @@ class EventBus:
         self._settled = 0  # events sent or failed so far (in queue order)
         self._flusher: asyncio.Task[None] | None = None
         self._closed = False
-        self._stream_names: dict[str, tuple[str, int]] = {}
-        self._script = redis.register_script(PUBLISH_SCRIPT)
 
     # -- publishing -------------------------------------------------------------------------
 
@@ -236,6 +164,29 @@ class EventBus:
             return []
         return await self._submit(batch)
 
+    def publish_nowait(
+        self,
+        payload: Message,
+        *,
+        partition_key: str = "",
+        causation_id: str = "",
+        headers: Mapping[str, str] | None = None,
+    ) -> asyncio.Future[list[str]]:
+        """Queue ``payload`` without awaiting; the future holds its entry id once stored.
+
+        The batch-first form of ``publish``: a producer that queues many events and awaits
+        the last future (or ``flush``) pays no coroutine per event.
+        """
+        envelope = seal(
+            payload,
+            producer=self.producer,
+            partition_key=partition_key,
+            causation_id=causation_id,
+            headers=headers,
+            registry=self.registry,
+        )
+        return self._submit([envelope])
+
     # ``timeout`` rather than the caller's asyncio.timeout (ASYNC109): expiring, these say how
     # many events are unsent, and close() still closes, which a cancellation could not.
     async def flush(self, timeout: float | None = None) -> None:  # noqa: ASYNC109
@@ -264,7 +215,7 @@ class EventBus:
                 timeout_s=timeout,
             )
             raise PublishTimeout(
-                f"{unsent} events were not confirmed by Redis within {timeout} s; Redis is "
+                f"{unsent} events were not confirmed by the broker within {timeout} s; it is "
                 "slow or unreachable (they stay queued and are retried)"
             ) from None
 
@@ -273,7 +224,7 @@ class EventBus:
 
         With ``timeout`` (seconds), the bus closes even when events are still unsent then:
         they are given up (logged with their count), their publishers get ``PublishTimeout``
-        and so does the caller. None waits as long as it takes (Redis back).
+        and so does the caller. None waits as long as it takes (the broker back).
         """
         if self._closed:
             return
@@ -297,11 +248,11 @@ class EventBus:
             "events_not_published",
             unsent=unsent,
             timeout_s=timeout,
-            hint="the event bus closed before Redis confirmed these events; they may be lost",
+            hint="the publisher closed before the broker confirmed these events; they may be lost",
         )
         error: RuntimeError = (
             PublishTimeout(
-                f"the event bus closed with {unsent} events unsent: Redis did not confirm "
+                f"the publisher closed with {unsent} events unsent: the broker did not confirm "
                 f"them within {timeout} s"
             )
             if timed_out is not None
@@ -315,51 +266,30 @@ class EventBus:
 
     @property
     def buffered(self) -> int:
-        """Events accepted and not yet confirmed by Redis."""
+        """Events accepted and not yet confirmed by the broker."""
         return len(self._queue)
 
     # -- internals --------------------------------------------------------------------------
-
-    def _stream_of(self, event_type: str) -> tuple[str, int]:
-        known = self._stream_names.get(event_type)
-        if known is None:
-            stream = self.keyspace.stream(event_type)
-            maxlen = self._maxlen_per_stream.get(
-                event_type, self._maxlen_per_stream.get(stream, self.maxlen)
-            )
-            known = self._stream_names[event_type] = (stream, maxlen)
-        return known
 
     def _submit(self, envelopes: list[Envelope]) -> asyncio.Future[list[str]]:
         if self._closed:
             raise BusClosed("the event bus is closed; create a new EventBus to publish")
         if len(self._queue) + len(envelopes) > self.max_buffer:
             raise PublishBufferFull(
-                f"publish buffer full: {len(self._queue)} events wait for Redis "
-                f"(max_buffer={self.max_buffer}); Redis is slow or unreachable — retry later, "
+                f"publish buffer full: {len(self._queue)} events wait for the broker "
+                f"(max_buffer={self.max_buffer}); it is slow or unreachable — retry later, "
                 "or raise max_buffer"
             )
         loop = asyncio.get_running_loop()
         waiter = _Waiter(loop.create_future(), len(envelopes))
         append = self._queue.append
         for index, envelope in enumerate(envelopes):
-            stream, maxlen = self._stream_of(envelope.event_type)
-            append(
-                _Queued(
-                    stream,
-                    maxlen,
-                    envelope.SerializeToString(),
-                    envelope.event_type,
-                    envelope.trace_id,
-                    waiter,
-                    index,
-                )
-            )
+            append(_Queued(envelope.event_type, envelope.SerializeToString(), waiter, index))
         self._accepted += len(envelopes)
         if self._flusher is None or self._flusher.done():
             self._wakeup = asyncio.Event()
             self._progress = asyncio.Event()
-            self._flusher = loop.create_task(self._flush_loop(), name="event-bus-flusher")
+            self._flusher = loop.create_task(self._flush_loop(), name="publisher-flusher")
         assert self._wakeup is not None
         self._wakeup.set()
         return waiter.future
@@ -378,7 +308,7 @@ class EventBus:
             try:
                 ids = await self._send(batch)
             except Exception as exc:
-                if not is_transient(exc):  # a request Redis refuses: fail these callers, go on
+                if not self.log.is_transient(exc):  # refused: fail these callers, go on
                     del self._queue[: len(batch)]
                     self._fail(batch, exc)
                     self._settle(len(batch))
@@ -407,39 +337,14 @@ class EventBus:
         if self._progress is not None:
             self._progress.set()
 
-    async def _send(self, batch: list[_Queued]) -> list[Any]:
-        # One script call per batch: the XADDs and the trace index of a whole batch cost one
-        # command to encode, send and parse, instead of three per event.
-        streams: dict[str, int] = {}
-        traces: dict[str, int] = {}
-        maxlens: list[int] = []
-        triples: list[Any] = []
-        for item in batch:
-            s = streams.get(item.stream)
-            if s is None:
-                s = streams[item.stream] = len(streams) + 1
-                maxlens.append(item.maxlen)
-            t = traces.get(item.trace_id)
-            if t is None:
-                t = traces[item.trace_id] = len(traces) + 1
-            triples.extend((s, t, item.data))
-        n = len(streams)
-        keys = [*streams, *(self.keyspace.trace(trace_id) for trace_id in traces)]
-        # Trace key indexes in the triples are offset by the number of streams.
-        for index in range(1, len(triples), 3):
-            triples[index] += n
-        ids: list[Any] = await self._script(
-            keys=keys, args=[n, self.trace_ttl_s, *maxlens, *triples], client=self.redis
-        )
-        return ids
+    async def _send(self, batch: list[_Queued]) -> list[str]:
+        return await self.log.append([(item.event_type, item.data) for item in batch])
 
-    def _resolve(self, batch: list[_Queued], ids: list[Any]) -> None:
+    def _resolve(self, batch: list[_Queued], ids: list[str]) -> None:
         counts: dict[str, int] = {}
         for item, entry_id in zip(batch, ids, strict=True):
             waiter = item.waiter
-            waiter.ids[item.index] = (
-                entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
-            )
+            waiter.ids[item.index] = entry_id
             waiter.remaining -= 1
             if waiter.remaining == 0 and not waiter.future.done():
                 waiter.future.set_result(waiter.ids)

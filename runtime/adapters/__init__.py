@@ -1,0 +1,1 @@
+"""Engine adapters: the only code that speaks a broker's protocol (DESIGN section 4)."""

@@ -1,0 +1,39 @@
+"""The one rule for Redis errors: which ones are worth sending the same request again."""
+
+from __future__ import annotations
+
+import hiredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+# Errors after which the same request can simply be sent again, once Redis answers.
+RETRYABLE_ERRORS: tuple[type[Exception], ...] = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    ConnectionError,
+    TimeoutError,
+)
+
+# Error replies that mean "not now" rather than "never": a script running too long, a
+# dataset loading after a restart, a replica promoted or a cluster slot moving.
+TRANSIENT_REPLIES = ("BUSY ", "LOADING", "TRYAGAIN", "MASTERDOWN", "READONLY", "CLUSTERDOWN")
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for Redis errors after which the same request can be sent again later."""
+    if isinstance(exc, RETRYABLE_ERRORS):
+        return True
+    return isinstance(exc, ResponseError | hiredis.ReplyError) and str(exc).startswith(
+        TRANSIENT_REPLIES
+    )
+
+
+def is_missing_group(exc: BaseException) -> bool:
+    """The consumer group (or its stream) was deleted under a running consumer."""
+    return isinstance(exc, ResponseError | hiredis.ReplyError) and str(exc).startswith("NOGROUP")
+
+
+class CommitFailed(ResponseError):
+    """Redis refused a command inside a commit's MULTI/EXEC (a key of the wrong type, an
+    out-of-memory reply): nothing of the commit was kept but what Redis ran before it."""

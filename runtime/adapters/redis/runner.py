@@ -1,0 +1,97 @@
+"""A domain on Redis: the broker-neutral ``DeliveryLoop`` wired to this adapter's pieces.
+
+``DomainRunner`` is what the composition root, the tests and the benchmarks build: an actor,
+a Redis client (its URL also configures the lean hot-path connections), the keyspace, the
+event bus (whose stream names and length ceilings the outputs share) and a ``RunnerConfig``.
+"""
+
+from __future__ import annotations
+
+import redis.asyncio as aioredis
+
+from runtime.adapters.redis.bus import EventBus
+from runtime.adapters.redis.committer import RedisCommitter
+from runtime.adapters.redis.subscription import (
+    PROCESSED_BUCKET_CHARS,
+    RedisSubscription,
+    group_name,
+    processed_bucket,
+    state_key,
+)
+from runtime.core.actor import Actor
+from runtime.core.delivery import DeliveryLoop, RunnerConfig, entry_order, partition_of
+from runtime.core.keys import Keyspace
+from runtime.core.metrics import RuntimeMetrics
+from runtime.core.registry import EventRegistry, default_registry
+
+__all__ = [
+    "PROCESSED_BUCKET_CHARS",
+    "DomainRunner",
+    "RunnerConfig",
+    "entry_order",
+    "group_name",
+    "partition_of",
+    "processed_bucket",
+    "state_key",
+]
+
+
+class DomainRunner(DeliveryLoop):
+    """Runs one actor on the Redis streams of the event types it handles."""
+
+    def __init__(
+        self,
+        actor: Actor,
+        redis: aioredis.Redis,
+        keyspace: Keyspace,
+        bus: EventBus,
+        config: RunnerConfig,
+        *,
+        registry: EventRegistry | None = None,
+        metrics: RuntimeMetrics | None = None,
+    ) -> None:
+        registry = registry or default_registry()
+        if not actor.name:
+            raise ValueError(f"{type(actor).__name__}.name is empty; every actor needs a name")
+        streams = sorted({keyspace.stream(t.name) for t in type(actor).consumes(registry)})
+        if not streams:
+            raise ValueError(f"{type(actor).__name__} has no @handles methods; nothing to consume")
+        group = group_name(keyspace, actor.name, config.partition, config.partitions)
+        self.redis = redis
+        self.keyspace = keyspace
+        self.bus = bus
+        subscription = RedisSubscription(
+            redis,
+            keyspace,
+            domain=actor.name,
+            group=group,
+            consumer=config.consumer_name,
+            streams=streams,
+            start_id=config.start_id,
+            visibility_timeout_ms=config.visibility_timeout_ms,
+        )
+        committer = RedisCommitter(
+            redis,
+            keyspace,
+            bus.names,
+            domain=actor.name,
+            group=group,
+            state_key=state_key(keyspace, actor.name, config.partition, config.partitions),
+            processed_ttl_s=config.processed_ttl_s,
+        )
+        super().__init__(
+            actor,
+            subscription,
+            committer,
+            config,
+            group=group,
+            registry=registry,
+            metrics=metrics,
+        )
+
+    async def run(self) -> None:
+        try:
+            await super().run()
+        finally:
+            await self.subscription.close()
+            await self.committer.close()

@@ -1,0 +1,261 @@
+"""``Subscription`` on Redis Streams consumer groups.
+
+The hot reads (XREADGROUP, the processed-mark lookup) go over a lean connection of their
+own, so a blocking read never delays a commit; the rarer ones (claims, pending counts, group
+management) through redis-py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import hiredis
+import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
+
+from runtime.adapters.redis.errors import is_missing_group, is_transient
+from runtime.adapters.redis.resp import RespConnection
+from runtime.adapters.redis.streams import ENVELOPE_FIELD
+from runtime.core.delivery import entry_order, merge_by_time
+from runtime.core.keys import Keyspace
+from runtime.core.logs import get_logger
+from runtime.core.transport import Delivery, GroupPosition
+
+_log = get_logger("runtime.adapters.redis")
+
+# Processed marks are grouped by the first 6 characters of the event id: 30 bits of
+# milliseconds dropped, so one set holds about 17.5 minutes of events.
+PROCESSED_BUCKET_CHARS = 6
+
+
+def group_name(keyspace: Keyspace, domain: str, partition: int = 0, partitions: int = 1) -> str:
+    """The consumer group of a domain (of one of its partitions when it has several)."""
+    base = keyspace.group(domain)
+    return base if partitions == 1 else f"{base}.p{partition}of{partitions}"
+
+
+def state_key(keyspace: Keyspace, domain: str, partition: int = 0, partitions: int = 1) -> str:
+    """Where the actor's state snapshot is kept."""
+    base = f"{keyspace.namespace}:state:{domain}"
+    return base if partitions == 1 else f"{base}.p{partition}of{partitions}"
+
+
+def processed_bucket(keyspace: Keyspace, domain: str, event_id: str) -> str:
+    """The set that holds the processed mark of ``event_id``."""
+    return f"{keyspace.processed(domain)}:{event_id[:PROCESSED_BUCKET_CHARS]}"
+
+
+class RedisSubscription:
+    """One consumer of one group on a domain's input streams."""
+
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        keyspace: Keyspace,
+        *,
+        domain: str,
+        group: str,
+        consumer: str,
+        streams: Sequence[str],
+        start_id: str = "0",
+        visibility_timeout_ms: int = 30_000,
+    ) -> None:
+        self.redis = redis
+        self.keyspace = keyspace
+        self.domain = domain
+        self.group = group
+        self.consumer = consumer
+        self._streams = list(streams)
+        self.start_id = start_id
+        self.visibility_timeout_ms = visibility_timeout_ms
+        self._conn = RespConnection.of(redis)
+        self._last_acked: dict[str, bytes] = {}
+        self._processed_prefix = keyspace.processed(domain) + ":"
+        self._group_b = group.encode()
+        self._consumer_b = consumer.encode()
+
+    @property
+    def streams(self) -> Sequence[str]:
+        return self._streams
+
+    async def open(self) -> None:
+        for stream in self._streams:
+            try:
+                await self.redis.xgroup_create(stream, self.group, id=self.start_id, mkstream=True)
+            except ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
+
+    async def fetch(self, *, pending: bool, count: int, block_ms: int) -> list[Delivery]:
+        ids = b"0" if pending else b">"
+        command: list[Any] = [b"XREADGROUP", b"GROUP", self._group_b, self._consumer_b]
+        command += [b"COUNT", count]
+        if not pending:
+            command += [b"BLOCK", block_ms]
+        command.append(b"STREAMS")
+        command += self._streams
+        command += [ids] * len(self._streams)
+        timeout = None if pending else block_ms / 1000 + self._conn.timeout_s
+        reply = await self._conn.call(*command, timeout_s=timeout)
+        deliveries: list[Delivery] = []
+        for stream_name, stream_entries in reply or ():
+            stream = stream_name.decode()
+            for entry_id, fields in stream_entries:
+                # No fields: the entry was trimmed away while pending. Fields without an
+                # envelope: a foreign entry, which fails decoding (dead-lettered).
+                deliveries.append(Delivery(stream, entry_id, _envelope_field(fields), 1))
+        merge_by_time(deliveries)
+        if pending and deliveries:
+            await self._fill_deliveries(deliveries)
+        return deliveries
+
+    async def claim_stale(self, count: int) -> list[Delivery]:
+        deliveries: list[Delivery] = []
+        for stream in self._streams:
+            reply = await self.redis.execute_command(  # type: ignore[no-untyped-call]
+                "XAUTOCLAIM",
+                stream,
+                self.group,
+                self.consumer,
+                self.visibility_timeout_ms,
+                "0-0",
+                "COUNT",
+                count,
+            )
+            claimed = reply[1] if reply else []
+            for item in claimed:
+                if not item:
+                    continue
+                entry_id, raw_fields = item[0], item[1]
+                deliveries.append(Delivery(stream, entry_id, _envelope_field(raw_fields), 1))
+        merge_by_time(deliveries)
+        if deliveries:
+            await self._fill_deliveries(deliveries)
+        return deliveries
+
+    async def _fill_deliveries(self, deliveries: list[Delivery]) -> None:
+        """Read each entry's delivery count from the pending list (it survives restarts)."""
+        by_stream: dict[str, list[Delivery]] = {}
+        for delivery in deliveries:
+            by_stream.setdefault(delivery.stream, []).append(delivery)
+        for stream, items in by_stream.items():
+            ordered = sorted(items, key=lambda d: entry_order(d.entry_id))
+            pending = await self.redis.xpending_range(
+                stream,
+                self.group,
+                min=ordered[0].entry_id,
+                max=ordered[-1].entry_id,
+                count=len(items) + 100,
+                consumername=self.consumer,
+            )
+            counts = {p["message_id"]: int(p["times_delivered"]) for p in pending}
+            for delivery in items:
+                delivery.deliveries = counts.get(delivery.entry_id, delivery.deliveries)
+
+    async def redeliver(self, delivery: Delivery) -> bool:
+        claimed = await self.redis.xclaim(
+            delivery.stream, self.group, self.consumer, 0, [delivery.entry_id]
+        )
+        if not claimed or claimed[0][1] is None:
+            return False
+        delivery.deliveries += 1
+        return True
+
+    async def keep_alive(self, deliveries: Sequence[Delivery]) -> None:
+        by_stream: dict[str, list[Any]] = {}
+        for delivery in deliveries:
+            by_stream.setdefault(delivery.stream, []).append(delivery.entry_id)
+        for stream, ids in by_stream.items():
+            await self.redis.xclaim(stream, self.group, self.consumer, 0, ids, justid=True)
+
+    async def processed(self, event_ids: Sequence[str]) -> set[str]:
+        buckets: dict[str, list[str]] = {}
+        prefix = self._processed_prefix
+        for event_id in event_ids:
+            key = prefix + event_id[:PROCESSED_BUCKET_CHARS]
+            ids = buckets.get(key)
+            if ids is None:
+                buckets[key] = [event_id]
+            else:
+                ids.append(event_id)
+        replies = await self._conn.pipeline(
+            [("SMISMEMBER", key, *ids) for key, ids in buckets.items()]
+        )
+        found: set[str] = set()
+        for ids, flags in zip(buckets.values(), replies, strict=True):
+            if isinstance(flags, hiredis.ReplyError):
+                raise ResponseError(str(flags))
+            found.update(i for i, flag in zip(ids, flags, strict=True) if flag)
+        return found
+
+    async def recreate(self, error: BaseException) -> bool:
+        if not is_missing_group(error):
+            return False
+        for stream in self._streams:
+            start = self._last_acked.get(stream, self.start_id.encode())
+            try:
+                await self.redis.xgroup_create(stream, self.group, id=start, mkstream=True)
+            except ResponseError as exc:
+                if "BUSYGROUP" in str(exc):
+                    continue
+                raise
+            _log.warning(
+                "consumer_group_recreated",
+                domain=self.domain,
+                group=self.group,
+                stream=stream,
+                from_id=start.decode(),
+                error=str(error),
+                hint="the group was deleted under a running consumer; entries after the last "
+                "acknowledged one are read again, those already processed are skipped",
+            )
+        return True
+
+    def acknowledged(self, acks: dict[str, list[bytes]]) -> None:
+        last = self._last_acked
+        for stream, ids in acks.items():
+            newest = max(ids, key=entry_order)
+            known = last.get(stream)
+            if known is None or entry_order(newest) > entry_order(known):
+                last[stream] = newest
+
+    async def positions(self) -> list[GroupPosition]:
+        """Pending and lag of this group on each stream (XINFO GROUPS)."""
+        out: list[GroupPosition] = []
+        for stream in self._streams:
+            for info in await self.redis.xinfo_groups(stream):
+                name = info.get("name")
+                if (name.decode() if isinstance(name, bytes) else name) != self.group:
+                    continue
+                lag = info.get("lag")
+                out.append(
+                    GroupPosition(
+                        stream, self.group, int(info["pending"]), None if lag is None else int(lag)
+                    )
+                )
+        return out
+
+    def is_transient(self, exc: BaseException) -> bool:
+        return is_transient(exc)
+
+    async def close(self) -> None:
+        await self._conn.close()
+
+
+def _envelope_field(fields: Any) -> bytes | None:
+    """The envelope of a raw entry (a flat [k, v, ...] list or a dict); b"" when it has
+    none, None when the entry itself is gone."""
+    if not fields:
+        return None
+    if isinstance(fields, dict):
+        value = fields.get(ENVELOPE_FIELD)
+        return value if isinstance(value, bytes) else b""
+    if fields[0] == ENVELOPE_FIELD and len(fields) >= 2:  # the usual shape: one field
+        value = fields[1]
+        return value if isinstance(value, bytes) else b""
+    for index in range(0, len(fields) - 1, 2):
+        if fields[index] == ENVELOPE_FIELD:
+            value = fields[index + 1]
+            return value if isinstance(value, bytes) else b""
+    return b""

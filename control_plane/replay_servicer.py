@@ -65,7 +65,7 @@ def stream_maxlen(publisher: EnvelopePublisher | None, event_type: str) -> int:
 
 def redriven_key(keyspace: Keyspace, domain: str) -> str:
     """The hash of redriven dead letters of a domain: dead-letter entry id -> new entry id."""
-    return f"{keyspace.dlq(domain)}:redriven"
+    return keyspace.redriven(domain)
 
 
 def check_domain_name(value: str, field_path: str = "domain") -> str:

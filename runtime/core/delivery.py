@@ -36,12 +36,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
 import zlib
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from functools import partial
 from typing import TypeVar
 
 from quantum.events.v1.envelope_pb2 import Envelope
@@ -55,7 +55,7 @@ from runtime.core.failures import is_permanent, reason_of
 from runtime.core.logs import get_logger
 from runtime.core.metrics import RuntimeMetrics, runtime_metrics
 from runtime.core.registry import EventRegistry, default_registry
-from runtime.core.transport import Commit, Committer, Delivery, Subscription
+from runtime.core.transport import Commit, Committer, Delivery, Lease, LeaseLost, Subscription
 
 T = TypeVar("T")
 
@@ -70,8 +70,7 @@ class RunnerConfig:
     batch_size: int = 500
     block_ms: int = 1_000
     max_deliveries: int = 5
-    visibility_timeout_ms: int = 30_000
-    claim_interval_ms: int | None = None  # default: half the visibility timeout
+    lease_ttl_ms: int = 5_000  # a dead owner's partition is taken over after this long
     retry_base_ms: int = 100
     retry_cap_ms: int = 5_000
     reconnect_base_ms: int = 50
@@ -95,8 +94,10 @@ class RunnerConfig:
                 f"partition {self.partition} is outside 0..{self.partitions - 1} "
                 f"(partitions={self.partitions})"
             )
-        if self.batch_size < 1 or self.block_ms < 1 or self.visibility_timeout_ms < 1:
-            raise ValueError("batch_size, block_ms and visibility_timeout_ms must be positive")
+        if self.batch_size < 1 or self.block_ms < 1:
+            raise ValueError("batch_size and block_ms must be positive")
+        if self.lease_ttl_ms < 100:
+            raise ValueError(f"lease_ttl_ms must be at least 100 ms; got {self.lease_ttl_ms}")
 
 
 def partition_of(partition_key: str, partitions: int) -> int:
@@ -153,14 +154,15 @@ class DeliveryLoop:
         self._dispatcher = Dispatcher(actor, self.registry)
         self._retry = Backoff(config.retry_base_ms / 1000, config.retry_cap_ms / 1000)
         self._reconnect = Backoff(config.reconnect_base_ms / 1000, config.reconnect_cap_ms / 1000)
-        self._claim_interval_s = (
-            config.claim_interval_ms
-            if config.claim_interval_ms is not None
-            else config.visibility_timeout_ms / 2
-        ) / 1000
+        # A holder id per incarnation: a restarted process is a new owner, never the old one.
+        self._holder = f"{config.consumer_name}/{os.urandom(4).hex()}"
+        self._lease: Lease | None = None
+        self._lease_lost = False
+        self._initial_state: bytes | None = None
         self._held: list[_Batch] = []  # fetched and not yet committed: kept alive
         self._recent: OrderedDict[str, None] = OrderedDict()  # ids handled lately
         self._stopping = False
+        self._stop_requested = asyncio.Event()
         self._running = False
         self._done = asyncio.Event()
         self._done.set()
@@ -174,18 +176,15 @@ class DeliveryLoop:
             raise RuntimeError(f"runner of {self.domain} is already running")
         self._running = True
         self._stopping = False
+        self._stop_requested.clear()
         self._done.clear()
         background: list[asyncio.Task[None]] = []
         try:
             await self._with_reconnect("start", self.subscription.open)
-            state = await self._with_reconnect("start", self.committer.load_state)
-            if state is not None:
-                self.actor.restore_state(state)
-                _log.info("actor_state_restored", domain=self.domain, size=len(state))
+            self._initial_state = self.actor.snapshot_state()
             await self.actor.on_start()
             background = [
                 asyncio.create_task(self._heartbeat_loop(), name=f"{self.domain}-heartbeat"),
-                asyncio.create_task(self._keepalive_loop(), name=f"{self.domain}-keepalive"),
                 asyncio.create_task(self._stats_loop(), name=f"{self.domain}-group-stats"),
             ]
             _log.info(
@@ -195,7 +194,30 @@ class DeliveryLoop:
                 consumer=self.config.consumer_name,
                 streams=self.streams,
             )
-            await self._consume()
+            while not self._stopping:
+                if not await self._become_owner():
+                    break  # stopped while standing by
+                renewal = asyncio.create_task(self._renew_loop(), name=f"{self.domain}-lease")
+                try:
+                    await self._consume()
+                except LeaseLost as exc:
+                    self._lease = None
+                    await self._restore_committed_state()
+                    _log.warning(
+                        "partition_lost",
+                        domain=self.domain,
+                        group=self.group,
+                        holder=self._holder,
+                        error=str(exc),
+                        hint="another owner took over; uncommitted work is dropped and this "
+                        "process stands by",
+                    )
+                    continue
+                finally:
+                    renewal.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await renewal
+                break
             await self.actor.on_stop()
         finally:
             self._stopping = True
@@ -204,13 +226,86 @@ class DeliveryLoop:
             for task in background:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
+            if self._lease is not None:
+                lease, self._lease = self._lease, None
+                with contextlib.suppress(Exception):
+                    await self.committer.release(lease)
             self._running = False
             self._done.set()
             _log.info("runner_stopped", domain=self.domain, consumer=self.config.consumer_name)
 
+    async def _become_owner(self) -> bool:
+        """Stand by until this process owns the partition; then load its state and take over
+        what the last owner left pending. False when stopped first."""
+        ttl = self.config.lease_ttl_ms
+        waiting = False
+        while not self._stopping:
+            lease = await self._with_reconnect(
+                "lease", lambda: self.committer.acquire(self._holder, ttl)
+            )
+            if lease is not None:
+                break
+            if not waiting:
+                waiting = True
+                _log.info(
+                    "partition_standby",
+                    domain=self.domain,
+                    group=self.group,
+                    holder=self._holder,
+                    hint="another process owns this partition; this one takes over when its "
+                    "lease expires",
+                )
+            await self._sleep_unless_stopping(ttl / 3000)
+        else:
+            return False
+        self._lease = lease
+        await self._restore_committed_state()
+        taken = await self._with_reconnect("take-over", self.subscription.take_over)
+        _log.info(
+            "partition_owned",
+            domain=self.domain,
+            group=self.group,
+            holder=self._holder,
+            token=lease.token,
+            taken_over=taken,
+        )
+        return True
+
+    async def _restore_committed_state(self) -> None:
+        """Make the actor's memory what the partition's last commit stored (its previous
+        owner's, or this process's before a lost lease voided its uncommitted work)."""
+        self._recent.clear()
+        state = await self._with_reconnect("restore", self.committer.load_state)
+        if state is None:
+            state = self._initial_state
+        if state is not None:
+            self.actor.restore_state(state)
+            _log.info("actor_state_restored", domain=self.domain, size=len(state))
+
+    async def _renew_loop(self) -> None:
+        """Extend the lease every third of its TTL; a lease found lost stops the consuming."""
+        ttl = self.config.lease_ttl_ms
+        while not self._stopping:
+            await asyncio.sleep(ttl / 3000)
+            lease = self._lease
+            if lease is None:
+                return
+            try:
+                if not await self.committer.renew(lease, ttl):
+                    self._lease_lost = True  # the consume loop stops at its next turn
+                    return
+            except Exception as exc:
+                if not self.committer.is_transient(exc):
+                    _log.warning("lease_renewal_failed", domain=self.domain, error=str(exc))
+
+    async def _sleep_unless_stopping(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop_requested.wait(), seconds)
+
     async def stop(self) -> None:
         """Stop reading, finish and commit the batch in hand; wait for ``run`` to return."""
         self._stopping = True
+        self._stop_requested.set()
         await self._done.wait()
 
     @property
@@ -225,14 +320,17 @@ class DeliveryLoop:
 
     async def _consume(self) -> None:
         failures = 0
-        history = True  # first our own pending entries (a previous life of this consumer)
-        next_claim = time.monotonic() + self._claim_interval_s
+        history = True  # first the pending entries (what the last owner left, in order)
+        self._lease_lost = False
+        self._held.clear()
         # While a batch is handled, the next one is fetched (and checked against the processed
         # marks): the round trips overlap the handling instead of adding to it.
         prefetch: asyncio.Task[_Batch] | None = None
         try:
             while True:
                 try:
+                    if self._lease_lost:
+                        raise LeaseLost(f"{self.domain}: the lease could not be renewed")
                     if prefetch is not None:
                         task, prefetch = prefetch, None
                         batch = await task  # a fetch is never cancelled: it returns in block_ms
@@ -243,17 +341,9 @@ class DeliveryLoop:
                         if not batch.deliveries:
                             history = False
                             continue
-                    elif time.monotonic() >= next_claim:
-                        next_claim = time.monotonic() + self._claim_interval_s
-                        batch = await self._claimed()
                     else:
                         batch = await self._fetch(history=False)
-                    if (
-                        not history
-                        and not self._stopping
-                        and time.monotonic() < next_claim
-                        and self.config.prefetch
-                    ):
+                    if not history and not self._stopping and self.config.prefetch:
                         prefetch = asyncio.create_task(self._fetch(history=False))
                     if batch.deliveries:
                         await self._process(batch)
@@ -268,6 +358,8 @@ class DeliveryLoop:
                     if failures:
                         _log.info("broker_recovered", domain=self.domain, attempts=failures + 1)
                         failures = 0
+                except LeaseLost:
+                    raise
                 except Exception as exc:
                     if not self.subscription.is_transient(exc):
                         if await self.subscription.recreate(exc):
@@ -299,17 +391,6 @@ class DeliveryLoop:
         deliveries = await self.subscription.fetch(
             pending=history, count=self.config.batch_size, block_ms=self.config.block_ms
         )
-        return await self._prepare(deliveries)
-
-    async def _claimed(self) -> _Batch:
-        deliveries = await self.subscription.claim_stale(self.config.batch_size)
-        if deliveries:
-            _log.warning(
-                "entries_claimed",
-                domain=self.domain,
-                consumer=self.config.consumer_name,
-                count=len(deliveries),
-            )
         return await self._prepare(deliveries)
 
     # -- handling a batch -------------------------------------------------------------------
@@ -462,12 +543,10 @@ class DeliveryLoop:
             )
         await self._commit(commit)
         commit.clear()
-        deadline = time.monotonic() + delay
-        while time.monotonic() < deadline:
-            if self._stopping:
-                self._abandoned = True
-                return False
-            await asyncio.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
+        await self._sleep_unless_stopping(delay)
+        if self._stopping:
+            self._abandoned = True
+            return False
         return await self._with_reconnect(
             "redeliver", lambda: self.subscription.redeliver(delivery)
         )
@@ -512,6 +591,7 @@ class DeliveryLoop:
         if not commit:
             return
         commit.state = self.actor.snapshot_state()
+        commit.lease = self._lease
         await self._with_reconnect("commit", lambda: self.committer.commit(commit))
         self.subscription.acknowledged(commit.acks)
         metrics = self.metrics
@@ -560,15 +640,6 @@ class DeliveryLoop:
 
     async def _beat(self) -> None:
         await self.committer.heartbeat(self.config.consumer_name, now_ms())
-
-    async def _keepalive_loop(self) -> None:
-        """Reset the idle time of entries in hand, so no one claims work still being done."""
-        interval = self.config.visibility_timeout_ms / 3000
-        while not self._stopping:
-            await asyncio.sleep(interval)
-            held = [delivery for batch in list(self._held) for delivery in batch.deliveries]
-            if held:
-                await self._background("keep-alive", partial(self.subscription.keep_alive, held))
 
     async def _stats_loop(self) -> None:
         """Sample lag and pending per stream: periodically, never per event."""

@@ -10,6 +10,7 @@ import re
 from dataclasses import dataclass
 
 _NAMESPACE_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+PROCESSED_BUCKET_CHARS = 6
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,9 +54,30 @@ class Keyspace:
         """The policy history (change records, one per version)."""
         return f"{self.namespace}:policy:history"
 
-    def group(self, domain: str) -> str:
-        """The consumer group name a domain uses on every stream it reads."""
-        return domain
+    def group(self, domain: str, partition: int = 0, partitions: int = 1) -> str:
+        """The consumer group a domain (one of its partitions) uses on every stream it reads."""
+        return domain if partitions == 1 else f"{domain}.p{partition}of{partitions}"
+
+    def state(self, domain: str, partition: int = 0, partitions: int = 1) -> str:
+        """The state snapshot of a domain partition, written by its commits."""
+        return f"{self.namespace}:state:{self.group(domain, partition, partitions)}"
+
+    def processed_bucket(self, domain: str, event_id: str) -> str:
+        """The set holding the processed mark of ``event_id`` (about 17 minutes of ids each:
+        the first 6 characters of a ULID are its time with 30 bits of milliseconds dropped)."""
+        return f"{self.processed(domain)}:{event_id[:PROCESSED_BUCKET_CHARS]}"
+
+    def lease(self, domain: str, partition: int = 0, partitions: int = 1) -> str:
+        """The ownership lease of a domain partition (holder and fencing token)."""
+        return f"{self.namespace}:lease:{self.group(domain, partition, partitions)}"
+
+    def fencing_tokens(self) -> str:
+        """The counter fencing tokens are drawn from (strictly increasing per namespace)."""
+        return f"{self.namespace}:lease-tokens"
+
+    def redriven(self, domain: str) -> str:
+        """Redriven dead letters of a domain: dead-letter entry id -> new entry id."""
+        return f"{self.dlq(domain)}:redriven"
 
     def pattern(self) -> str:
         """A SCAN pattern that matches every key of this namespace."""

@@ -34,6 +34,26 @@ from quantum.events.v1.envelope_pb2 import Envelope
 from runtime.core.dead_letters import DeadLetter
 
 
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """Ownership of one domain partition: who holds it and its fencing token.
+
+    Tokens only grow: a commit carries the token it was made under, and the committer refuses
+    it once another owner holds a newer one, so a stale owner (paused, partitioned away) can
+    never overwrite its successor's work.
+    """
+
+    holder: str
+    token: int
+
+
+class LeaseLost(Exception):
+    """This process no longer owns the partition: another owner took it (or it expired).
+
+    Its uncommitted work is void; the delivery loop rolls its state back and stands by.
+    """
+
+
 class Delivery:
     """One stored entry in a consumer's hands.
 
@@ -72,6 +92,7 @@ class Commit:
     dead: list[DeadLetter] = field(default_factory=list)
     indexed: list[Envelope] = field(default_factory=list)
     state: bytes | None = None
+    lease: Lease | None = None  # the ownership this commit was made under (checked)
     consumed: dict[str, int] = field(default_factory=dict)  # event type -> handled (metrics)
 
     def ack(self, delivery: Delivery) -> None:
@@ -88,7 +109,7 @@ class Commit:
         self.dead = []
         self.indexed = []
         self.state = None
-        self.consumed = {}
+        self.consumed = {}  # the lease stays: it is the loop's, not the batch's
 
     def __bool__(self) -> bool:
         return bool(self.acks or self.outputs or self.dead)
@@ -138,16 +159,13 @@ class Subscription(Protocol):
         """
         ...
 
-    async def claim_stale(self, count: int) -> list[Delivery]:
-        """Take over entries another consumer has held past the visibility timeout."""
+    async def take_over(self) -> int:
+        """Make every entry pending in this group this consumer's (a new owner finishes what
+        the last one left, in stream order); returns how many were taken over."""
         ...
 
     async def redeliver(self, delivery: Delivery) -> bool:
         """Deliver one entry again (a retry); False when it is no longer this consumer's."""
-        ...
-
-    async def keep_alive(self, deliveries: Sequence[Delivery]) -> None:
-        """Tell the broker these entries are still being worked on."""
         ...
 
     async def processed(self, event_ids: Sequence[str]) -> set[str]:
@@ -173,12 +191,27 @@ class Subscription(Protocol):
 
 
 class Committer(Protocol):
-    """Makes a batch's effects durable atomically, and gives back the stored state."""
+    """Makes a batch's effects durable atomically, gives back the stored state, and keeps
+    the partition's ownership lease (the commit checks it: fencing)."""
 
     async def load_state(self) -> bytes | None: ...
 
     async def commit(self, commit: Commit) -> None:
-        """Store everything ``commit`` holds in one atomic step (see ``Commit``)."""
+        """Store everything ``commit`` holds in one atomic step (see ``Commit``); raise
+        ``LeaseLost`` when ``commit.lease`` is no longer the partition's current one."""
+        ...
+
+    async def acquire(self, holder: str, ttl_ms: int) -> Lease | None:
+        """Take the partition's lease (or extend it when ``holder`` has it); None while
+        another holder's lease is live."""
+        ...
+
+    async def renew(self, lease: Lease, ttl_ms: int) -> bool:
+        """Extend ``lease``; False when it is no longer current (lost)."""
+        ...
+
+    async def release(self, lease: Lease) -> None:
+        """Give the lease up (a clean stop), so a successor need not wait for it to expire."""
         ...
 
     async def heartbeat(self, consumer: str, at_ms: int) -> None: ...

@@ -64,7 +64,8 @@ async def index_trace(redis: aioredis.Redis, keyspace: Keyspace, envelopes: list
         StreamNames(keyspace),
         domain="test_indexer",
         group="test_indexer",
-        state_key=f"{keyspace.namespace}:state:test_indexer",
+        state_key=keyspace.state("test_indexer"),
+        lease_key=keyspace.lease("test_indexer"),
         processed_ttl_s=60,
     )
     try:

@@ -1,4 +1,5 @@
-"""Guarantees e, g, h: claims from dead consumers, a deleted group, order by partition key."""
+"""Partition ownership (one owner per partition, takeover, fencing), a deleted group, and
+order by partition key."""
 
 from __future__ import annotations
 
@@ -11,10 +12,12 @@ from runtime.adapters.redis.runner import DomainRunner, RunnerConfig, group_name
 from runtime.core.keys import Keyspace
 from runtime.core.metrics import RuntimeMetrics
 from tests.integration.bus_support import running, wait_until
-from tests.process.actors import SlowTicks, TickCounter, tick
+from tests.process.actors import TickCounter, tick
+
+FAST = RunnerConfig("c1", block_ms=20, lease_ttl_ms=300)
 
 
-async def test_entries_pending_on_a_dead_consumer_are_claimed_after_the_visibility_timeout(
+async def test_a_new_owner_first_finishes_what_another_consumer_left_pending_in_order(
     aredis: aioredis.Redis, keyspace: Keyspace
 ) -> None:
     bus = EventBus(aredis, keyspace, metrics=RuntimeMetrics())
@@ -22,33 +25,79 @@ async def test_entries_pending_on_a_dead_consumer_are_claimed_after_the_visibili
     group = group_name(keyspace, TickCounter.name)
     await aredis.xgroup_create(stream, group, id="0", mkstream=True)
     await bus.publish_many([tick("BTC", i) for i in range(1, 6)])
-    taken = await aredis.xreadgroup(group, "dead", {stream: ">"}, count=10)
-    assert len(taken[0][1]) == 5  # the dead consumer took them all and never acknowledges
+    taken = await aredis.xreadgroup(group, "dead", {stream: ">"}, count=3)
+    assert len(taken[0][1]) == 3  # a dead consumer took three and never acknowledges
     actor = TickCounter()
-    config = RunnerConfig("live", block_ms=20, visibility_timeout_ms=300, claim_interval_ms=100)
-    async with running(DomainRunner(actor, aredis, keyspace, bus, config)):
+    async with running(DomainRunner(actor, aredis, keyspace, bus, FAST)):
         await wait_until(lambda: actor.counts.get("BTC") == 5)
-    assert actor.out_of_order == 0
+    assert actor.out_of_order == 0  # 1, 2, 3 (taken over) before 4, 5 (new)
     assert (await aredis.xpending(stream, group))["pending"] == 0
 
 
-async def test_an_entry_still_being_handled_is_kept_alive_and_not_claimed_by_another(
+async def test_a_second_runner_of_a_partition_stands_by_until_the_owner_stops(
     aredis: aioredis.Redis, keyspace: Keyspace
 ) -> None:
     bus = EventBus(aredis, keyspace, metrics=RuntimeMetrics())
-    log: list[tuple[str, int]] = []
-
-    def config(name: str) -> RunnerConfig:
-        return RunnerConfig(name, block_ms=20, visibility_timeout_ms=500, claim_interval_ms=50)
-
-    first = DomainRunner(SlowTicks(1.2, log, "a"), aredis, keyspace, bus, config("a"))
-    second = DomainRunner(SlowTicks(1.2, log, "b"), aredis, keyspace, bus, config("b"))
-    async with running(first), running(second):
-        await asyncio.sleep(0.1)
+    first, second = TickCounter(), TickCounter()
+    owner = DomainRunner(first, aredis, keyspace, bus, RunnerConfig("a", block_ms=20))
+    standby = DomainRunner(second, aredis, keyspace, bus, RunnerConfig("b", block_ms=20))
+    async with running(owner):
         await bus.publish(tick("BTC", 1))
-        await wait_until(lambda: len(log) >= 1)
-        await asyncio.sleep(0.6)  # a second, wrongful, delivery would finish by now
-    assert len(log) == 1
+        await wait_until(lambda: first.counts.get("BTC") == 1)
+        async with running(standby):
+            await bus.publish_many([tick("BTC", i) for i in range(2, 5)])
+            await wait_until(lambda: first.counts.get("BTC") == 4)
+            assert second.counts == {}  # one owner at a time
+            await owner.stop()  # a clean stop releases the lease: no wait for its expiry
+            await bus.publish(tick("BTC", 5))
+            await wait_until(lambda: second.counts.get("BTC") == 5)  # it restored the state
+    assert second.out_of_order == 0
+
+
+async def test_a_dead_owners_partition_is_taken_over_when_its_lease_expires(
+    aredis: aioredis.Redis, keyspace: Keyspace
+) -> None:
+    bus = EventBus(aredis, keyspace, metrics=RuntimeMetrics())
+    lease = keyspace.lease(TickCounter.name)
+    ghost_token = await aredis.incr(keyspace.fencing_tokens())
+    await aredis.set(lease, f"{ghost_token} ghost/0", px=600)  # it died holding its lease
+    await bus.publish(tick("BTC", 1))
+    actor = TickCounter()
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    async with running(DomainRunner(actor, aredis, keyspace, bus, FAST)):
+        await wait_until(lambda: actor.counts.get("BTC") == 1)
+        took = loop.time() - started
+        holder = (await aredis.get(lease)).decode()
+    assert took >= 0.5  # not before the ghost's lease ran out
+    assert holder.split(" ", 1)[1].startswith("c1/")
+    assert int(holder.split(" ", 1)[0]) > ghost_token  # a newer fencing token
+
+
+async def test_a_stale_owner_whose_lease_was_taken_cannot_commit(
+    aredis: aioredis.Redis, keyspace: Keyspace
+) -> None:
+    bus = EventBus(aredis, keyspace, metrics=RuntimeMetrics())
+    actor = TickCounter()
+    runner = DomainRunner(actor, aredis, keyspace, bus, RunnerConfig("c1", block_ms=20))
+    state = keyspace.state(actor.name)
+    outputs = keyspace.stream("portfolio.pnl.updated")
+    async with running(runner):
+        await bus.publish(tick("BTC", 1))
+        await wait_until(lambda: actor.counts.get("BTC") == 1)
+        committed = await aredis.get(state)
+        # Another process takes the partition over (as after this one was paused too long).
+        await aredis.set(keyspace.lease(actor.name), "999999 usurper/1", px=60_000)
+        await bus.publish(tick("BTC", 2))
+        await wait_until(lambda: len(actor.seen) >= 2)  # handled in memory...
+        await asyncio.sleep(0.3)
+        # ...but its commit was fenced: no output, no acknowledgement, no state written.
+        assert await aredis.xlen(outputs) == 1
+        assert await aredis.get(state) == committed
+        group = group_name(keyspace, actor.name)
+        assert (await aredis.xpending(keyspace.stream("market.tick"), group))["pending"] == 1
+        # It rolled its memory back to the committed state and stands by.
+        await wait_until(lambda: actor.counts.get("BTC") == 1)
 
 
 async def test_a_deleted_group_is_recreated_from_the_last_acknowledged_entry(

@@ -30,7 +30,7 @@ async def main(url: str, namespace: str, consumer: str, batch_size: int) -> int:
         consumer_name=consumer,
         batch_size=batch_size,
         block_ms=100,
-        visibility_timeout_ms=60_000,
+        lease_ttl_ms=1_000,  # a restarted worker takes its partition over within a second
         retry_base_ms=10,
         retry_cap_ms=100,
     )

@@ -1,4 +1,4 @@
-"""``Committer`` on Redis: one MULTI/EXEC per batch.
+"""``Committer`` on Redis: one MULTI/EXEC per batch, fenced by the partition's lease.
 
 Inside the transaction, in this order: the outputs (XADD), the dead letters (XADD), the trace
 index (RPUSH + EXPIRE per trace), the acknowledgements (XACK), the processed marks (SADD +
@@ -7,6 +7,13 @@ nothing interleaved, and an AOF records it as one unit: after a crash either all
 there or none, so "output published", "input acknowledged", "input processed" and "state"
 never disagree. The block is packed by hiredis and sent in one write: one round trip per
 batch, no script.
+
+Fencing: the partition's lease (``<ns>:lease:<group>``, "<token> <holder>", with a TTL) is
+WATCHed and read before the MULTI: when another owner holds it, the commit is refused
+(``LeaseLost``); when it changes between the read and the EXEC (taken over, or expired),
+Redis aborts the EXEC and nothing is written. A paused or partitioned-away owner can
+therefore never overwrite its successor's work. Lease scripts run per acquire and renewal
+(every third of the TTL), never per event.
 
 On a single Redis every key lives on one node; Redis Cluster splits the commit by slot
 (issue: distributed engines), which is why the acknowledgement comes after what it confirms.
@@ -23,14 +30,44 @@ from redis.exceptions import ResponseError
 from runtime.adapters.redis.errors import CommitFailed, is_transient
 from runtime.adapters.redis.resp import RespConnection, pack
 from runtime.adapters.redis.streams import StreamNames
-from runtime.adapters.redis.subscription import PROCESSED_BUCKET_CHARS
 from runtime.core.dead_letters import DLQ_MAXLEN
 from runtime.core.keys import Keyspace
 from runtime.core.trace_index import DEFAULT_TRACE_TTL_S
-from runtime.core.transport import Commit
+from runtime.core.transport import Commit, Lease, LeaseLost
 
 _MULTI = pack(b"MULTI")
 _EXEC = pack(b"EXEC")
+_UNWATCH = pack(b"UNWATCH")
+
+# KEYS: lease, token counter. ARGV: holder, ttl ms. A live lease of another holder: returns
+# minus the milliseconds it has left. Otherwise (free, expired or already ours): the token.
+_ACQUIRE = """
+local current = redis.call('GET', KEYS[1])
+if current then
+  local token, holder = string.match(current, '^(%d+) (.*)$')
+  if holder == ARGV[1] then
+    redis.call('PEXPIRE', KEYS[1], ARGV[2])
+    return tonumber(token)
+  end
+  return -math.max(redis.call('PTTL', KEYS[1]), 1)
+end
+local token = redis.call('INCR', KEYS[2])
+redis.call('SET', KEYS[1], token .. ' ' .. ARGV[1], 'PX', ARGV[2])
+return token
+"""
+
+# KEYS: lease. ARGV: "<token> <holder>", ttl ms (0: release). 1 when the lease was ours.
+_RENEW = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return 0
+end
+if tonumber(ARGV[2]) == 0 then
+  redis.call('DEL', KEYS[1])
+else
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 1
+"""
 
 
 class RedisCommitter:
@@ -45,6 +82,7 @@ class RedisCommitter:
         domain: str,
         group: str,
         state_key: str,
+        lease_key: str,
         processed_ttl_s: int,
         trace_ttl_s: int = DEFAULT_TRACE_TTL_S,
     ) -> None:
@@ -53,11 +91,14 @@ class RedisCommitter:
         self.names = names
         self.domain = domain
         self.state_key = state_key
+        self.lease_key = lease_key
+        self._acquire = redis.register_script(_ACQUIRE)
+        self._renew = redis.register_script(_RENEW)
+        self._watch = pack(b"WATCH", lease_key) + pack(b"GET", lease_key)
         self._group_b = group.encode()
         self._conn = RespConnection.of(redis)
         self._dlq = keyspace.dlq(domain).encode()
         self._dlq_maxlen = str(DLQ_MAXLEN).encode()
-        self._processed_prefix = keyspace.processed(domain) + ":"
         self._processed_ttl = str(processed_ttl_s).encode()
         self._trace_ttl = str(trace_ttl_s).encode()
         self._heartbeat_key = keyspace.heartbeat(domain)
@@ -68,13 +109,51 @@ class RedisCommitter:
 
     async def commit(self, commit: Commit) -> None:
         parts, count = self._pack(commit)
-        replies = await self._conn.send_packed(b"".join(parts), count)
+        packed = b"".join(parts)
+        lease = commit.lease
+        if lease is None:
+            await self._exec(packed, count)
+            return
+        # The WATCH and the MULTI go on the same connection, in this order, and nothing else
+        # uses it: the commit connection is this committer's alone. A renewal of our own
+        # lease (PEXPIRE) between the two also aborts the EXEC: then the lease is read again.
+        while True:
+            _, current = await self._conn.send_packed(self._watch, 2)
+            if current != _lease_value(lease):
+                await self._conn.send_packed(_UNWATCH, 1)
+                raise LeaseLost(
+                    f"{self.domain}: the lease {self.lease_key} is no longer held by "
+                    f"{lease.holder} (token {lease.token}); another owner took over"
+                )
+            if await self._exec(packed, count):
+                return
+
+    async def _exec(self, packed: bytes, count: int) -> bool:
+        """Send a packed MULTI..EXEC; False when a WATCHed key aborted it."""
+        replies = await self._conn.send_packed(packed, count)
         result = replies[-1]
         if isinstance(result, hiredis.ReplyError):  # EXECABORT, or a refusal of MULTI itself
             raise ResponseError(str(result))
-        for reply in result or ():
+        if result is None:
+            return False
+        for reply in result:
             if isinstance(reply, hiredis.ReplyError):
                 raise CommitFailed(f"Redis refused part of a commit of {self.domain}: {reply}")
+        return True
+
+    async def acquire(self, holder: str, ttl_ms: int) -> Lease | None:
+        token = int(
+            await self._acquire(
+                keys=[self.lease_key, self.keyspace.fencing_tokens()], args=[holder, ttl_ms]
+            )
+        )
+        return Lease(holder, token) if token > 0 else None
+
+    async def renew(self, lease: Lease, ttl_ms: int) -> bool:
+        return bool(await self._renew(keys=[self.lease_key], args=[_lease_value(lease), ttl_ms]))
+
+    async def release(self, lease: Lease) -> None:
+        await self._renew(keys=[self.lease_key], args=[_lease_value(lease), 0])
 
     def _pack(self, commit: Commit) -> tuple[list[bytes], int]:
         parts = [_MULTI]
@@ -104,9 +183,10 @@ class RedisCommitter:
         for stream, ids in commit.acks.items():
             parts.append(pack(b"XACK", stream, group, *ids))
         buckets: dict[str, list[str]] = {}
-        prefix = self._processed_prefix
+        bucket = self.keyspace.processed_bucket
+        domain = self.domain
         for event_id in commit.processed:
-            key = prefix + event_id[:PROCESSED_BUCKET_CHARS]
+            key = bucket(domain, event_id)
             marks = buckets.get(key)
             if marks is None:
                 buckets[key] = [event_id]
@@ -128,3 +208,7 @@ class RedisCommitter:
 
     async def close(self) -> None:
         await self._conn.close()
+
+
+def _lease_value(lease: Lease) -> bytes:
+    return f"{lease.token} {lease.holder}".encode()

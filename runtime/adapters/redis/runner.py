@@ -11,13 +11,7 @@ import redis.asyncio as aioredis
 
 from runtime.adapters.redis.bus import EventBus
 from runtime.adapters.redis.committer import RedisCommitter
-from runtime.adapters.redis.subscription import (
-    PROCESSED_BUCKET_CHARS,
-    RedisSubscription,
-    group_name,
-    processed_bucket,
-    state_key,
-)
+from runtime.adapters.redis.subscription import RedisSubscription, group_name, state_key
 from runtime.core.actor import Actor
 from runtime.core.delivery import DeliveryLoop, RunnerConfig, entry_order, partition_of
 from runtime.core.keys import Keyspace
@@ -25,13 +19,11 @@ from runtime.core.metrics import RuntimeMetrics
 from runtime.core.registry import EventRegistry, default_registry
 
 __all__ = [
-    "PROCESSED_BUCKET_CHARS",
     "DomainRunner",
     "RunnerConfig",
     "entry_order",
     "group_name",
     "partition_of",
-    "processed_bucket",
     "state_key",
 ]
 
@@ -60,15 +52,16 @@ class DomainRunner(DeliveryLoop):
         self.redis = redis
         self.keyspace = keyspace
         self.bus = bus
+        # One consumer name per partition slot, whoever owns it: a new owner reads what its
+        # predecessor left pending as its own, in order, with the delivery counts it had.
         subscription = RedisSubscription(
             redis,
             keyspace,
             domain=actor.name,
             group=group,
-            consumer=config.consumer_name,
+            consumer=f"{group}.owner",
             streams=streams,
             start_id=config.start_id,
-            visibility_timeout_ms=config.visibility_timeout_ms,
         )
         committer = RedisCommitter(
             redis,
@@ -77,6 +70,7 @@ class DomainRunner(DeliveryLoop):
             domain=actor.name,
             group=group,
             state_key=state_key(keyspace, actor.name, config.partition, config.partitions),
+            lease_key=keyspace.lease(actor.name, config.partition, config.partitions),
             processed_ttl_s=config.processed_ttl_s,
         )
         super().__init__(

@@ -24,26 +24,15 @@ from runtime.core.transport import Delivery, GroupPosition
 
 _log = get_logger("runtime.adapters.redis")
 
-# Processed marks are grouped by the first 6 characters of the event id: 30 bits of
-# milliseconds dropped, so one set holds about 17.5 minutes of events.
-PROCESSED_BUCKET_CHARS = 6
-
 
 def group_name(keyspace: Keyspace, domain: str, partition: int = 0, partitions: int = 1) -> str:
     """The consumer group of a domain (of one of its partitions when it has several)."""
-    base = keyspace.group(domain)
-    return base if partitions == 1 else f"{base}.p{partition}of{partitions}"
+    return keyspace.group(domain, partition, partitions)
 
 
 def state_key(keyspace: Keyspace, domain: str, partition: int = 0, partitions: int = 1) -> str:
     """Where the actor's state snapshot is kept."""
-    base = f"{keyspace.namespace}:state:{domain}"
-    return base if partitions == 1 else f"{base}.p{partition}of{partitions}"
-
-
-def processed_bucket(keyspace: Keyspace, domain: str, event_id: str) -> str:
-    """The set that holds the processed mark of ``event_id``."""
-    return f"{keyspace.processed(domain)}:{event_id[:PROCESSED_BUCKET_CHARS]}"
+    return keyspace.state(domain, partition, partitions)
 
 
 class RedisSubscription:
@@ -59,7 +48,6 @@ class RedisSubscription:
         consumer: str,
         streams: Sequence[str],
         start_id: str = "0",
-        visibility_timeout_ms: int = 30_000,
     ) -> None:
         self.redis = redis
         self.keyspace = keyspace
@@ -68,10 +56,8 @@ class RedisSubscription:
         self.consumer = consumer
         self._streams = list(streams)
         self.start_id = start_id
-        self.visibility_timeout_ms = visibility_timeout_ms
         self._conn = RespConnection.of(redis)
         self._last_acked: dict[str, bytes] = {}
-        self._processed_prefix = keyspace.processed(domain) + ":"
         self._group_b = group.encode()
         self._consumer_b = consumer.encode()
 
@@ -110,29 +96,32 @@ class RedisSubscription:
             await self._fill_deliveries(deliveries)
         return deliveries
 
-    async def claim_stale(self, count: int) -> list[Delivery]:
-        deliveries: list[Delivery] = []
+    async def take_over(self) -> int:
+        """XAUTOCLAIM with no idle time, to the end of each stream's pending list: the new
+        owner (this consumer) then reads them all back, in stream order, as its own. JUSTID:
+        a takeover is not a delivery, so the attempt counts stay as they were."""
+        taken = 0
         for stream in self._streams:
-            reply = await self.redis.execute_command(  # type: ignore[no-untyped-call]
-                "XAUTOCLAIM",
-                stream,
-                self.group,
-                self.consumer,
-                self.visibility_timeout_ms,
-                "0-0",
-                "COUNT",
-                count,
-            )
-            claimed = reply[1] if reply else []
-            for item in claimed:
-                if not item:
-                    continue
-                entry_id, raw_fields = item[0], item[1]
-                deliveries.append(Delivery(stream, entry_id, _envelope_field(raw_fields), 1))
-        merge_by_time(deliveries)
-        if deliveries:
-            await self._fill_deliveries(deliveries)
-        return deliveries
+            cursor: Any = "0-0"
+            while True:
+                reply = await self._conn.call(
+                    "XAUTOCLAIM",
+                    stream,
+                    self.group,
+                    self.consumer,
+                    0,
+                    cursor,
+                    "COUNT",
+                    1_000,
+                    "JUSTID",
+                )
+                if not reply:
+                    break
+                cursor, claimed = reply[0], reply[1]
+                taken += len(claimed)
+                if cursor in (b"0-0", "0-0"):
+                    break
+        return taken
 
     async def _fill_deliveries(self, deliveries: list[Delivery]) -> None:
         """Read each entry's delivery count from the pending list (it survives restarts)."""
@@ -162,18 +151,11 @@ class RedisSubscription:
         delivery.deliveries += 1
         return True
 
-    async def keep_alive(self, deliveries: Sequence[Delivery]) -> None:
-        by_stream: dict[str, list[Any]] = {}
-        for delivery in deliveries:
-            by_stream.setdefault(delivery.stream, []).append(delivery.entry_id)
-        for stream, ids in by_stream.items():
-            await self.redis.xclaim(stream, self.group, self.consumer, 0, ids, justid=True)
-
     async def processed(self, event_ids: Sequence[str]) -> set[str]:
         buckets: dict[str, list[str]] = {}
-        prefix = self._processed_prefix
+        bucket = self.keyspace.processed_bucket
         for event_id in event_ids:
-            key = prefix + event_id[:PROCESSED_BUCKET_CHARS]
+            key = bucket(self.domain, event_id)
             ids = buckets.get(key)
             if ids is None:
                 buckets[key] = [event_id]

@@ -26,6 +26,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from runtime.core import otel  # otel: the import
 from runtime.core.backoff import Backoff
 from runtime.core.envelope import seal
 from runtime.core.keys import Keyspace
@@ -178,6 +179,7 @@ class EventBus:
         self._closed = False
         self._stream_names: dict[str, tuple[str, int]] = {}
         self._script = redis.register_script(PUBLISH_SCRIPT)
+        self._send_batch = otel.traced_send(self._send) if otel.ENABLED else self._send  # otel:
 
     # -- publishing -------------------------------------------------------------------------
 
@@ -376,7 +378,7 @@ class EventBus:
             await asyncio.sleep(self.linger_s)
             batch = self._queue[: self.max_batch]
             try:
-                ids = await self._send(batch)
+                ids = await self._send_batch(batch)  # otel: _send_batch
             except Exception as exc:
                 if not is_transient(exc):  # a request Redis refuses: fail these callers, go on
                     del self._queue[: len(batch)]

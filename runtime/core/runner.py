@@ -44,7 +44,7 @@ from google.protobuf.message import Message
 from quantum.events.v1.envelope_pb2 import Envelope
 from redis.exceptions import ResponseError
 
-from runtime.core import tracing
+from runtime.core import otel, tracing  # otel: the import
 from runtime.core.actor import Actor, deliver
 from runtime.core.backoff import Backoff
 from runtime.core.bus import (
@@ -262,6 +262,13 @@ class DomainRunner:
         self._done = asyncio.Event()
         self._done.set()
         self._abandoned = False  # a retry was cut short by stop(): leave the rest pending
+        # otel: spans are chosen once, here; with export off these are the plain callables.
+        self._deliver = otel.traced_deliver(deliver, self.domain) if otel.ENABLED else deliver
+        self._publish = (  # otel:
+            otel.traced_publish(self._publish_outputs, self.domain, from_handler=True)
+            if otel.ENABLED
+            else self._publish_outputs
+        )
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -543,7 +550,7 @@ class DomainRunner:
             try:
                 payload: Message = open_payload(envelope, self.registry)
                 started = time.perf_counter()
-                outputs = await deliver(self.actor, envelope, self.registry, payload)
+                outputs = await self._deliver(self.actor, envelope, self.registry, payload)  # otel:
             except Exception as exc:
                 if is_permanent(exc):  # no retry can fix it: dead-lettered at once
                     self._dead_letter(commit, entry, reason_of(exc), exc)
@@ -681,7 +688,7 @@ class DomainRunner:
         if not commit:
             return
         if commit.outputs:
-            await self._publish_outputs(commit.outputs)  # durable before the ack
+            await self._publish(commit.outputs)  # durable before the ack  # otel: _publish
         state = self.actor.snapshot_state()
         keys, args = self._commit_commands(commit, state)
 

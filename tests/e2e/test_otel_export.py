@@ -7,6 +7,7 @@ definitions and started by the test on a free loopback port; it keeps every span
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import sys
 from collections.abc import AsyncIterator
@@ -55,7 +56,7 @@ class TraceReceiver(trace_service_pb2_grpc.TraceServiceServicer):  # type: ignor
         self.spans: list[ReceivedSpan] = []
         self.requests = 0
 
-    async def Export(  # noqa: N802 (the generated service's method name)
+    async def Export(
         self,
         request: trace_service_pb2.ExportTraceServiceRequest,
         context: aio.ServicerContext[Any, Any],
@@ -110,9 +111,7 @@ async def receiver() -> AsyncIterator[tuple[TraceReceiver, int]]:
 def _environment(port: int) -> dict[str, str]:
     """The caller's environment without any OTEL_/QUANTUM_ variable, plus what the run needs."""
     env = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith(("OTEL_", "QUANTUM_"))
+        key: value for key, value in os.environ.items() if not key.startswith(("OTEL_", "QUANTUM_"))
     }
     env.update(
         OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{port}",
@@ -218,8 +217,8 @@ async def test_one_trace_shows_tick_to_position_across_all_six_domains(
     assert analytics
     assert all(by_id[s.parent_span_id].name.startswith("publish portfolio.") for s in analytics)
     assert all(span.end_ns > span.start_ns > 0 for span in trace)
-    # Each handler starts after its event was published.
-    for parent, child in zip(chain, chain[1:], strict=False):
+    # Along the chain each span starts after its parent: causes come before effects.
+    for parent, child in itertools.pairwise(chain):
         assert child.start_ns >= parent.start_ns
 
     print(_tree(trace))
@@ -228,7 +227,6 @@ async def test_one_trace_shows_tick_to_position_across_all_six_domains(
     batches = [span for span in spans if span.name == "publish batch"]
     assert batches
     assert all(span.attributes["messaging.batch.message_count"] >= 1 for span in batches)
-
 
 
 def _tree(trace: list[ReceivedSpan]) -> str:
@@ -247,3 +245,31 @@ def _tree(trace: list[ReceivedSpan]) -> str:
 
     walk("", 0)
     return "\n".join(lines)
+
+
+async def test_quantum_run_refuses_an_exporter_it_lacks_before_doing_anything(
+    keyspace: Keyspace, tmp_path: Path
+) -> None:
+    env = _environment(port=4317)
+    env["OTEL_TRACES_EXPORTER"] = "zipkin"
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "runtime.cli",
+        "run",
+        "--redis-url",
+        "redis://127.0.0.1:1",  # never reached: the configuration fails first
+        "--namespace",
+        keyspace.namespace,
+        "--state-dir",
+        str(tmp_path),
+        "--duration",
+        "1",
+        cwd=ROOT,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, stderr = await asyncio.wait_for(process.communicate(), timeout=60)
+    assert process.returncode == 2
+    assert "OTEL_TRACES_EXPORTER='zipkin' is not supported" in stderr.decode()

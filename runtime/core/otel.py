@@ -67,12 +67,16 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from quantum.events.v1.envelope_pb2 import Envelope
 
 from runtime.core.actor import Actor
+from runtime.core.logs import get_logger
 from runtime.core.registry import EventRegistry
+
+_log = get_logger("runtime.otel")
 
 ENABLED = False  # read by the hooks when they are built; see the module doc
 DEFAULT_SERVICE_NAME = "quantum-trader"
 ENDPOINT_VARIABLES = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
 PROTOCOL_VARIABLES = ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL")
+SHUTDOWN_TIMEOUT_S = 3.0
 MAX_TRACE_IDS_PER_BATCH = 32  # a batch span names at most this many of its traces
 
 T = TypeVar("T")
@@ -109,6 +113,7 @@ class _ChosenIds(IdGenerator):
         self._local = threading.local()
 
     def choose(self, trace_id: int, span_id: int | None) -> None:
+        """Ids for the next span (0 / None: random ones)."""
         self._local.trace_id = trace_id
         self._local.span_id = span_id
 
@@ -116,13 +121,13 @@ class _ChosenIds(IdGenerator):
         return f"{self._random.generate_trace_id():032x}"
 
     def generate_trace_id(self) -> int:
-        chosen: int | None = getattr(self._local, "trace_id", None)
-        return chosen if chosen is not None else self._random.generate_trace_id()
+        chosen: int = getattr(self._local, "trace_id", 0)
+        return chosen or self._random.generate_trace_id()
 
     def generate_span_id(self) -> int:
         chosen: int | None = getattr(self._local, "span_id", None)
-        self._local.trace_id = self._local.span_id = None  # the choice is for one span only
-        return chosen if chosen is not None else self._random.generate_span_id()
+        self.choose(0, None)  # the choice is for one span only
+        return chosen or self._random.generate_span_id()
 
     def is_trace_id_random(self) -> bool:
         return False  # chosen trace ids come from envelopes, made elsewhere
@@ -195,7 +200,8 @@ def configure(exporter: SpanExporter, *, set_global: bool = True) -> None:
     resource = Resource.create()
     if str(resource.attributes.get(SERVICE_NAME, "")).startswith("unknown_service"):
         resource = resource.merge(Resource({SERVICE_NAME: DEFAULT_SERVICE_NAME}))
-    provider = TracerProvider(resource=resource, id_generator=_ids)
+    # shutdown() flushes, bounded; the SDK's own exit hook would wait on an absent receiver.
+    provider = TracerProvider(resource=resource, id_generator=_ids, shutdown_on_exit=False)
     provider.add_span_processor(BatchSpanProcessor(exporter))
     if set_global:
         otel_trace.set_tracer_provider(provider)
@@ -204,13 +210,27 @@ def configure(exporter: SpanExporter, *, set_global: bool = True) -> None:
     ENABLED = True
 
 
-def shutdown() -> None:
-    """Export what is still buffered and stop; hooks built before keep recording nothing."""
+def shutdown(timeout_s: float = SHUTDOWN_TIMEOUT_S) -> None:
+    """Export what is still buffered and stop; hooks built before keep recording nothing.
+
+    Bounded: with the collector away the exporter retries for as long as its own timeout
+    allows, and a process must not wait that long to exit; what is unsent then is lost.
+    """
     global ENABLED, _provider, _tracer
     provider = _provider
     ENABLED, _provider, _tracer = False, None, None
-    if provider is not None:
-        provider.shutdown()
+    if provider is None:
+        return
+    flushing = threading.Thread(target=provider.shutdown, name="otel-shutdown", daemon=True)
+    flushing.start()
+    flushing.join(timeout_s)
+    if flushing.is_alive():
+        _log.warning(
+            "spans_not_exported",
+            timeout_s=timeout_s,
+            hint="the OTLP receiver did not take the last spans in time; check that it runs "
+            "at OTEL_EXPORTER_OTLP_ENDPOINT (or ..._TRACES_ENDPOINT)",
+        )
 
 
 # -- spans ----------------------------------------------------------------------------------
@@ -249,9 +269,12 @@ def record_span(
     else:
         context = otel_context.Context()  # explicitly empty: a root, whatever runs around
     _ids.choose(int(trace_id, 16), int(span_id, 16) if span_id else None)
-    span = tracer.start_span(
-        name, context=context, kind=kind, attributes=attributes, start_time=start_ns
-    )
+    try:
+        span = tracer.start_span(
+            name, context=context, kind=kind, attributes=attributes, start_time=start_ns
+        )
+    finally:
+        _ids.choose(0, None)  # the SDK skips asking for ids when tracing is disabled
     if error is not None:
         span.record_exception(error)
         span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))

@@ -34,9 +34,10 @@ its own: ids must be unique in a trace. The exported tree therefore has two kind
   that succeeds owns the derived one).
 
 So one trace reads publish tick → handle tick (ai_engine) → publish signal → handle signal
-(risk_safety) → publish approved → ... → publish position → handle position (analytics), each
-with its duration, and the gaps between them are queueing. Both are recorded after the fact
-(start time given, then ended at once), which lets the id depend on the outcome. The SDK makes
+(risk_safety) → publish approved → ... → publish position and PnL → handle them (risk_safety,
+analytics), each with its duration; the gaps between them are queueing. Both kinds are
+recorded after the fact (start time given, then ended at once), which lets the id depend on
+the outcome. The SDK makes
 span ids through its ``IdGenerator``; ``_ChosenIds`` hands it the id (and, for a root, the
 trace id) the envelope dictates, and random ones otherwise.
 

@@ -37,9 +37,8 @@ So one trace reads publish tick → handle tick (ai_engine) → publish signal �
 (risk_safety) → publish approved → ... → publish position and PnL → handle them (risk_safety,
 analytics), each with its duration; the gaps between them are queueing. Both kinds are
 recorded after the fact (start time given, then ended at once), which lets the id depend on
-the outcome. The SDK makes
-span ids through its ``IdGenerator``; ``_ChosenIds`` hands it the id (and, for a root, the
-trace id) the envelope dictates, and random ones otherwise.
+the outcome. The SDK makes span ids through its ``IdGenerator``; ``_ChosenIds`` hands it the
+id (and, for a root, the trace id) the envelope dictates, and random ones otherwise.
 
 Besides: ``publish batch`` (one per Redis round trip of the event bus; a root span of its own,
 as a batch carries many traces) and a SERVER span per gRPC call (``control_plane``'s

@@ -5,7 +5,8 @@ metadata scan and a context-variable set. Inside the wrapper:
 
 - the bearer token is checked against the role the method needs (``auth``);
 - the caller's ``traceparent`` becomes the parent of this call's span (``runtime.core.tracing``),
-  so every log line of the call carries its trace id;
+  so every log line of the call carries its trace id (with span export on, the span the
+  ``span_interceptor`` opened and exports);
 - the caller's deadline is grpc's: when it passes, grpc cancels the call's coroutine;
 - typed errors become rich statuses (``errors``); anything unexpected becomes INTERNAL with
   a log line, never UNKNOWN.
@@ -95,7 +96,12 @@ class CallWrapper:
             return token, None
         # The caller's trace continues here: this call is a child span of the caller's span.
         parent = tracing.from_grpc_metadata(((tracing.TRACEPARENT, traceparent),))
-        return token, parent.child() if parent is not None else None
+        if parent is None:
+            return token, None
+        opened = tracing.current()  # by the span interceptor, when spans are exported
+        if opened is not None and opened.parent_span_id == parent.span_id:
+            return token, None  # continue in the span it exports
+        return token, parent.child()
 
     def wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         deserializer = _lenient(handler.request_deserializer)

@@ -58,8 +58,10 @@ from control_plane.metrics_http import MetricsEndpoint, RuntimeCollector
 from control_plane.policy_servicer import PolicyServicer
 from control_plane.replay_servicer import ActorFactory, EnvelopePublisher, ReplayServicer
 from control_plane.runtime_servicer import RuntimeServicer
+from control_plane.span_interceptor import SpanPerCall
 from control_plane.trace_servicer import TraceServicer
 from runtime.adapters.redis.bus import EventBus
+from runtime.core import otel
 from runtime.core.actor import Actor
 from runtime.core.keys import Keyspace
 from runtime.core.logs import get_logger
@@ -193,7 +195,9 @@ class ControlPlane:
             ("grpc.max_concurrent_streams", self.config.max_concurrent_streams),
             ("grpc.so_reuseport", 0),
         ]
-        server = aio.server(options=options)
+        # A span per call only when spans are exported: the interceptor costs a coroutine a call.
+        interceptors = [SpanPerCall()] if otel.ENABLED else None
+        server = aio.server(options=options, interceptors=interceptors)
         # Our services get auth, tracing and error mapping; health and reflection stay open.
         wrapped = CallWrapper(self.tokens).registrar(server)
         policy, trace, replay, runtime = self._servicers
@@ -374,7 +378,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(args.log_level)
     install_uvloop()
     try:
+        otel.configure_from_env()  # spans are exported only when OTEL_* variables ask
         return asyncio.run(serve(args))
-    except (ConfigError, ValueError) as exc:
+    except (ConfigError, ValueError) as exc:  # otel.OtelConfigError is a ValueError
         print(f"quantum control-plane: {exc}", flush=True)
         return 2
+    finally:
+        otel.shutdown()  # exports the spans still buffered

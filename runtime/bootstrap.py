@@ -31,6 +31,7 @@ from runtime import report
 from runtime.adapters.redis.bus import EventBus, PublishTimeout
 from runtime.adapters.redis.host import Runtime, default_consumer_name, install_uvloop
 from runtime.adapters.redis.runner import RunnerConfig, entry_order
+from runtime.core import otel
 from runtime.core.actor import Actor
 from runtime.core.keys import Keyspace
 from runtime.core.logs import configure_logging, get_logger
@@ -135,10 +136,15 @@ async def _publish_feed(
     every tick the feed produced is either on the stream or was never sent.
     """
     published = 0
+    publish = (  # with span export on, a span per tick, the root of its trace
+        otel.traced_publish(bus.publish_envelopes, FEED_DOMAIN, from_handler=False)
+        if otel.ENABLED
+        else bus.publish_envelopes
+    )
     async for batch in paced_batches(ticks, speed=speed):
         if stop.is_set():
             break
-        await bus.publish_envelopes([tick_envelope(tick) for tick in batch])
+        await publish([tick_envelope(tick) for tick in batch])
         published += len(batch)
     return published
 
@@ -303,12 +309,15 @@ def run(args: argparse.Namespace) -> int:
         print(f"quantum run: {message}", file=sys.stderr)
         return 2
     try:
+        otel.configure_from_env()  # before the runtime is built: its hooks ask once
         with contextlib.ExitStack() as stack:
             url = args.redis_url or stack.enter_context(redis_url())
             return asyncio.run(_run(args, url))
-    except (RedisServerNotFound, ConfigError, TokenConfigError) as exc:
+    except (RedisServerNotFound, ConfigError, TokenConfigError, otel.OtelConfigError) as exc:
         print(f"quantum run: {exc}", file=sys.stderr)
         return 2
+    finally:
+        otel.shutdown()  # exports the spans still buffered
 
 
 def control_plane(argv: Sequence[str]) -> int:

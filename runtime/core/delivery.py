@@ -46,7 +46,7 @@ from typing import TypeVar
 
 from quantum.events.v1.envelope_pb2 import Envelope
 
-from runtime.core import tracing
+from runtime.core import otel, tracing
 from runtime.core.actor import Actor, Dispatcher
 from runtime.core.backoff import Backoff
 from runtime.core.dead_letters import DeadLetter, Reason, now_ms
@@ -152,6 +152,16 @@ class DeliveryLoop:
         self.domain = actor.name
         self.streams = list(subscription.streams)
         self._dispatcher = Dispatcher(actor, self.registry)
+        # Spans are chosen once, here: with export off these are the plain callables, and the
+        # hot path makes no OpenTelemetry call at all.
+        self._dispatch = (
+            otel.traced_dispatch(self._dispatcher.dispatch, self.domain)
+            if otel.ENABLED
+            else self._dispatcher.dispatch
+        )
+        self._store = (
+            otel.traced_commit(committer.commit, self.domain) if otel.ENABLED else committer.commit
+        )
         self._retry = Backoff(config.retry_base_ms / 1000, config.retry_cap_ms / 1000)
         self._reconnect = Backoff(config.reconnect_base_ms / 1000, config.reconnect_cap_ms / 1000)
         # A holder id per incarnation: a restarted process is a new owner, never the old one.
@@ -481,7 +491,7 @@ class DeliveryLoop:
         while True:
             try:
                 started = time.perf_counter()
-                outputs = self._dispatcher.dispatch(envelope)
+                outputs = self._dispatch(envelope)
                 if not isinstance(outputs, list):  # an async handler
                     outputs = await outputs
             except Exception as exc:
@@ -592,7 +602,7 @@ class DeliveryLoop:
             return
         commit.state = self.actor.snapshot_state()
         commit.lease = self._lease
-        await self._with_reconnect("commit", lambda: self.committer.commit(commit))
+        await self._with_reconnect("commit", lambda: self._store(commit))
         self.subscription.acknowledged(commit.acks)
         metrics = self.metrics
         for event_type, n in commit.consumed.items():

@@ -24,6 +24,7 @@ from collections.abc import Iterable, Mapping
 from google.protobuf.message import Message
 from quantum.events.v1.envelope_pb2 import Envelope
 
+from runtime.core import otel  # otel: the import
 from runtime.core.backoff import Backoff
 from runtime.core.envelope import seal
 from runtime.core.logs import get_logger
@@ -63,10 +64,13 @@ class _Waiter:
 class _Queued:
     """One envelope waiting for its append."""
 
-    __slots__ = ("data", "event_type", "index", "waiter")
+    __slots__ = ("data", "event_type", "index", "trace_id", "waiter")
 
-    def __init__(self, event_type: str, data: bytes, waiter: _Waiter, index: int) -> None:
+    def __init__(
+        self, event_type: str, trace_id: str, data: bytes, waiter: _Waiter, index: int
+    ) -> None:
         self.event_type = event_type
+        self.trace_id = trace_id  # for the batch span, when spans are exported
         self.data = data
         self.waiter = waiter
         self.index = index
@@ -106,6 +110,7 @@ class Publisher:
         self._settled = 0  # events sent or failed so far (in queue order)
         self._flusher: asyncio.Task[None] | None = None
         self._closed = False
+        self._send_batch = otel.traced_send(self._send) if otel.ENABLED else self._send  # otel:
 
     # -- publishing -------------------------------------------------------------------------
 
@@ -284,7 +289,15 @@ class Publisher:
         waiter = _Waiter(loop.create_future(), len(envelopes))
         append = self._queue.append
         for index, envelope in enumerate(envelopes):
-            append(_Queued(envelope.event_type, envelope.SerializeToString(), waiter, index))
+            append(
+                _Queued(
+                    envelope.event_type,
+                    envelope.trace_id,
+                    envelope.SerializeToString(),
+                    waiter,
+                    index,
+                )
+            )
         self._accepted += len(envelopes)
         if self._flusher is None or self._flusher.done():
             self._wakeup = asyncio.Event()
@@ -306,7 +319,7 @@ class Publisher:
             await asyncio.sleep(self.linger_s)
             batch = self._queue[: self.max_batch]
             try:
-                ids = await self._send(batch)
+                ids = await self._send_batch(batch)  # otel: _send_batch
             except Exception as exc:
                 if not self.log.is_transient(exc):  # refused: fail these callers, go on
                     del self._queue[: len(batch)]

@@ -159,8 +159,8 @@ class DeliveryLoop:
             if otel.ENABLED
             else self._dispatcher.dispatch
         )
-        self._store = (
-            otel.traced_commit(committer.commit, self.domain) if otel.ENABLED else committer.commit
+        self._traced_commit = (
+            otel.traced_commit(committer.commit, self.domain) if otel.ENABLED else None
         )
         self._retry = Backoff(config.retry_base_ms / 1000, config.retry_cap_ms / 1000)
         self._reconnect = Backoff(config.reconnect_base_ms / 1000, config.reconnect_cap_ms / 1000)
@@ -602,7 +602,8 @@ class DeliveryLoop:
             return
         commit.state = self.actor.snapshot_state()
         commit.lease = self._lease
-        await self._with_reconnect("commit", lambda: self._store(commit))
+        store = self._traced_commit or self.committer.commit
+        await self._with_reconnect("commit", lambda: store(commit))
         self.subscription.acknowledged(commit.acks)
         metrics = self.metrics
         for event_type, n in commit.consumed.items():

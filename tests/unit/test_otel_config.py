@@ -80,6 +80,6 @@ async def test_without_otel_variables_nothing_is_installed_and_the_hot_path_is_u
         TickCounter(), aredis, keyspace, bus, RunnerConfig("c1"), metrics=RuntimeMetrics()
     )
     assert runner._dispatch == runner._dispatcher.dispatch
-    assert runner._store == runner.committer.commit
+    assert runner._traced_commit is None
     assert bus._send_batch == bus._send
     assert tracing.opentelemetry_bridge() is False

@@ -75,7 +75,9 @@ class RunnerConfig:
     retry_cap_ms: int = 5_000
     reconnect_base_ms: int = 50
     reconnect_cap_ms: int = 2_000
-    processed_ttl_s: int = 7 * 86_400
+    # How long a processed mark is kept: while a duplicate entry of an event can still
+    # arrive (a publisher's retry after a lost reply lands right behind the original).
+    processed_ttl_s: int = 600
     heartbeat_interval_s: float = 1.0
     group_stats_interval_s: float = 5.0
     start_id: str = "0"  # where a new group starts: "0" = the whole stream, "$" = new only

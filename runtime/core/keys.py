@@ -64,8 +64,13 @@ class Keyspace:
 
     def processed_bucket(self, domain: str, event_id: str) -> str:
         """The set holding the processed mark of ``event_id`` (about 17 minutes of ids each:
-        the first 6 characters of a ULID are its time with 30 bits of milliseconds dropped)."""
+        the first 6 characters of a ULID are its time with 30 bits of milliseconds dropped).
+        The mark itself is the rest of the id (``processed_mark``)."""
         return f"{self.processed(domain)}:{event_id[:PROCESSED_BUCKET_CHARS]}"
+
+    def trace_registry(self) -> str:
+        """Every indexed trace id, scored by when it was first indexed (bounds the index)."""
+        return f"{self.namespace}:traces"
 
     def lease(self, domain: str, partition: int = 0, partitions: int = 1) -> str:
         """The ownership lease of a domain partition (holder and fencing token)."""
@@ -82,3 +87,8 @@ class Keyspace:
     def pattern(self) -> str:
         """A SCAN pattern that matches every key of this namespace."""
         return f"{self.namespace}:*"
+
+
+def processed_mark(event_id: str) -> str:
+    """What a processed-marks set holds for ``event_id``: its id less the bucket's prefix."""
+    return event_id[PROCESSED_BUCKET_CHARS:]

@@ -311,6 +311,17 @@ class RuntimeMetrics:
             "Entries delivered to the group and not yet acknowledged (XINFO GROUPS pending).",
             ["group", "stream"],
         )
+        self.group_stuck = r.gauge(
+            "quantum_consumer_group_stuck",
+            "1 when a group has not moved for the stuck horizon while behind (it no longer "
+            "holds the stream's retention).",
+            ["group", "stream"],
+        )
+        self.backpressure_waits = r.counter(
+            "quantum_backpressure_waits_total",
+            "Appends that waited for a stream's slowest group to make room, per stream.",
+            ["stream"],
+        )
         self.redis_errors = r.counter(
             "quantum_redis_errors_total",
             "Redis calls that failed and were retried, per component.",

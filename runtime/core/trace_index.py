@@ -15,7 +15,8 @@ from quantum.events.v1.envelope_pb2 import Envelope
 from runtime.core.envelope import EnvelopeError, decode_envelope
 from runtime.core.keys import Keyspace
 
-DEFAULT_TRACE_TTL_S = 86_400
+DEFAULT_TRACE_TTL_S = 3_600  # a trace is asked about while it is fresh
+DEFAULT_MAX_TRACES = 100_000  # the index's bound by count (the oldest go first)
 
 
 async def read_trace(redis: Any, keyspace: Keyspace, trace_id: str) -> list[Envelope]:

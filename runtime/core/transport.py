@@ -54,6 +54,11 @@ class LeaseLost(Exception):
     """
 
 
+class Backpressure(RuntimeError):
+    """A stream stayed full (its slowest consumer group a whole length limit behind) for
+    longer than an append may wait: nothing was appended."""
+
+
 class Delivery:
     """One stored entry in a consumer's hands.
 

@@ -9,6 +9,7 @@ import redis.asyncio as aioredis
 from quantum.events.v1.envelope_pb2 import Envelope
 
 from runtime.adapters.redis.committer import RedisCommitter
+from runtime.adapters.redis.retention import StreamRetention
 from runtime.adapters.redis.streams import StreamNames
 from runtime.core import tracing
 from runtime.core.envelope import seal
@@ -62,6 +63,7 @@ async def index_trace(redis: aioredis.Redis, keyspace: Keyspace, envelopes: list
         redis,
         keyspace,
         StreamNames(keyspace),
+        StreamRetention(redis),
         domain="test_indexer",
         group="test_indexer",
         state_key=keyspace.state("test_indexer"),

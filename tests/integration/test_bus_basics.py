@@ -71,19 +71,6 @@ async def test_publish_inside_a_trace_carries_it_and_leaves_the_index_to_the_con
     assert await aredis.exists(keyspace.trace(ctx.trace_id)) == 0
 
 
-async def test_maxlen_trims_streams_approximately_per_stream(
-    aredis: aioredis.Redis, keyspace: Keyspace
-) -> None:
-    bus = EventBus(aredis, keyspace, maxlen_per_stream={"market.tick": 100})
-    try:
-        await bus.publish_many([tick("BTC", i) for i in range(1, 2001)])
-    finally:
-        await bus.close()
-
-    length = await aredis.xlen(keyspace.stream("market.tick"))
-    assert 100 <= length < 2000
-
-
 async def test_runner_handles_published_events_in_order_and_acknowledges_them(
     bus: EventBus, aredis: aioredis.Redis, keyspace: Keyspace
 ) -> None:

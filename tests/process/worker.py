@@ -15,6 +15,7 @@ import redis.asyncio as aioredis
 
 from runtime.adapters.redis.bus import EventBus
 from runtime.adapters.redis.host import install_uvloop, run_actors
+from runtime.adapters.redis.retention import RetentionPolicy
 from runtime.adapters.redis.runner import RunnerConfig
 from runtime.core.keys import Keyspace
 from runtime.core.logs import configure_logging
@@ -25,7 +26,14 @@ async def main(url: str, namespace: str, consumer: str, batch_size: int) -> int:
     configure_logging("WARNING")
     client = aioredis.Redis.from_url(url)
     keyspace = Keyspace(namespace)
-    bus = EventBus(client, keyspace, producer=TickCounter.name, maxlen=1_000_000)
+    # Every output is kept (the test counts them all; no group reads them).
+    bus = EventBus(
+        client,
+        keyspace,
+        producer=TickCounter.name,
+        maxlen=1_000_000,
+        retention=RetentionPolicy(retain=1_000_000),
+    )
     config = RunnerConfig(
         consumer_name=consumer,
         batch_size=batch_size,

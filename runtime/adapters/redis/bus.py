@@ -7,6 +7,7 @@ from collections.abc import Mapping
 import redis.asyncio as aioredis
 
 from runtime.adapters.redis.errors import RETRYABLE_ERRORS, is_transient
+from runtime.adapters.redis.retention import RetentionPolicy, StreamRetention
 from runtime.adapters.redis.streams import (
     DEFAULT_MAXLEN,
     ENVELOPE_FIELD,
@@ -39,7 +40,12 @@ __all__ = [
 
 
 class EventBus(Publisher):
-    """Publishes events to ``<namespace>:stream:<type>`` with batching and retries."""
+    """Publishes events to ``<namespace>:stream:<type>`` with batching and retries.
+
+    ``maxlen`` (per stream: ``maxlen_per_stream``) is the length limit of a stream's unread
+    backlog: at it, publishes wait for the slowest consumer group (backpressure), never
+    trimming what a group has not read; ``retention`` says how much history is kept.
+    """
 
     def __init__(
         self,
@@ -50,6 +56,7 @@ class EventBus(Publisher):
         registry: EventRegistry | None = None,
         maxlen: int = DEFAULT_MAXLEN,
         maxlen_per_stream: Mapping[str, int] | None = None,
+        retention: RetentionPolicy | None = None,
         max_buffer: int = DEFAULT_MAX_BUFFER,
         max_batch: int = DEFAULT_MAX_BATCH,
         linger_ms: float = 0.0,
@@ -59,8 +66,9 @@ class EventBus(Publisher):
         self.redis = redis
         self.keyspace = keyspace
         self.names = StreamNames(keyspace, maxlen=maxlen, maxlen_per_stream=maxlen_per_stream)
+        self.retention = StreamRetention(redis, retention, metrics=metrics)
         super().__init__(
-            RedisEventLog(redis, self.names),
+            RedisEventLog(redis, self.names, self.retention),
             producer=producer,
             registry=registry,
             max_buffer=max_buffer,
@@ -84,8 +92,8 @@ class EventBus(Publisher):
         self.log.names = self.names
 
     def maxlen_of(self, event_type: str) -> int:
-        """The length ceiling of ``event_type``'s stream."""
-        return int(self.names.of(event_type)[1])
+        """The length limit of ``event_type``'s stream (its unread backlog's ceiling)."""
+        return self.names.of(event_type)[1]
 
     async def close(self, timeout: float | None = None) -> None:  # noqa: ASYNC109
         try:

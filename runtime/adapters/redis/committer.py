@@ -21,6 +21,7 @@ On a single Redis every key lives on one node; Redis Cluster splits the commit b
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import hiredis
@@ -29,12 +30,16 @@ from redis.exceptions import ResponseError
 
 from runtime.adapters.redis.errors import CommitFailed, is_transient
 from runtime.adapters.redis.resp import RespConnection, pack
+from runtime.adapters.redis.retention import StreamRetention
 from runtime.adapters.redis.streams import StreamNames
 from runtime.core.dead_letters import DLQ_MAXLEN
-from runtime.core.keys import Keyspace
-from runtime.core.trace_index import DEFAULT_TRACE_TTL_S
-from runtime.core.transport import Commit, Lease, LeaseLost
+from runtime.core.keys import Keyspace, processed_mark
+from runtime.core.logs import get_logger
+from runtime.core.trace_index import DEFAULT_MAX_TRACES, DEFAULT_TRACE_TTL_S
+from runtime.core.transport import Backpressure, Commit, Lease, LeaseLost
 
+_log = get_logger("runtime.adapters.redis")
+TRACE_PRUNE_INTERVAL_S = 5.0
 _MULTI = pack(b"MULTI")
 _EXEC = pack(b"EXEC")
 _UNWATCH = pack(b"UNWATCH")
@@ -78,6 +83,7 @@ class RedisCommitter:
         redis: aioredis.Redis,
         keyspace: Keyspace,
         names: StreamNames,
+        retention: StreamRetention,
         *,
         domain: str,
         group: str,
@@ -85,10 +91,16 @@ class RedisCommitter:
         lease_key: str,
         processed_ttl_s: int,
         trace_ttl_s: int = DEFAULT_TRACE_TTL_S,
+        max_traces: int = DEFAULT_MAX_TRACES,
     ) -> None:
         self.redis = redis
         self.keyspace = keyspace
         self.names = names
+        self.retention = retention
+        self.max_traces = max_traces
+        self._trace_registry = keyspace.trace_registry()
+        self._trace_ttl_s = trace_ttl_s
+        self._pruned_at = 0.0
         self.domain = domain
         self.state_key = state_key
         self.lease_key = lease_key
@@ -108,12 +120,19 @@ class RedisCommitter:
         return data if isinstance(data, bytes) else None
 
     async def commit(self, commit: Commit) -> None:
+        if commit.outputs:
+            await self._room_for(commit)
         parts, count = self._pack(commit)
         packed = b"".join(parts)
         lease = commit.lease
         if lease is None:
             await self._exec(packed, count)
-            return
+        else:
+            await self._fenced(packed, count, lease)
+        if commit.outputs and time.monotonic() - self._pruned_at >= TRACE_PRUNE_INTERVAL_S:
+            await self._prune_traces()
+
+    async def _fenced(self, packed: bytes, count: int, lease: Lease) -> None:
         # The WATCH and the MULTI go on the same connection, in this order, and nothing else
         # uses it: the commit connection is this committer's alone. A renewal of our own
         # lease (PEXPIRE) between the two also aborts the EXEC: then the lease is read again.
@@ -127,6 +146,34 @@ class RedisCommitter:
                 )
             if await self._exec(packed, count):
                 return
+
+    async def _prune_traces(self) -> None:
+        """Keep the trace index within its bounds: at most ``max_traces`` traces (the oldest
+        go first) and none older than its time to live (those keys expired by themselves)."""
+        self._pruned_at = time.monotonic()
+        registry = self._trace_registry
+        cutoff = time.time() * 1000 - self._trace_ttl_s * 1000
+        await self.redis.zremrangebyscore(registry, "-inf", cutoff)
+        excess = await self.redis.zcard(registry) - self.max_traces
+        while excess > 0:
+            oldest: list[tuple[bytes, float]] = await self.redis.zpopmin(  # type: ignore[assignment]
+                registry, min(excess, 1_000)
+            )
+            if not oldest:
+                break
+            await self.redis.delete(*(self.keyspace.trace(t.decode()) for t, _ in oldest))
+            excess -= len(oldest)
+
+    async def _room_for(self, commit: Commit) -> None:
+        """Wait until every output stream has room: a runner never drops its outputs. It
+        waits as long as it takes (its own inputs then back up to the feed), saying so."""
+        appends = self.names.appends(e.event_type for e in commit.outputs)
+        while True:
+            try:
+                await self.retention.make_room(appends)
+                return
+            except Backpressure as exc:
+                _log.warning("outputs_waiting_for_room", domain=self.domain, error=str(exc))
 
     async def _exec(self, packed: bytes, count: int) -> bool:
         """Send a packed MULTI..EXEC; False when a WATCHed key aborted it."""
@@ -175,10 +222,15 @@ class RedisCommitter:
                 command += (name, value)
             parts.append(pack(*command))
         trace_key = self.keyspace.trace
-        for trace_id, items in traces.items():
-            key = trace_key(trace_id)
-            parts.append(pack(b"RPUSH", key, *items))
-            parts.append(pack(b"EXPIRE", key, self._trace_ttl))
+        if traces:
+            now = str(time.time_ns() // 1_000_000).encode()
+            registry: list[bytes | str] = [b"ZADD", self._trace_registry, b"NX"]
+            for trace_id, items in traces.items():
+                key = trace_key(trace_id)
+                parts.append(pack(b"RPUSH", key, *items))
+                parts.append(pack(b"EXPIRE", key, self._trace_ttl))
+                registry += (now, trace_id)
+            parts.append(pack(*registry))
         group = self._group_b
         for stream, ids in commit.acks.items():
             parts.append(pack(b"XACK", stream, group, *ids))
@@ -188,10 +240,11 @@ class RedisCommitter:
         for event_id in commit.processed:
             key = bucket(domain, event_id)
             marks = buckets.get(key)
+            mark = processed_mark(event_id)
             if marks is None:
-                buckets[key] = [event_id]
+                buckets[key] = [mark]
             else:
-                marks.append(event_id)
+                marks.append(mark)
         for key, marks in buckets.items():
             parts.append(pack(b"SADD", key, *marks))
             parts.append(pack(b"EXPIRE", key, self._processed_ttl))

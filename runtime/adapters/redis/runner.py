@@ -67,6 +67,7 @@ class DomainRunner(DeliveryLoop):
             redis,
             keyspace,
             bus.names,
+            bus.retention,
             domain=actor.name,
             group=group,
             state_key=state_key(keyspace, actor.name, config.partition, config.partitions),

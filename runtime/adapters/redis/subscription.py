@@ -18,7 +18,7 @@ from runtime.adapters.redis.errors import is_missing_group, is_transient
 from runtime.adapters.redis.resp import RespConnection
 from runtime.adapters.redis.streams import ENVELOPE_FIELD
 from runtime.core.delivery import entry_order, merge_by_time
-from runtime.core.keys import Keyspace
+from runtime.core.keys import Keyspace, processed_mark
 from runtime.core.logs import get_logger
 from runtime.core.transport import Delivery, GroupPosition
 
@@ -162,7 +162,7 @@ class RedisSubscription:
             else:
                 ids.append(event_id)
         replies = await self._conn.pipeline(
-            [("SMISMEMBER", key, *ids) for key, ids in buckets.items()]
+            [("SMISMEMBER", key, *map(processed_mark, ids)) for key, ids in buckets.items()]
         )
         found: set[str] = set()
         for ids, flags in zip(buckets.values(), replies, strict=True):

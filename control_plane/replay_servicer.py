@@ -15,7 +15,7 @@ from quantum.control.v1 import replay_service_pb2_grpc as pb_grpc
 from quantum.events.v1.envelope_pb2 import Envelope
 
 from control_plane.auth import Role, current_principal, require
-from control_plane.entry_ids import is_entry_id
+from control_plane.entry_ids import is_entry_id, next_entry_id
 from control_plane.errors import (
     ControlPlaneError,
     FieldViolation,
@@ -198,7 +198,10 @@ class ReplayServicer(pb_grpc.ReplayServiceServicer):
         if request.page_token:
             if not is_entry_id(request.page_token, sequence_required=True):
                 raise bad_field("page_token", "is not a token from a previous response")
-            start = "(" + request.page_token
+            following = next_entry_id(request.page_token)
+            if following is None:  # the largest id there is: nothing can follow it
+                return pb.ListDeadLettersResponse()
+            start = following
         entries = await xrange(self._redis, self._keyspace.dlq(domain), start, "+", page_size + 1)
         page, more = entries[:page_size], len(entries) > page_size
         ids = [entry_id for entry_id, _ in page]

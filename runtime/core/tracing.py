@@ -23,19 +23,20 @@ from runtime.core.ids import new_span_id, new_trace_id
 
 TRACEPARENT = "traceparent"
 
-_TRACE_ID_RE = re.compile(r"^[0-9a-f]{32}$")
-_SPAN_ID_RE = re.compile(r"^[0-9a-f]{16}$")
+# fullmatch, never ``$``: ``$`` also matches before a trailing newline.
+_TRACE_ID_RE = re.compile(r"[0-9a-f]{32}")
+_SPAN_ID_RE = re.compile(r"[0-9a-f]{16}")
 _PROPAGATOR = TraceContextTextMapPropagator()
 
 
 def is_trace_id(value: str) -> bool:
     """A valid W3C trace id: 32 lowercase hex characters, not all zero."""
-    return bool(_TRACE_ID_RE.match(value)) and value != "0" * 32
+    return _TRACE_ID_RE.fullmatch(value) is not None and value != "0" * 32
 
 
 def is_span_id(value: str) -> bool:
     """A valid W3C span id: 16 lowercase hex characters, not all zero."""
-    return bool(_SPAN_ID_RE.match(value)) and value != "0" * 16
+    return _SPAN_ID_RE.fullmatch(value) is not None and value != "0" * 16
 
 
 @dataclass(frozen=True, slots=True)

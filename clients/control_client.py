@@ -45,6 +45,9 @@ from control_plane.errors import ErrorDetails, FieldViolation, details_of
 T = TypeVar("T")
 
 DEFAULT_ADDR = "127.0.0.1:50051"
+# The operator token a server without configured tokens writes to its state directory
+# (control_plane/local_token.py names the same file); readable by its owner only.
+LOCAL_TOKEN_FILE = "operator.token"
 # The limit fields and the modes carrying them, read from the generated descriptors so a field
 # added to ModeLimits is settable here without a hand-kept copy.
 _LIMIT_FIELDS: Mapping[str, FieldDescriptor] = {
@@ -143,6 +146,23 @@ def policy_update(changes: Mapping[str, object]) -> tuple[policy_pb2.Policy, Fie
             else:
                 setattr(limits, name, str(value))
     return policy, FieldMask(paths=paths)
+
+
+def local_token(state_dir: Path) -> str | None:
+    """The local server's operator token from ``state_dir``, or None when there is none.
+
+    Only a private file (a regular file, not readable by group or others) is trusted: a token
+    anyone could have read or planted is not one to send.
+    """
+    path = state_dir / LOCAL_TOKEN_FILE
+    try:
+        info = path.lstat()
+        if not path.is_file() or path.is_symlink() or info.st_mode & 0o077:
+            return None
+        token = path.read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return token if len(token) >= 16 and token.isascii() and token.isprintable() else None
 
 
 def event_range(

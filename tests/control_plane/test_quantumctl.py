@@ -18,9 +18,13 @@ from tests.control_plane.conftest import Harness
 from tests.control_plane.support import tick_envelopes
 
 
-async def quantumctl(h: Harness, *args: str, token: str | None = None) -> tuple[int, str, str]:
+async def quantumctl(
+    h: Harness, *args: str, token: str | None = None, state_dir: Path | None = None
+) -> tuple[int, str, str]:
     env = dict(os.environ, QUANTUM_ADDR=h.address, COLUMNS="200")
     env.pop("QUANTUM_TOKEN", None)
+    # Never the caller's ./state: a local operator token there is not this test's.
+    env["QUANTUM_STATE_DIR"] = str(state_dir or Path("/nonexistent-quantum-state"))
     if token is not None:
         env["QUANTUM_TOKEN"] = token
     process = await asyncio.create_subprocess_exec(

@@ -418,3 +418,48 @@ class ControlClient:
             self.replay_service.RedriveDeadLetters,
             replay_pb.RedriveDeadLettersRequest(domain=domain, entry_ids=list(entry_ids)),
         )
+
+    # -- state repair ---------------------------------------------------------------------
+
+    async def repair_state(
+        self,
+        domain: str,
+        *,
+        reset: bool,
+        reason: str,
+        dry_run: bool = False,
+        partition: int = 0,
+        partitions: int = 1,
+        deadline_s: float = 120.0,
+    ) -> replay_pb.RepairDomainStateResponse:
+        """Rebuild ``domain``'s state from its retained inputs (or reset it); operator role.
+
+        A rebuild replays every retained input, so its deadline is ``deadline_s``, not the
+        client's per-call default. Not retried: a repair is not a read.
+        """
+        request = replay_pb.RepairDomainStateRequest(
+            domain=domain,
+            mode=replay_pb.REPAIR_MODE_RESET if reset else replay_pb.REPAIR_MODE_REBUILD,
+            reason=reason,
+            dry_run=dry_run,
+            partition=partition,
+            partitions=partitions,
+        )
+        try:
+            response: replay_pb.RepairDomainStateResponse = (
+                await self.replay_service.RepairDomainState(
+                    request, metadata=self.metadata(), timeout=deadline_s
+                )
+            )
+        except aio.AioRpcError as error:
+            raise ControlError(details_of(error)) from None
+        return response
+
+    async def state_repairs(
+        self, domain: str = "", page_size: int = 50
+    ) -> list[replay_pb.StateRepair]:
+        response = await self._unary(
+            self.replay_service.ListStateRepairs,
+            replay_pb.ListStateRepairsRequest(domain=domain, page_size=page_size),
+        )
+        return list(response.repairs)

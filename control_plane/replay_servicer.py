@@ -25,6 +25,7 @@ from control_plane.errors import (
 )
 from control_plane.event_ranges import check_range, count_range, read_range
 from control_plane.redis_reads import hmget, xrange
+from control_plane.state_repair import StateRepairer
 from control_plane.stored_events import stored_event
 from runtime.core.actor import Actor, deliver
 from runtime.core.bus import DEFAULT_MAXLEN, EventBus
@@ -114,6 +115,7 @@ class ReplayServicer(pb_grpc.ReplayServiceServicer):
         self._factories = dict(domain_factories)
         self._publisher = publisher
         self._redrive = redis.register_script(_REDRIVE_LUA)
+        self._repairer = StateRepairer(redis, keyspace, registry, self._factories)
 
     async def ReadEvents(
         self, request: pb.ReadEventsRequest, context: aio.ServicerContext[Any, Any]
@@ -270,6 +272,22 @@ class ReplayServicer(pb_grpc.ReplayServiceServicer):
             else:
                 response.already_redriven += 1
         return response
+
+    async def RepairDomainState(
+        self, request: pb.RepairDomainStateRequest, context: aio.ServicerContext[Any, Any]
+    ) -> pb.RepairDomainStateResponse:
+        check_domain_name(request.domain)
+        principal = current_principal()
+        require(principal, Role.OPERATOR, "RepairDomainState")
+        return await self._repairer.repair(request, principal.changed_by)
+
+    async def ListStateRepairs(
+        self, request: pb.ListStateRepairsRequest, context: aio.ServicerContext[Any, Any]
+    ) -> pb.ListStateRepairsResponse:
+        if request.domain:
+            check_domain_name(request.domain)
+        repairs = await self._repairer.history(request.domain, page_size_of(request.page_size))
+        return pb.ListStateRepairsResponse(repairs=repairs)
 
     async def _letters(
         self, domain: str, entry_ids: list[str]

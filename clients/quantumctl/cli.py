@@ -6,6 +6,7 @@
     quantumctl events TYPE [--start-id ID] [--since TIME] [--limit N]
     quantumctl replay DOMAIN --type T [...] [--publish]
     quantumctl dlq list DOMAIN | dlq redrive DOMAIN [ENTRY_ID...]
+    quantumctl state repair DOMAIN --reason R [--reset] [--dry-run] | state history [DOMAIN]
     quantumctl top
 
 Tables for people; ``--json`` prints JSON lines for scripts. The server address and token
@@ -33,7 +34,8 @@ from clients.control_client import (
     TlsOptions,
     local_token,
 )
-from clients.quantumctl import commands
+from clients.quantumctl import commands, state_commands
+from clients.quantumctl.state_commands import add_state_commands
 
 
 def _timestamp_arg(value: str) -> datetime:
@@ -136,6 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     redrive.add_argument("domain")
     redrive.add_argument("entry_ids", nargs="*", help="default: every letter of the domain")
 
+    add_state_commands(sub)
+
     top = sub.add_parser("top", help="a live dashboard")
     top.add_argument("--refresh", type=float, default=1.0, help="seconds between redraws")
     top.add_argument("--duration", type=float, default=0.0, help="stop after this many seconds")
@@ -173,6 +177,8 @@ COMMANDS: dict[
     ("replay", None): commands.replay,
     ("dlq", "list"): commands.dlq_list,
     ("dlq", "redrive"): commands.dlq_redrive,
+    ("state", "repair"): state_commands.state_repair,
+    ("state", "history"): state_commands.state_history,
     ("top", None): commands.top,
 }
 

@@ -53,6 +53,15 @@ class Keyspace:
         """The policy history (change records, one per version)."""
         return f"{self.namespace}:policy:history"
 
+    def state_epoch(self, domain: str) -> str:
+        """A counter bumped whenever a domain's saved state is replaced from outside its runner
+        (a state repair): a runner that sees it change reloads its state before committing."""
+        return f"{self.namespace}:state-epoch:{domain}"
+
+    def state_repairs(self) -> str:
+        """The record of every state repair (a stream, newest last)."""
+        return f"{self.namespace}:audit:state-repairs"
+
     def group(self, domain: str) -> str:
         """The consumer group name a domain uses on every stream it reads."""
         return domain

@@ -52,6 +52,7 @@ from runtime.domains.market_data import (
 )
 from runtime.domains.portfolio import Portfolio
 from runtime.domains.risk_safety import RiskSafety
+from runtime.redis_acl import DomainStreams, acl_file
 
 log = get_logger("runtime.bootstrap")
 
@@ -116,6 +117,52 @@ def actor_factories(store: PolicyControl, equity: Decimal) -> dict[str, ActorFac
         "portfolio": lambda: Portfolio(starting_equity=equity),
         "analytics": lambda: Analytics(store),
     }
+
+
+# What each domain publishes (the table of DESIGN section 1); what it reads comes from its
+# handlers. The Redis ACL file (``quantum redis-acl``) is built from both.
+DOMAIN_OUTPUTS: dict[str, tuple[str, ...]] = {
+    FEED_DOMAIN: ("market.tick",),
+    "ai_engine": ("ai.signal.generated",),
+    "risk_safety": ("risk.signal.approved", "risk.signal.rejected"),
+    "execution": (
+        "execution.order.submitted",
+        "execution.order.filled",
+        "execution.order.rejected",
+    ),
+    "portfolio": (
+        "portfolio.position.opened",
+        "portfolio.position.closed",
+        "portfolio.pnl.updated",
+    ),
+    "analytics": ("analytics.stats.updated",),
+}
+_ACTOR_CLASSES: dict[str, type[Actor]] = {
+    "ai_engine": AiEngine,
+    "risk_safety": RiskSafety,
+    "execution": Execution,
+    "portfolio": Portfolio,
+    "analytics": Analytics,
+}
+
+
+def domain_streams() -> dict[str, DomainStreams]:
+    """Every domain's input and output event types."""
+    return {
+        name: DomainStreams(
+            inputs=[t.name for t in _ACTOR_CLASSES[name].consumes()]
+            if name in _ACTOR_CLASSES
+            else [],
+            outputs=list(outputs),
+        )
+        for name, outputs in DOMAIN_OUTPUTS.items()
+    }
+
+
+def redis_acl(args: argparse.Namespace) -> int:
+    """``quantum redis-acl``: print the ACL file (password hashes left for you to fill in)."""
+    print(acl_file(Keyspace(args.namespace), domain_streams(), {}), end="")
+    return 0
 
 
 def _feed(args: argparse.Namespace) -> Iterable[MarketTick]:

@@ -164,6 +164,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     add_server_arguments(run)
+    acl = commands.add_parser(
+        "redis-acl", help="print a Redis ACL file: one user per domain, each on its own keys"
+    )
+    acl.add_argument("--namespace", default="quantum", help="key prefix (default: quantum)")
     commands.add_parser(
         "control-plane",
         help="serve only the gRPC control plane (see: quantum control-plane --help)",
@@ -181,6 +185,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from runtime import bootstrap  # imported late: parsing errors stay fast and clear
 
+    if args.command == "redis-acl":
+        return bootstrap.redis_acl(args)
     return bootstrap.run(args)
 
 

@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 
 import redis.asyncio as aioredis
+import redis.exceptions
 from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
@@ -390,4 +391,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return asyncio.run(serve(args))
     except (ConfigError, ValueError) as exc:
         print(f"quantum control-plane: {exc}", flush=True)
+        return 2
+    except (redis.exceptions.AuthenticationError, redis.exceptions.NoPermissionError) as exc:
+        print(
+            f"quantum control-plane: Redis refused the user of --redis-url ({exc}); check the "
+            "user and password (redis://USER:PASSWORD@HOST:PORT/0, rediss:// for TLS) and the "
+            "ACL file (quantum redis-acl prints one)",
+            flush=True,
+        )
         return 2

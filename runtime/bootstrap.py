@@ -21,7 +21,7 @@ from typing import Any, Protocol, cast
 
 import redis.asyncio as aioredis
 from quantum.events.v1.market_pb2 import MarketTick
-from redis.exceptions import ResponseError
+from redis.exceptions import AuthenticationError, NoPermissionError, RedisError, ResponseError
 
 from control_plane.auth import TokenConfigError
 from control_plane.config import ConfigError
@@ -52,7 +52,7 @@ from runtime.domains.market_data import (
 )
 from runtime.domains.portfolio import Portfolio
 from runtime.domains.risk_safety import RiskSafety
-from runtime.redis_acl import DomainStreams, acl_file
+from runtime.redis_acl import DomainStreams, acl_file, redis_access_denied
 
 log = get_logger("runtime.bootstrap")
 
@@ -240,9 +240,22 @@ async def drain(
     return False
 
 
+async def _check_credentials(redis: aioredis.Redis) -> None:
+    """Fail at once on a refused user or password (AuthenticationError, NoPermissionError);
+    an unreachable Redis is the PolicyStore's to judge (it may start from its snapshot)."""
+    try:
+        await redis.ping()
+    except (AuthenticationError, NoPermissionError):
+        await redis.aclose()
+        raise
+    except RedisError:
+        pass
+
+
 async def _run(args: argparse.Namespace, url: str) -> int:
     keyspace = Keyspace(args.namespace)
     redis = aioredis.Redis.from_url(url, socket_connect_timeout=2.0)
+    await _check_credentials(redis)
     store = PolicyStore(redis, keyspace, state_dir=Path(args.state_dir))
     await store.start()
     since = await report.stream_positions(redis, keyspace)
@@ -355,6 +368,9 @@ def run(args: argparse.Namespace) -> int:
             return asyncio.run(_run(args, url))
     except (RedisServerNotFound, ConfigError, TokenConfigError) as exc:
         print(f"quantum run: {exc}", file=sys.stderr)
+        return 2
+    except (AuthenticationError, NoPermissionError) as exc:
+        print(f"quantum run: {redis_access_denied(exc)}", file=sys.stderr)
         return 2
 
 

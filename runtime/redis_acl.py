@@ -111,3 +111,12 @@ def acl_file(
         f"user {CONTROL_PLANE_USER} on {secret(CONTROL_PLANE_USER)} {control_plane_rules(keyspace)}"
     )
     return "\n".join(lines) + "\n"
+
+
+def redis_access_denied(exc: Exception) -> str:
+    """What to tell a person whose Redis user was refused (never the URL: it holds a password)."""
+    return (
+        f"Redis refused this process's user ({type(exc).__name__}: {exc}). Check the user and "
+        "password in --redis-url / REDIS_URL (redis://USER:PASSWORD@HOST:PORT/0, rediss:// for "
+        "TLS) and that the ACL file grants this domain its keys: quantum redis-acl prints one"
+    )

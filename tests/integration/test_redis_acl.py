@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -170,3 +171,21 @@ async def test_rediss_urls_speak_tls_with_a_user_and_password(
             await client.set(state_key(KEYSPACE, "portfolio"), b"{}")
     finally:
         await client.aclose()
+
+
+async def test_quantum_run_with_a_wrong_password_says_so_without_echoing_it(
+    acl_server: tuple[RedisServer, Path], tmp_path: Path
+) -> None:
+    server, _ = acl_server
+    wrong = secrets.token_urlsafe(16)
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "runtime.cli", "run", "--duration", "1", "--no-control-plane",
+        "--redis-url", f"redis://risk_safety:{wrong}@127.0.0.1:{server.port}/0",
+        "--state-dir", str(tmp_path), "--log-level", "ERROR",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    _, stderr = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode == 2
+    text = stderr.decode()
+    assert "Redis refused this process's user" in text
+    assert wrong not in text

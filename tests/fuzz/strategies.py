@@ -27,6 +27,8 @@ HOSTILE_SYMBOLS = [
     "B" * 70, "FORGED-1",
 ]  # fmt: skip
 HOSTILE_IDS = ["sig-1", "ord-1", "", "a b", "x\n", "s" * 200, "\u00e9t\u00e9"]
+_MAX = 2**64 - 1
+_HOSTILE_ENTRY_IDS = [f"{_MAX}-{_MAX}", f"{_MAX}", "99999999999999999999-0", "1-0\n", "0-0", "9"]
 HOSTILE_TEXT = ["", "a" * 300, "\x00\x01", "\n", "\u202e", "../..", "*", "quantum:*"]
 SECONDS = [0, -62135596800, 253402300799, 1_795_000_000, 10**11, -1, 2**40, -(2**40)]
 
@@ -68,10 +70,17 @@ _INT_RANGES = {
 def _string_for(name: str, valid: bool) -> st.SearchStrategy[str]:
     if name == "symbol" or name.endswith("symbols") or name == "partition_key":
         return st.sampled_from(["BTC-USD", "ETH-USD", "SOL-USD"]) if valid else symbols
-    if name.endswith("_id") or name.endswith("_ids") or name.endswith("_token"):
+    if name.endswith("_token") or name.startswith(("entry_id", "start_id", "end_id")):
+        # Stream entry ids: well-formed ones up to the largest Redis takes, and worse.
+        well_formed = st.one_of(
+            st.sampled_from(_HOSTILE_ENTRY_IDS[:2]),
+            st.from_regex(r"[0-9]{1,20}-[0-9]{1,20}", fullmatch=True),
+        )
+        return well_formed if valid else st.one_of(ids, st.sampled_from(_HOSTILE_ENTRY_IDS))
+    if name.endswith("_id") or name.endswith("_ids"):
         if valid:
             return st.from_regex(r"[a-z]{3}-[0-9]{1,6}", fullmatch=True)
-        return st.one_of(ids, st.sampled_from(["99999999999999999999-0", "1-0\n", "0-0"]))
+        return st.one_of(ids, st.sampled_from(_HOSTILE_ENTRY_IDS))
     if any(part in name for part in _DECIMAL_NAMES):
         return _fractions.map(str) if valid else numbers
     return st.from_regex(r"[a-z]{0,8}", fullmatch=True) if valid else st.one_of(texts, ids)

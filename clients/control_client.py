@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -118,6 +119,20 @@ def trading_state_number(state: str | int) -> policy_pb2.TradingState.ValueType:
     )
 
 
+_WHOLE_NUMBER = re.compile(r"[0-9]{1,10}")
+
+
+def whole_number(path: str, value: object) -> int:
+    """A count as people type it: ASCII digits only (``int()`` would also take " 5", "1_000"
+    and non-ASCII digits, and send a number the person did not mean)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    text = str(value)
+    if not text.isascii() or _WHOLE_NUMBER.fullmatch(text) is None:
+        raise ValueError(f"{path}: {text!r} is not a whole number (ASCII digits, for example 5)")
+    return int(text)
+
+
 def policy_update(changes: Mapping[str, object]) -> tuple[policy_pb2.Policy, FieldMask]:
     """A Policy carrying ``changes`` (path -> value) and the mask naming them.
 
@@ -142,9 +157,9 @@ def policy_update(changes: Mapping[str, object]) -> tuple[policy_pb2.Policy, Fie
                 items = value.split(",") if isinstance(value, str) else value
                 getattr(limits, name)[:] = [str(s).strip() for s in items]  # type: ignore[attr-defined]
             elif limit.cpp_type in _INT_CPP_TYPES:
-                setattr(limits, name, int(str(value)))
+                setattr(limits, name, whole_number(path, value))
             else:
-                setattr(limits, name, str(value))
+                setattr(limits, name, str(value))  # the server reads it with its strict parser
     return policy, FieldMask(paths=paths)
 
 

@@ -189,3 +189,11 @@ async def test_quantum_run_with_a_wrong_password_says_so_without_echoing_it(
     text = stderr.decode()
     assert "Redis refused this process's user" in text
     assert wrong not in text
+
+
+def test_the_readme_shows_the_acl_file_quantum_redis_acl_prints() -> None:
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    shown = [line for line in readme.splitlines() if line.startswith("user ")]
+    printed = acl_file(KEYSPACE, domain_streams(), {}).splitlines()
+    assert len(shown) >= 3
+    assert set(shown) <= set(printed)

@@ -177,7 +177,7 @@ def test_every_limit_field_of_every_mode_can_be_updated() -> None:
 
 @pytest.mark.parametrize("typed", ["1_000", " 5", "5 ", "\u0665", "5.0", "-1", "", "99999999999"])
 def test_counts_typed_loosely_are_refused_before_any_call(typed: str) -> None:
-    with pytest.raises(ValueError, match="normal.max_open_positions"):
+    with pytest.raises(ValueError, match=r"normal\.max_open_positions"):
         policy_update({"normal.max_open_positions": typed})
     policy, _ = policy_update({"normal.max_open_positions": "7"})
     assert policy.normal.max_open_positions == 7

@@ -26,12 +26,19 @@ MAX_DIGITS = 28
 MAX_PLACES = 20
 MAX_INTEGER_DIGITS = 20
 
-_SYNTAX = re.compile(r"[+-]?[0-9]+(?:\.[0-9]+)?(?:[eE][+-]?[0-9]{1,3})?")
+_SYNTAX = re.compile(
+    r"[+-]?(?P<whole>[0-9]+)(?:\.(?P<fraction>[0-9]+))?(?P<exponent>[eE][+-]?[0-9]{1,3})?"
+)
 _SPECIAL = re.compile(r"[+-]?(?:s?nan[0-9]*|inf|infinity)", re.IGNORECASE)
 SYNTAX_RULE = (
     "must be a plain decimal number: ASCII digits with an optional sign and fraction "
     "(for example 2.5 or -0.25), no spaces, underscores or special values"
 )
+
+
+_PLACES_RULE = f"must have at most {MAX_PLACES} digits after the point"
+_MAGNITUDE_RULE = f"must be smaller in magnitude than 1e{MAX_INTEGER_DIGITS}"
+_DIGITS_RULE = f"must have at most {MAX_DIGITS} significant digits"
 
 
 class DecimalError(ValueError):
@@ -58,7 +65,8 @@ def parse_decimal(
     """
     if not isinstance(text, str):
         raise DecimalError(field, "must be a decimal number given as text", text)
-    if len(text) > MAX_TEXT_LENGTH or not text.isascii() or _SYNTAX.fullmatch(text) is None:
+    match = _SYNTAX.fullmatch(text) if len(text) <= MAX_TEXT_LENGTH and text.isascii() else None
+    if match is None:
         if _SPECIAL.fullmatch(text):
             raise DecimalError(field, "must be a finite number (no NaN or Infinity)", text)
         raise DecimalError(field, SYNTAX_RULE, text)
@@ -66,7 +74,17 @@ def parse_decimal(
         value = Decimal(text)
     except InvalidOperation:  # the syntax above rules this out; kept as a backstop
         raise DecimalError(field, SYNTAX_RULE, text) from None
-    check_bounded(value, field, text)
+    if match.group("exponent") is None:
+        # The common case, bounded from the text itself (cheaper than the digit tuple).
+        whole, fraction = match.group("whole").lstrip("0"), match.group("fraction") or ""
+        if len(fraction) > MAX_PLACES:
+            raise DecimalError(field, _PLACES_RULE, text)
+        if len(whole) > MAX_INTEGER_DIGITS:
+            raise DecimalError(field, _MAGNITUDE_RULE, text)
+        if len((whole + fraction).lstrip("0")) > MAX_DIGITS:
+            raise DecimalError(field, _DIGITS_RULE, text)
+    else:
+        check_bounded(value, field, text)
     if minimum is not None and value < minimum:
         raise DecimalError(field, f"must be at least {canonical(minimum)}", text)
     if above is not None and value <= above:

@@ -127,7 +127,10 @@ def event_time(stamp: Timestamp, field: str) -> datetime:
 def optional_time(message: Message, name: str) -> None:
     """An optional Timestamp field of ``message``: checked only when the event sets it."""
     if message.HasField(name):
-        event_time(getattr(message, name), name)
+        stamp = getattr(message, name)
+        problem = timestamp_problem(stamp)
+        if problem is not None:
+            raise InvalidEvent(name, problem, f"{stamp.seconds}s {stamp.nanos}ns")
 
 
 def occurred_at(envelope: Envelope) -> datetime:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -45,6 +46,9 @@ from control_plane.errors import ErrorDetails, FieldViolation, details_of
 T = TypeVar("T")
 
 DEFAULT_ADDR = "127.0.0.1:50051"
+# The operator token a server without configured tokens writes to its state directory
+# (control_plane/local_token.py names the same file); readable by its owner only.
+LOCAL_TOKEN_FILE = "operator.token"
 # The limit fields and the modes carrying them, read from the generated descriptors so a field
 # added to ModeLimits is settable here without a hand-kept copy.
 _LIMIT_FIELDS: Mapping[str, FieldDescriptor] = {
@@ -115,6 +119,20 @@ def trading_state_number(state: str | int) -> policy_pb2.TradingState.ValueType:
     )
 
 
+_WHOLE_NUMBER = re.compile(r"[0-9]{1,10}")
+
+
+def whole_number(path: str, value: object) -> int:
+    """A count as people type it: ASCII digits only (``int()`` would also take " 5", "1_000"
+    and non-ASCII digits, and send a number the person did not mean)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    text = str(value)
+    if not text.isascii() or _WHOLE_NUMBER.fullmatch(text) is None:
+        raise ValueError(f"{path}: {text!r} is not a whole number (ASCII digits, for example 5)")
+    return int(text)
+
+
 def policy_update(changes: Mapping[str, object]) -> tuple[policy_pb2.Policy, FieldMask]:
     """A Policy carrying ``changes`` (path -> value) and the mask naming them.
 
@@ -139,10 +157,27 @@ def policy_update(changes: Mapping[str, object]) -> tuple[policy_pb2.Policy, Fie
                 items = value.split(",") if isinstance(value, str) else value
                 getattr(limits, name)[:] = [str(s).strip() for s in items]  # type: ignore[attr-defined]
             elif limit.cpp_type in _INT_CPP_TYPES:
-                setattr(limits, name, int(str(value)))
+                setattr(limits, name, whole_number(path, value))
             else:
-                setattr(limits, name, str(value))
+                setattr(limits, name, str(value))  # the server reads it with its strict parser
     return policy, FieldMask(paths=paths)
+
+
+def local_token(state_dir: Path) -> str | None:
+    """The local server's operator token from ``state_dir``, or None when there is none.
+
+    Only a private file (a regular file, not readable by group or others) is trusted: a token
+    anyone could have read or planted is not one to send.
+    """
+    path = state_dir / LOCAL_TOKEN_FILE
+    try:
+        info = path.lstat()
+        if not path.is_file() or path.is_symlink() or info.st_mode & 0o077:
+            return None
+        token = path.read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return token if len(token) >= 16 and token.isascii() and token.isprintable() else None
 
 
 def event_range(
@@ -398,3 +433,48 @@ class ControlClient:
             self.replay_service.RedriveDeadLetters,
             replay_pb.RedriveDeadLettersRequest(domain=domain, entry_ids=list(entry_ids)),
         )
+
+    # -- state repair ---------------------------------------------------------------------
+
+    async def repair_state(
+        self,
+        domain: str,
+        *,
+        reset: bool,
+        reason: str,
+        dry_run: bool = False,
+        partition: int = 0,
+        partitions: int = 1,
+        deadline_s: float = 120.0,
+    ) -> replay_pb.RepairDomainStateResponse:
+        """Rebuild ``domain``'s state from its retained inputs (or reset it); operator role.
+
+        A rebuild replays every retained input, so its deadline is ``deadline_s``, not the
+        client's per-call default. Not retried: a repair is not a read.
+        """
+        request = replay_pb.RepairDomainStateRequest(
+            domain=domain,
+            mode=replay_pb.REPAIR_MODE_RESET if reset else replay_pb.REPAIR_MODE_REBUILD,
+            reason=reason,
+            dry_run=dry_run,
+            partition=partition,
+            partitions=partitions,
+        )
+        try:
+            response: replay_pb.RepairDomainStateResponse = (
+                await self.replay_service.RepairDomainState(
+                    request, metadata=self.metadata(), timeout=deadline_s
+                )
+            )
+        except aio.AioRpcError as error:
+            raise ControlError(details_of(error)) from None
+        return response
+
+    async def state_repairs(
+        self, domain: str = "", page_size: int = 50
+    ) -> list[replay_pb.StateRepair]:
+        response = await self._unary(
+            self.replay_service.ListStateRepairs,
+            replay_pb.ListStateRepairsRequest(domain=domain, page_size=page_size),
+        )
+        return list(response.repairs)

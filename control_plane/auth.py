@@ -50,8 +50,9 @@ class Principal:
         return f"{self.role.label}:{self.name}"
 
 
-# When no tokens are configured (loopback only), callers act as this principal.
-ANONYMOUS = Principal("anonymous", Role.OPERATOR)
+# When no tokens are configured (loopback only), callers without a token act as this
+# principal: they may read; writes need the server's local operator token (local_token.py).
+ANONYMOUS = Principal("anonymous", Role.VIEWER)
 
 _principal: contextvars.ContextVar[Principal | None] = contextvars.ContextVar(
     "quantum_principal", default=None
@@ -90,10 +91,17 @@ class _Entry:
 class TokenTable:
     """The configured tokens; ``authenticate`` maps a presented token to its principal."""
 
-    def __init__(self, entries: Iterable[tuple[str, Role, str]] = ()) -> None:
+    def __init__(
+        self,
+        entries: Iterable[tuple[str, Role, str]] = (),
+        *,
+        anonymous: Principal | None = None,
+    ) -> None:
         self._entries: list[_Entry] = []
         for name, role, token in entries:
             self._entries.append(_Entry(Principal(name, role), token.encode()))
+        # Who a call without a token is (None: such calls are refused).
+        self.anonymous = anonymous
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -102,6 +110,11 @@ class TokenTable:
     def enabled(self) -> bool:
         """True when tokens are configured (and therefore required)."""
         return bool(self._entries)
+
+    def with_local_operator(self, name: str, token: str) -> TokenTable:
+        """For a server with no configured tokens: ``token`` is its operator token, and a call
+        without one is ANONYMOUS (a viewer)."""
+        return TokenTable([(name, Role.OPERATOR, token)], anonymous=ANONYMOUS)
 
     @classmethod
     def parse(cls, text: str, *, source: str = TOKENS_ENV) -> TokenTable:
@@ -211,6 +224,8 @@ METHOD_ROLES: Mapping[str, Role] = {
     f"{_R}ReplayToDomain": Role.VIEWER,
     f"{_R}ListDeadLetters": Role.VIEWER,
     f"{_R}RedriveDeadLetters": Role.OPERATOR,
+    f"{_R}RepairDomainState": Role.OPERATOR,
+    f"{_R}ListStateRepairs": Role.VIEWER,
     f"{_RT}GetSystemHealth": Role.VIEWER,
     f"{_RT}ListDomains": Role.VIEWER,
     f"{_T}GetTrace": Role.VIEWER,
@@ -231,8 +246,8 @@ def authorize(
 ) -> Principal | None:  # the whole check in one call; the server splits it for speed
     """The caller's principal when it may call ``method``; raises ControlPlaneError if not.
 
-    Returns None for open methods. With no tokens configured every caller is ANONYMOUS (the
-    server only allows that on loopback addresses).
+    Returns None for open methods. A call without a token is the table's anonymous principal
+    when it has one (a server without configured tokens, loopback only), refused otherwise.
     """
     needed = required_role(method)
     if needed is None:
@@ -242,8 +257,23 @@ def authorize(
 
 def authorize_token(tokens: TokenTable, needed: Role, method: str, token: str | None) -> Principal:
     """The principal behind ``token`` when it holds ``needed``; raises ControlPlaneError."""
+    if token is None and tokens.anonymous is not None:
+        if tokens.anonymous.role < needed:
+            raise ControlPlaneError(
+                grpc.StatusCode.UNAUTHENTICATED,
+                f"{method} writes, and writes need an operator token: quantumctl on the "
+                "server's machine uses the one in the server's state directory "
+                "(operator.token); others send 'authorization: Bearer <token>'",
+                Reason.TOKEN_MISSING,
+                {"required_role": needed.label},
+            )
+        return tokens.anonymous
     if not tokens.enabled:
-        return ANONYMOUS
+        raise ControlPlaneError(
+            grpc.StatusCode.UNAUTHENTICATED,
+            "this server accepts no tokens; configure QUANTUM_TOKENS",
+            Reason.TOKEN_INVALID,
+        )
     if token is None:
         raise ControlPlaneError(
             grpc.StatusCode.UNAUTHENTICATED,

@@ -82,6 +82,9 @@ class ControlPlaneConfig:
     subscriber_queue_size: int = 1024
     max_concurrent_streams: int = 256
     disk_path: Path = Path("/")
+    # Where the server writes its local operator token when no tokens are configured; None:
+    # a random token nobody is told (reads only, no writes).
+    state_dir: Path | None = None
 
 
 def split_host_port(addr: str) -> tuple[str, int]:

@@ -30,3 +30,18 @@ def positive_int(value: str, upper: int) -> int | None:
         return None
     number = int(value)
     return number if 1 <= number <= upper else None
+
+
+def next_entry_id(entry_id: str) -> str | None:
+    """The smallest id after ``entry_id`` (``<ms>-<seq>``), or None after the largest one.
+
+    An exclusive bound ``(<id>`` on the largest id makes Redis answer an error, not an empty
+    range; computing the next id keeps paging past the end a plain empty page.
+    """
+    ms_text, _, seq_text = entry_id.partition("-")
+    ms, seq = int(ms_text), int(seq_text or 0)
+    if seq < MAX_ID_PART:
+        return f"{ms}-{seq + 1}"
+    if ms < MAX_ID_PART:
+        return f"{ms + 1}-0"
+    return None

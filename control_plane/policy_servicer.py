@@ -25,6 +25,7 @@ from control_plane.errors import (
     bad_field,
     invalid_argument,
 )
+from control_plane.stalled_writes import STALLED_WRITE_GRACE_S, StalledWriteGuard
 from runtime.core.policy.changes import FIELD_PATHS, LIMIT_FIELDS, READ_ONLY, changed_fields
 from runtime.core.policy.codec import policy_to_proto
 from runtime.core.policy.errors import PolicyValidationError
@@ -133,8 +134,11 @@ def synthesized_change(old: Policy | None, new: Policy) -> pb.PolicyChange:
 
 
 class PolicyServicer(pb_grpc.PolicyServiceServicer):
-    def __init__(self, store: PolicyBackend) -> None:
+    def __init__(
+        self, store: PolicyBackend, *, stalled_write_grace_s: float = STALLED_WRITE_GRACE_S
+    ) -> None:
         self._store = store
+        self.stalled_write_grace_s = stalled_write_grace_s
         self._cached: tuple[Policy, pb.GetPolicyResponse] | None = None
 
     async def GetPolicy(
@@ -210,12 +214,15 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
         if resume is not None and resume < 0:
             raise bad_field("after_version", "must be 0 or a version, or unset")
         subscription = self._store.subscribe(include_current=True)
+        # A watcher that stops reading is cut off: its write would otherwise block for good.
+        stall = StalledWriteGuard("WatchPolicy", self.stalled_write_grace_s)
         try:
             # The first item comes at once and registers the subscription, so no change
             # made while the history is read below can be missed.
             current = await anext(subscription)
             if resume is None:
-                yield pb.WatchPolicyResponse(policy=policy_to_proto(current))
+                with stall:
+                    yield pb.WatchPolicyResponse(policy=policy_to_proto(current))
                 last: Policy | int = current
             else:
                 if resume > current.version:
@@ -229,12 +236,14 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
                     )
                 last = resume
                 for change in await self._changes_between(resume, current.version):
-                    yield pb.WatchPolicyResponse(policy=change.new_policy, change=change)
+                    with stall:
+                        yield pb.WatchPolicyResponse(policy=change.new_policy, change=change)
                     last = change.version
                 if isinstance(last, int) and last < current.version:
                     # The history has a gap (trimmed or lost): the caller still gets the
                     # policy in force, as a snapshot without a change record.
-                    yield pb.WatchPolicyResponse(policy=policy_to_proto(current))
+                    with stall:
+                        yield pb.WatchPolicyResponse(policy=policy_to_proto(current))
                     last = current
             async for policy in subscription:
                 last_version = last if isinstance(last, int) else last.version
@@ -245,7 +254,8 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
                     previous = last if isinstance(last, Policy) else None
                     changes = [synthesized_change(previous, policy)]
                 for change in changes:
-                    yield pb.WatchPolicyResponse(policy=change.new_policy, change=change)
+                    with stall:
+                        yield pb.WatchPolicyResponse(policy=change.new_policy, change=change)
                 last = policy
         finally:
             await subscription.aclose()  # type: ignore[attr-defined]

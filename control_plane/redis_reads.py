@@ -28,6 +28,17 @@ async def xrange(
     return [(_id(entry_id), fields) for entry_id, fields in reply or ()]
 
 
+async def xrevrange(
+    redis: aioredis.Redis, key: str, end: str = "+", start: str = "-", count: int | None = None
+) -> list[Entry]:
+    """Entries of ``key`` from ``end`` down to ``start``, newest first."""
+    reply = cast(
+        list[tuple[bytes, dict[bytes, bytes]]] | None,
+        await redis.xrevrange(key, max=end, min=start, count=count),
+    )
+    return [(_id(entry_id), fields) for entry_id, fields in reply or ()]
+
+
 async def xread(
     redis: aioredis.Redis, last_ids: dict[str, str], count: int, block_ms: int
 ) -> list[tuple[str, list[Entry]]]:

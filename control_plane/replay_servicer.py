@@ -15,7 +15,7 @@ from quantum.control.v1 import replay_service_pb2_grpc as pb_grpc
 from quantum.events.v1.envelope_pb2 import Envelope
 
 from control_plane.auth import Role, current_principal, require
-from control_plane.entry_ids import is_entry_id
+from control_plane.entry_ids import is_entry_id, next_entry_id
 from control_plane.errors import (
     ControlPlaneError,
     FieldViolation,
@@ -25,6 +25,7 @@ from control_plane.errors import (
 )
 from control_plane.event_ranges import check_range, count_range, read_range
 from control_plane.redis_reads import hmget, xrange
+from control_plane.state_repair import StateRepairer
 from control_plane.stored_events import stored_event
 from runtime.adapters.redis.bus import DEFAULT_MAXLEN, EventBus
 from runtime.core.actor import Actor, deliver
@@ -114,6 +115,7 @@ class ReplayServicer(pb_grpc.ReplayServiceServicer):
         self._factories = dict(domain_factories)
         self._publisher = publisher
         self._redrive = redis.register_script(_REDRIVE_LUA)
+        self._repairer = StateRepairer(redis, keyspace, registry, self._factories)
 
     async def ReadEvents(
         self, request: pb.ReadEventsRequest, context: aio.ServicerContext[Any, Any]
@@ -198,7 +200,10 @@ class ReplayServicer(pb_grpc.ReplayServiceServicer):
         if request.page_token:
             if not is_entry_id(request.page_token, sequence_required=True):
                 raise bad_field("page_token", "is not a token from a previous response")
-            start = "(" + request.page_token
+            following = next_entry_id(request.page_token)
+            if following is None:  # the largest id there is: nothing can follow it
+                return pb.ListDeadLettersResponse()
+            start = following
         entries = await xrange(self._redis, self._keyspace.dlq(domain), start, "+", page_size + 1)
         page, more = entries[:page_size], len(entries) > page_size
         ids = [entry_id for entry_id, _ in page]
@@ -267,6 +272,22 @@ class ReplayServicer(pb_grpc.ReplayServiceServicer):
             else:
                 response.already_redriven += 1
         return response
+
+    async def RepairDomainState(
+        self, request: pb.RepairDomainStateRequest, context: aio.ServicerContext[Any, Any]
+    ) -> pb.RepairDomainStateResponse:
+        check_domain_name(request.domain)
+        principal = current_principal()
+        require(principal, Role.OPERATOR, "RepairDomainState")
+        return await self._repairer.repair(request, principal.changed_by)
+
+    async def ListStateRepairs(
+        self, request: pb.ListStateRepairsRequest, context: aio.ServicerContext[Any, Any]
+    ) -> pb.ListStateRepairsResponse:
+        if request.domain:
+            check_domain_name(request.domain)
+        repairs = await self._repairer.history(request.domain, page_size_of(request.page_size))
+        return pb.ListStateRepairsResponse(repairs=repairs)
 
     async def _letters(
         self, domain: str, entry_ids: list[str]

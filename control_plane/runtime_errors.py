@@ -1,4 +1,12 @@
-"""The runtime's own failures, translated to the statuses the control plane answers with."""
+"""The runtime's own failures, translated to the statuses the control plane answers with.
+
+Every Redis error reply has a documented status (README, Errors), so none is answered
+INTERNAL: a request Redis rejects for its ids is INVALID_ARGUMENT; Redis busy, loading,
+read-only or down is UNAVAILABLE (retry); out of memory is RESOURCE_EXHAUSTED; a Redis user
+without the right (ACL NOPERM, NOAUTH, WRONGPASS) or a key of the wrong type is
+FAILED_PRECONDITION (an operator must fix the server's setup); any other error reply is
+FAILED_PRECONDITION with Redis's own message.
+"""
 
 from __future__ import annotations
 
@@ -28,17 +36,63 @@ def translate(exc: BaseException) -> ControlPlaneError | None:
         )
     if isinstance(exc, PolicyUnavailable):
         return ControlPlaneError(grpc.StatusCode.UNAVAILABLE, str(exc), Reason.POLICY_UNAVAILABLE)
+    if isinstance(exc, redis.exceptions.AuthenticationError):  # a ConnectionError, but no outage
+        return redis_reply_error(redis.exceptions.ResponseError(f"NOAUTH {exc}"))
     if isinstance(exc, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError):
         return ControlPlaneError(
             grpc.StatusCode.UNAVAILABLE,
             f"Redis is unreachable ({exc}); retry when it is back",
             Reason.REDIS_UNAVAILABLE,
         )
-    if isinstance(exc, redis.exceptions.ResponseError) and "Invalid stream ID" in str(exc):
+    if isinstance(exc, redis.exceptions.ResponseError):
+        return redis_reply_error(exc)
+    if isinstance(exc, redis.exceptions.RedisError):
+        return ControlPlaneError(
+            grpc.StatusCode.UNAVAILABLE,
+            f"the Redis client failed ({type(exc).__name__}: {exc}); retry shortly",
+            Reason.REDIS_UNAVAILABLE,
+        )
+    return None
+
+
+_UNAVAILABLE_PREFIXES = ("BUSY", "LOADING", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "READONLY")
+_DENIED_PREFIXES = ("NOPERM", "NOAUTH", "WRONGPASS")
+
+
+def redis_reply_error(exc: redis.exceptions.ResponseError) -> ControlPlaneError:
+    """The status of one Redis error reply (see the module doc)."""
+    text = str(exc)
+    code = text.split(" ", 1)[0].upper()
+    if "stream ID" in text or "ID for the interval" in text:
         # A backstop: requests are checked before they reach Redis, but if an id slips
         # through, the caller sent it, so the fault is theirs, not the server's.
         return invalid_argument(
             f"Redis rejected a stream entry id of the request: {exc}",
             [FieldViolation("entry_id", "is not a stream entry id Redis accepts")],
         )
-    return None
+    if isinstance(exc, redis.exceptions.NoPermissionError):
+        code = "NOPERM"
+    if code.startswith(_UNAVAILABLE_PREFIXES) or isinstance(exc, redis.exceptions.BusyLoadingError):
+        return ControlPlaneError(
+            grpc.StatusCode.UNAVAILABLE,
+            f"Redis cannot serve this now ({text}); retry shortly",
+            Reason.REDIS_UNAVAILABLE,
+        )
+    if code.startswith("OOM"):
+        return ControlPlaneError(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            f"Redis is out of memory ({text}); free memory or raise maxmemory, then retry",
+            Reason.REDIS_OUT_OF_MEMORY,
+        )
+    if code.startswith(_DENIED_PREFIXES):
+        return ControlPlaneError(
+            grpc.StatusCode.FAILED_PRECONDITION,
+            f"the control plane's Redis user may not do this ({text}); grant it in the "
+            "Redis ACL (see the README's Redis ACL file)",
+            Reason.REDIS_ACCESS_DENIED,
+        )
+    return ControlPlaneError(
+        grpc.StatusCode.FAILED_PRECONDITION,
+        f"Redis refused the operation ({text}); check the data under this namespace",
+        Reason.REDIS_REJECTED,
+    )

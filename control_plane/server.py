@@ -12,11 +12,13 @@ import argparse
 import asyncio
 import contextlib
 import os
+import secrets
 import signal
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 
 import redis.asyncio as aioredis
+import redis.exceptions
 from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
@@ -54,6 +56,7 @@ from control_plane.health import (
 )
 from control_plane.interceptors import CallWrapper
 from control_plane.live_feed import LiveFeed
+from control_plane.local_token import LOCAL_PRINCIPAL, create_local_token
 from control_plane.metrics_http import MetricsEndpoint, RuntimeCollector
 from control_plane.policy_servicer import PolicyServicer
 from control_plane.replay_servicer import ActorFactory, EnvelopePublisher, ReplayServicer
@@ -148,8 +151,9 @@ class ControlPlane:
         extra_checks: Sequence[ComponentCheck] | None = None,
     ) -> None:
         self.config = config or ControlPlaneConfig()
-        self.tokens = tokens if tokens is not None else TokenTable.from_env()
-        check_exposure(self.config.grpc_addr, self.tokens.enabled)
+        configured = tokens if tokens is not None else TokenTable.from_env()
+        check_exposure(self.config.grpc_addr, configured.enabled)
+        self.tokens = configured if configured.enabled else self._local_tokens()
         self.redis = redis
         self.keyspace = keyspace
         self.policy_store = policy_store
@@ -188,6 +192,15 @@ class ControlPlane:
         self.server: aio.Server | None = None
         self.metrics: MetricsEndpoint | None = None
         self.port = 0
+
+    def _local_tokens(self) -> TokenTable:
+        """No tokens configured: writes still need one, made here (see local_token.py)."""
+        state_dir = self.config.state_dir
+        if state_dir is None:
+            return TokenTable().with_local_operator(LOCAL_PRINCIPAL, secrets.token_urlsafe(32))
+        token, path = create_local_token(state_dir)
+        log.info("control_plane_local_token_created", path=str(path), mode="0600")
+        return TokenTable().with_local_operator(LOCAL_PRINCIPAL, token)
 
     def _build_server(self) -> aio.Server:
         options = [
@@ -334,6 +347,7 @@ def config_from_args(args: argparse.Namespace) -> ControlPlaneConfig:
         metrics_addr=getattr(args, "metrics_addr", DEFAULT_METRICS_ADDR),
         tls=tls,
         postgres_dsn=getattr(args, "postgres_dsn", "") or "",
+        state_dir=Path(args.state_dir) if getattr(args, "state_dir", None) else None,
     )
 
 
@@ -382,6 +396,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return asyncio.run(serve(args))
     except (ConfigError, ValueError) as exc:  # otel.OtelConfigError is a ValueError
         print(f"quantum control-plane: {exc}", flush=True)
+        return 2
+    except (redis.exceptions.AuthenticationError, redis.exceptions.NoPermissionError) as exc:
+        print(
+            f"quantum control-plane: Redis refused the user of --redis-url ({exc}); check the "
+            "user and password (redis://USER:PASSWORD@HOST:PORT/0, rediss:// for TLS) and the "
+            "ACL file (quantum redis-acl prints one)",
+            flush=True,
+        )
         return 2
     finally:
         otel.shutdown()  # exports the spans still buffered

@@ -21,7 +21,7 @@ from typing import Any, Protocol, cast
 
 import redis.asyncio as aioredis
 from quantum.events.v1.market_pb2 import MarketTick
-from redis.exceptions import ResponseError
+from redis.exceptions import AuthenticationError, NoPermissionError, RedisError, ResponseError
 
 from control_plane.auth import TokenConfigError
 from control_plane.config import ConfigError
@@ -53,6 +53,7 @@ from runtime.domains.market_data import (
 )
 from runtime.domains.portfolio import Portfolio
 from runtime.domains.risk_safety import RiskSafety
+from runtime.redis_acl import DomainStreams, acl_file, redis_access_denied
 
 log = get_logger("runtime.bootstrap")
 
@@ -117,6 +118,52 @@ def actor_factories(store: PolicyControl, equity: Decimal) -> dict[str, ActorFac
         "portfolio": lambda: Portfolio(starting_equity=equity),
         "analytics": lambda: Analytics(store),
     }
+
+
+# What each domain publishes (the table of DESIGN section 1); what it reads comes from its
+# handlers. The Redis ACL file (``quantum redis-acl``) is built from both.
+DOMAIN_OUTPUTS: dict[str, tuple[str, ...]] = {
+    FEED_DOMAIN: ("market.tick",),
+    "ai_engine": ("ai.signal.generated",),
+    "risk_safety": ("risk.signal.approved", "risk.signal.rejected"),
+    "execution": (
+        "execution.order.submitted",
+        "execution.order.filled",
+        "execution.order.rejected",
+    ),
+    "portfolio": (
+        "portfolio.position.opened",
+        "portfolio.position.closed",
+        "portfolio.pnl.updated",
+    ),
+    "analytics": ("analytics.stats.updated",),
+}
+_ACTOR_CLASSES: dict[str, type[Actor]] = {
+    "ai_engine": AiEngine,
+    "risk_safety": RiskSafety,
+    "execution": Execution,
+    "portfolio": Portfolio,
+    "analytics": Analytics,
+}
+
+
+def domain_streams() -> dict[str, DomainStreams]:
+    """Every domain's input and output event types."""
+    return {
+        name: DomainStreams(
+            inputs=[t.name for t in _ACTOR_CLASSES[name].consumes()]
+            if name in _ACTOR_CLASSES
+            else [],
+            outputs=list(outputs),
+        )
+        for name, outputs in DOMAIN_OUTPUTS.items()
+    }
+
+
+def redis_acl(args: argparse.Namespace) -> int:
+    """``quantum redis-acl``: print the ACL file (password hashes left for you to fill in)."""
+    print(acl_file(Keyspace(args.namespace), domain_streams(), {}), end="")
+    return 0
 
 
 def _feed(args: argparse.Namespace) -> Iterable[MarketTick]:
@@ -199,9 +246,22 @@ async def drain(
     return False
 
 
+async def _check_credentials(redis: aioredis.Redis) -> None:
+    """Fail at once on a refused user or password (AuthenticationError, NoPermissionError);
+    an unreachable Redis is the PolicyStore's to judge (it may start from its snapshot)."""
+    try:
+        await redis.ping()
+    except (AuthenticationError, NoPermissionError):
+        await redis.aclose()
+        raise
+    except RedisError:
+        pass
+
+
 async def _run(args: argparse.Namespace, url: str) -> int:
     keyspace = Keyspace(args.namespace)
     redis = aioredis.Redis.from_url(url, socket_connect_timeout=2.0)
+    await _check_credentials(redis)
     store = PolicyStore(redis, keyspace, state_dir=Path(args.state_dir))
     await store.start()
     since = await report.stream_positions(redis, keyspace)
@@ -315,6 +375,9 @@ def run(args: argparse.Namespace) -> int:
             return asyncio.run(_run(args, url))
     except (RedisServerNotFound, ConfigError, TokenConfigError, otel.OtelConfigError) as exc:
         print(f"quantum run: {exc}", file=sys.stderr)
+        return 2
+    except (AuthenticationError, NoPermissionError) as exc:
+        print(f"quantum run: {redis_access_denied(exc)}", file=sys.stderr)
         return 2
     finally:
         otel.shutdown()  # exports the spans still buffered

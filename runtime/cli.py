@@ -12,10 +12,11 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from pathlib import Path
 
 from control_plane.server import add_server_arguments
+from runtime.core.decimals import DecimalError, parse_decimal
 
 DOMAINS = ("market_data", "ai_engine", "risk_safety", "execution", "portfolio", "analytics")
 DEFAULT_SYMBOLS = ("BTC-USD", "ETH-USD", "SOL-USD")
@@ -65,11 +66,11 @@ def _partition(value: str) -> tuple[int, int]:
     return index, count
 
 
-def _decimal(value: str) -> Decimal:
+def _equity(value: str) -> Decimal:
     try:
-        return Decimal(value)
-    except InvalidOperation:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a decimal number") from None
+        return parse_decimal(value, "--equity", above=Decimal(0), maximum=Decimal("1e15"))
+    except DecimalError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _existing_file(value: str) -> Path:
@@ -149,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="simulated ticks per second over all symbols (default: 200)",
     )
     run.add_argument("--seed", type=int, default=7, help="seed of the simulated feed")
-    run.add_argument("--equity", type=_decimal, default=Decimal(100_000), help="starting equity")
+    run.add_argument("--equity", type=_equity, default=Decimal(100_000), help="starting equity")
     run.add_argument(
         "--partition",
         type=_partition,
@@ -163,6 +164,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     add_server_arguments(run)
+    acl = commands.add_parser(
+        "redis-acl", help="print a Redis ACL file: one user per domain, each on its own keys"
+    )
+    acl.add_argument("--namespace", default="quantum", help="key prefix (default: quantum)")
     commands.add_parser(
         "control-plane",
         help="serve only the gRPC control plane (see: quantum control-plane --help)",
@@ -180,6 +185,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from runtime import bootstrap  # imported late: parsing errors stay fast and clear
 
+    if args.command == "redis-acl":
+        return bootstrap.redis_acl(args)
     return bootstrap.run(args)
 
 

@@ -15,6 +15,7 @@ import redis.asyncio as aioredis
 from quantum.events.v1 import portfolio_pb2, risk_pb2
 from redis.exceptions import ResponseError
 
+from runtime.core.decimals import DecimalError, parse_decimal
 from runtime.core.envelope import decode_envelope, open_payload
 from runtime.core.keys import Keyspace
 from runtime.core.registry import default_registry
@@ -119,8 +120,16 @@ async def summarize(
             fields = cast(list[tuple[bytes, dict[bytes, bytes]]], newest)[0][1]
             last = open_payload(decode_envelope(fields[b"envelope"]))
             assert isinstance(last, portfolio_pb2.PnlUpdated)
-            summary.realized_pnl = Decimal(last.realized_pnl or 0)
-            summary.unrealized_pnl = Decimal(last.unrealized_pnl or 0)
-            summary.equity = Decimal(last.equity) if last.equity else None
-            summary.drawdown = Decimal(last.drawdown or 0)
+            summary.realized_pnl = _figure(last.realized_pnl) or Decimal(0)
+            summary.unrealized_pnl = _figure(last.unrealized_pnl) or Decimal(0)
+            summary.equity = _figure(last.equity)
+            summary.drawdown = _figure(last.drawdown) or Decimal(0)
     return summary
+
+
+def _figure(text: str) -> Decimal | None:
+    """A reported number, or None when the event carries none usable (never trusted)."""
+    try:
+        return parse_decimal(text, "figure") if text else None
+    except DecimalError:
+        return None

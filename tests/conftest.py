@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 
@@ -11,6 +12,15 @@ import redis.asyncio as aioredis
 
 from runtime.core.keys import Keyspace
 from runtime.core.redis_server import RedisServer, redis_url, start_redis_server
+
+
+@pytest.fixture(autouse=True)
+def _no_caller_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests never depend on the caller's QUANTUM_* variables (tokens, TLS files, emit
+    versions, addresses): each test starts without them and sets what it needs."""
+    for name in list(os.environ):
+        if name.startswith("QUANTUM_"):
+            monkeypatch.delenv(name)
 
 
 @pytest.fixture(scope="session")

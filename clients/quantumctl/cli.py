@@ -6,10 +6,13 @@
     quantumctl events TYPE [--start-id ID] [--since TIME] [--limit N]
     quantumctl replay DOMAIN --type T [...] [--publish]
     quantumctl dlq list DOMAIN | dlq redrive DOMAIN [ENTRY_ID...]
+    quantumctl state repair DOMAIN --reason R [--reset] [--dry-run] | state history [DOMAIN]
     quantumctl top
 
 Tables for people; ``--json`` prints JSON lines for scripts. The server address and token
-come from ``--addr``/``--token`` or ``QUANTUM_ADDR``/``QUANTUM_TOKEN``.
+come from ``--addr``/``--token`` or ``QUANTUM_ADDR``/``QUANTUM_TOKEN``; without a token, a
+server on this machine is called with the operator token it keeps in its state directory
+(``--state-dir``, ``QUANTUM_STATE_DIR`` or ``./state``: the same default as ``quantum run``).
 """
 
 from __future__ import annotations
@@ -24,8 +27,15 @@ from pathlib import Path
 
 from rich.console import Console
 
-from clients.control_client import DEFAULT_ADDR, ControlClient, ControlError, TlsOptions
-from clients.quantumctl import commands
+from clients.control_client import (
+    DEFAULT_ADDR,
+    ControlClient,
+    ControlError,
+    TlsOptions,
+    local_token,
+)
+from clients.quantumctl import commands, state_commands
+from clients.quantumctl.state_commands import add_state_commands
 
 
 def _timestamp_arg(value: str) -> datetime:
@@ -55,6 +65,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--addr", default=env.get("QUANTUM_ADDR", DEFAULT_ADDR))
     parser.add_argument(
         "--token", default=env.get("QUANTUM_TOKEN"), help="bearer token (or $QUANTUM_TOKEN)"
+    )
+    parser.add_argument(
+        "--state-dir",
+        type=Path,
+        default=Path(env.get("QUANTUM_STATE_DIR") or "state"),
+        help="where a local server keeps its operator token, used when no token is given "
+        "(default: $QUANTUM_STATE_DIR, else ./state)",
     )
     # QUANTUM_CLIENT_TLS_*, not the server's QUANTUM_TLS_CERT/KEY: a shell that serves the
     # control plane would otherwise present the server's key pair as a client certificate.
@@ -121,6 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     redrive.add_argument("domain")
     redrive.add_argument("entry_ids", nargs="*", help="default: every letter of the domain")
 
+    add_state_commands(sub)
+
     top = sub.add_parser("top", help="a live dashboard")
     top.add_argument("--refresh", type=float, default=1.0, help="seconds between redraws")
     top.add_argument("--duration", type=float, default=0.0, help="stop after this many seconds")
@@ -131,7 +150,14 @@ def make_client(args: argparse.Namespace) -> ControlClient:
     tls = None
     if args.tls_ca or args.tls_cert or args.tls_key:
         tls = TlsOptions(args.tls_ca, args.tls_cert, args.tls_key, args.server_name)
-    return ControlClient(args.addr, token=args.token, tls=tls, timeout=args.timeout)
+    token = args.token or (local_token(args.state_dir) if _is_local(args.addr) else None)
+    return ControlClient(args.addr, token=token, tls=tls, timeout=args.timeout)
+
+
+def _is_local(addr: str) -> bool:
+    """A loopback address: only a server on this machine gets the local operator token."""
+    host = addr.rpartition(":")[0].strip("[]") or addr
+    return host in ("localhost", "::1") or host.startswith("127.")
 
 
 COMMANDS: dict[
@@ -151,6 +177,8 @@ COMMANDS: dict[
     ("replay", None): commands.replay,
     ("dlq", "list"): commands.dlq_list,
     ("dlq", "redrive"): commands.dlq_redrive,
+    ("state", "repair"): state_commands.state_repair,
+    ("state", "history"): state_commands.state_history,
     ("top", None): commands.top,
 }
 

@@ -84,6 +84,15 @@ class Keyspace:
         """Redriven dead letters of a domain: dead-letter entry id -> new entry id."""
         return f"{self.dlq(domain)}:redriven"
 
+    def state_epoch(self, domain: str) -> str:
+        """A counter bumped whenever a domain's saved state is replaced from outside its runner
+        (a state repair): a runner that sees it change reloads its state before committing."""
+        return f"{self.namespace}:state-epoch:{domain}"
+
+    def state_repairs(self) -> str:
+        """The record of every state repair (a stream, newest last)."""
+        return f"{self.namespace}:audit:state-repairs"
+
     def pattern(self) -> str:
         """A SCAN pattern that matches every key of this namespace."""
         return f"{self.namespace}:*"

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 
 from quantum.events.v1 import ai_pb2 as ai_v1
 from quantum.events.v1 import execution_pb2 as execution_v1
 from quantum.events.v2 import ai_pb2 as ai_v2
 from quantum.events.v2 import execution_pb2 as execution_v2
 
+from runtime.core.decimals import DecimalError, parse_decimal
+from runtime.core.failures import InvalidEvent
 from runtime.core.upcasting import LossyDowncast, SchemaConverters
 
 
@@ -158,9 +160,9 @@ def fill_totals(fills: Iterable[execution_v2.PartialFill]) -> FillTotals:
 
 def _decimal(text: str, what: str) -> Decimal:
     try:
-        return Decimal(text or "0")
-    except InvalidOperation as exc:
-        raise ValueError(f"partial fill {what} {text!r} is not a decimal string") from exc
+        return parse_decimal(text or "0", f"partial fill {what}")
+    except DecimalError as exc:  # permanent: the same fill fails the same way every time
+        raise InvalidEvent(exc.field, exc.rule, text) from None
 
 
 def _text(value: Decimal) -> str:

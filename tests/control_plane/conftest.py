@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +16,7 @@ from control_plane.auth import Role, TokenTable
 from control_plane.config import ControlPlaneConfig, TlsConfig
 from control_plane.server import ControlPlane
 from runtime.adapters.redis.bus import EventBus
+from runtime.core.actor import Actor
 from runtime.core.keys import Keyspace
 from runtime.core.metrics import RuntimeMetrics
 from runtime.core.policy.store import PolicyStore
@@ -57,6 +58,7 @@ async def start_harness(
     grpc_addr: str = "127.0.0.1:0",
     metrics_addr: str = "",
     tls: TlsConfig | None = None,
+    domain_factories: Mapping[str, Callable[[], Actor]] | None = None,
 ) -> Harness:
     viewer_token, operator_token = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
     tokens = TokenTable(
@@ -76,7 +78,7 @@ async def start_harness(
             tls=tls,
         ),
         tokens=tokens,
-        domain_factories={"tick_counter": TickCounter},
+        domain_factories={"tick_counter": TickCounter, **(domain_factories or {})},
         publisher=bus,
     )
     port = await plane.start()

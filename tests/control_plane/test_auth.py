@@ -88,6 +88,22 @@ RPCS: list[tuple[type, str, Message, bool, Role]] = [
         Role.OPERATOR,
     ),
     (
+        ReplayServiceStub,
+        "RepairDomainState",
+        replay_pb.RepairDomainStateRequest(
+            domain="tick_counter", mode=replay_pb.REPAIR_MODE_RESET, reason="auth"
+        ),
+        False,
+        Role.OPERATOR,
+    ),
+    (
+        ReplayServiceStub,
+        "ListStateRepairs",
+        replay_pb.ListStateRepairsRequest(),
+        False,
+        Role.VIEWER,
+    ),
+    (
         RuntimeServiceStub,
         "GetSystemHealth",
         runtime_pb.GetSystemHealthRequest(),

@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import grpc
 import pytest
+import redis.asyncio as aioredis
 from google.protobuf.field_mask_pb2 import FieldMask
+from grpc import aio
 from quantum.control.v1 import policy_service_pb2 as pb
 from quantum.control.v1.policy_service_pb2_grpc import PolicyServiceStub
 from quantum.events.v1 import policy_pb2
 
 from control_plane.errors import ERROR_DOMAIN, details_of
-from tests.control_plane.conftest import Harness
+from control_plane.policy_servicer import PolicyServicer
+from runtime.core.keys import Keyspace
+from tests.control_plane.conftest import Harness, start_harness, stop_harness
+from tests.integration.bus_support import wait_until
 
 
 def stub(h: Harness) -> PolicyServiceStub:
@@ -212,3 +218,30 @@ async def test_watch_across_a_history_gap_sends_the_current_policy(harness: Harn
     assert first.policy.version == 3
     assert first.policy.mode == policy_pb2.RISK_MODE_AGGRESSIVE
     call.cancel()
+
+
+async def test_a_watcher_that_stops_reading_is_cut_off(
+    aredis: aioredis.Redis, keyspace: Keyspace, tmp_path: Path
+) -> None:
+    h = await start_harness(aredis, keyspace, tmp_path)
+    servicer = h.plane._servicers[0]
+    assert isinstance(servicer, PolicyServicer)
+    servicer.stalled_write_grace_s = 0.3
+    channel = aio.insecure_channel(h.address, options=[("grpc.http2.bdp_probe", 0)])
+    try:
+        call = PolicyServiceStub(channel).WatchPolicy(pb.WatchPolicyRequest(), metadata=h.viewer)
+        await wait_until(lambda: h.store.subscriber_count == 1)
+        modes = [policy_pb2.RISK_MODE_DEFENSIVE, policy_pb2.RISK_MODE_NORMAL]
+        stub = PolicyServiceStub(h.channel)
+        for n in range(2000):  # until the client's window is full and a write blocks
+            await stub.SwitchMode(
+                pb.SwitchModeRequest(mode=modes[n % 2], reason="r" * 500), metadata=h.operator
+            )
+            if h.store.subscriber_count == 0:
+                break
+        # The client never reads: its handler, blocked writing, is ended all the same.
+        await wait_until(lambda: h.store.subscriber_count == 0)
+        call.cancel()
+    finally:
+        await channel.close()
+        await stop_harness(h)

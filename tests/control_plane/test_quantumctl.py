@@ -18,9 +18,13 @@ from tests.control_plane.conftest import Harness
 from tests.control_plane.support import tick_envelopes
 
 
-async def quantumctl(h: Harness, *args: str, token: str | None = None) -> tuple[int, str, str]:
+async def quantumctl(
+    h: Harness, *args: str, token: str | None = None, state_dir: Path | None = None
+) -> tuple[int, str, str]:
     env = dict(os.environ, QUANTUM_ADDR=h.address, COLUMNS="200")
     env.pop("QUANTUM_TOKEN", None)
+    # Never the caller's ./state: a local operator token there is not this test's.
+    env["QUANTUM_STATE_DIR"] = str(state_dir or Path("/nonexistent-quantum-state"))
     if token is not None:
         env["QUANTUM_TOKEN"] = token
     process = await asyncio.create_subprocess_exec(
@@ -169,3 +173,11 @@ def test_every_limit_field_of_every_mode_can_be_updated() -> None:
             policy, mask = policy_update({f"{mode}.{field.name}": value})
             assert list(mask.paths) == [f"{mode}.{field.name}"]
             assert getattr(getattr(policy, mode), field.name), f"{mode}.{field.name} was not set"
+
+
+@pytest.mark.parametrize("typed", ["1_000", " 5", "5 ", "\u0665", "5.0", "-1", "", "99999999999"])
+def test_counts_typed_loosely_are_refused_before_any_call(typed: str) -> None:
+    with pytest.raises(ValueError, match=r"normal\.max_open_positions"):
+        policy_update({"normal.max_open_positions": typed})
+    policy, _ = policy_update({"normal.max_open_positions": "7"})
+    assert policy.normal.max_open_positions == 7

@@ -14,6 +14,7 @@ from quantum.events.v1.market_pb2 import MarketTick
 
 from runtime.core.actor import deliver
 from runtime.core.envelope import open_payload, timestamp
+from runtime.core.failures import InvalidEvent
 from runtime.domains.ai_engine import AiEngine, EmaCrossoverModel, Signal, signal_id_for
 from tests.domains.support import at, envelope
 
@@ -109,16 +110,21 @@ async def test_engine_emits_signal_generated_with_derived_id() -> None:
 BAD_PRICES = ["0", "-1", "NaN", "Infinity", "sNaN", "x", ""]
 
 
-async def test_ticks_without_a_usable_price_are_skipped_and_poison_nothing() -> None:
+async def test_ticks_without_a_usable_price_are_invalid_and_poison_nothing() -> None:
     engine, clean = AiEngine(_model()), AiEngine(_model())
     seq = 0
     signals = []
     for p in BAD_PRICES:  # before the first good tick: a symbol must not start at price 0
         seq += 1
-        assert await deliver(engine, envelope(_tick(p, seq))) == []
+        with pytest.raises(InvalidEvent, match="price"):
+            await deliver(engine, envelope(_tick(p, seq)))
     for i, p in enumerate(FLAT_THEN_UP):
         for bad in (p, *BAD_PRICES) if i == 3 else (p,):  # and between good ones
             seq += 1
+            if bad in BAD_PRICES:
+                with pytest.raises(InvalidEvent, match="price"):
+                    await deliver(engine, envelope(_tick(bad, seq), when=at(seq)))
+                continue
             signals.extend(await deliver(engine, envelope(_tick(bad, seq), when=at(seq))))
         await deliver(clean, envelope(_tick(p, i + 1)))
     [out] = signals

@@ -18,6 +18,7 @@ from quantum.events.v1.risk_pb2 import SignalApproved
 
 from runtime.core.actor import deliver
 from runtime.core.envelope import open_payload
+from runtime.core.failures import InvalidEvent
 from runtime.domains.execution import (
     Execution,
     Fill,
@@ -133,11 +134,12 @@ async def test_no_tick_and_no_reference_price_means_submitted_then_rejected() ->
     assert rejected.order_id == "ord-sig-1"
 
 
-async def test_a_non_positive_quantity_is_rejected() -> None:
+async def test_a_non_positive_quantity_is_invalid_and_submits_nothing() -> None:
     execution = await _with_price()
-    _, rejected = await run(execution, _approved(quantity="0"))
-    assert isinstance(rejected, OrderRejected)
-    assert rejected.reason == OrderRejectReason.ORDER_REJECT_REASON_INVALID_QUANTITY
+    with pytest.raises(InvalidEvent, match="quantity"):
+        await run(execution, _approved(quantity="0"))
+    assert execution.ordered == {}
+    assert execution.filled == 0
 
 
 async def test_a_second_approval_of_one_signal_submits_nothing() -> None:

@@ -14,6 +14,7 @@ from quantum.events.v1.portfolio_pb2 import PnlUpdated, PositionClosed, Position
 from quantum.events.v2 import execution_pb2 as execution_v2
 
 from runtime.core.actor import deliver
+from runtime.core.failures import InvalidEvent
 from runtime.domains.portfolio import Portfolio
 from tests.domains.support import at, envelope, run
 
@@ -188,7 +189,7 @@ async def test_v2_partial_fills_are_applied_in_order() -> None:
 
 
 async def test_a_malformed_fill_fails_loudly() -> None:
-    with pytest.raises(ValueError, match="order o1"):
+    with pytest.raises(InvalidEvent, match=r"fills\[0\]\.quantity"):
         await run(_portfolio(), _fill("o1", BUY, "x", "100"))
 
 
@@ -202,7 +203,7 @@ async def test_a_fill_with_one_bad_part_changes_nothing_and_fails_again_on_retry
     fill.fills.add(quantity="1", price=bad_price, fee="0.1", fee_currency="USD")
     event = envelope(fill, when=at(1))
     for _ in range(2):  # the runner's retry of the same event fails the same way
-        with pytest.raises(ValueError, match="order o1"):
+        with pytest.raises(InvalidEvent, match=r"fills\[1\]\.price"):
             await deliver(pf, event)
         assert pf.ledger == _portfolio().ledger  # nothing half-applied, not even the day
     assert not pf.ledger.already_applied("o1")

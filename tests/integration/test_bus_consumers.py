@@ -149,3 +149,29 @@ async def test_with_partition_groups_each_key_is_handled_by_one_runner_in_order(
     assert owned[0] | owned[1] == set(symbols)
     assert all(n == 50 for a in actors for n in a.counts.values())
     assert actors[0].out_of_order == actors[1].out_of_order == 0
+
+
+async def test_a_state_replaced_under_a_running_owner_is_reloaded_not_overwritten(
+    aredis: aioredis.Redis, keyspace: Keyspace
+) -> None:
+    bus = EventBus(aredis, keyspace, metrics=RuntimeMetrics())
+    actor = TickCounter()
+    state = keyspace.state(actor.name)
+    async with running(DomainRunner(actor, aredis, keyspace, bus, FAST)):
+        await bus.publish_many([tick("BTC", 1), tick("BTC", 2)])
+        await wait_until(lambda: actor.counts.get("BTC") == 2)
+        # A state repair (control_plane.state_repair) resets the state as a MULTI/EXEC with
+        # an INCR of the domain's state epoch.
+        repaired = b'{"counts": {}, "last_seq": {"BTC": 2}, "ooo": 0}'
+        async with aredis.pipeline(transaction=True) as pipe:
+            pipe.set(state, repaired)
+            pipe.incr(keyspace.state_epoch(actor.name))
+            await pipe.execute()
+        await bus.publish(tick("BTC", 3))
+        # The runner's commit saw the epoch move: it reloaded the repaired state and handled
+        # the tick again on top of it, instead of writing its own state over the repair.
+        await wait_until(lambda: actor.counts == {"BTC": 1})
+        await asyncio.sleep(0.1)
+    assert actor.out_of_order == 0
+    stored = await aredis.get(state)
+    assert b'"counts": {"BTC": 1}' in stored

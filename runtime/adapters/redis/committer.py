@@ -104,9 +104,17 @@ class RedisCommitter:
         self.domain = domain
         self.state_key = state_key
         self.lease_key = lease_key
+        # Bumped by a state repair (control_plane.state_repair): the state this committer's
+        # runner holds was replaced from outside, so its next commit must not overwrite it.
+        self.epoch_key = keyspace.state_epoch(domain)
+        self._epoch: bytes | None = None
         self._acquire = redis.register_script(_ACQUIRE)
         self._renew = redis.register_script(_RENEW)
-        self._watch = pack(b"WATCH", lease_key) + pack(b"GET", lease_key)
+        self._watch = (
+            pack(b"WATCH", lease_key, self.epoch_key)
+            + pack(b"GET", lease_key)
+            + pack(b"GET", self.epoch_key)
+        )
         self._group_b = group.encode()
         self._conn = RespConnection.of(redis)
         self._dlq = keyspace.dlq(domain).encode()
@@ -116,7 +124,9 @@ class RedisCommitter:
         self._heartbeat_key = keyspace.heartbeat(domain)
 
     async def load_state(self) -> bytes | None:
-        data = await self.redis.get(self.state_key)
+        """The stored state, and (kept) the state epoch it belongs to."""
+        data, epoch = await self._conn.pipeline([("GET", self.state_key), ("GET", self.epoch_key)])
+        self._epoch = epoch
         return data if isinstance(data, bytes) else None
 
     async def commit(self, commit: Commit) -> None:
@@ -137,12 +147,18 @@ class RedisCommitter:
         # uses it: the commit connection is this committer's alone. A renewal of our own
         # lease (PEXPIRE) between the two also aborts the EXEC: then the lease is read again.
         while True:
-            _, current = await self._conn.send_packed(self._watch, 2)
+            _, current, epoch = await self._conn.send_packed(self._watch, 3)
             if current != _lease_value(lease):
                 await self._conn.send_packed(_UNWATCH, 1)
                 raise LeaseLost(
                     f"{self.domain}: the lease {self.lease_key} is no longer held by "
                     f"{lease.holder} (token {lease.token}); another owner took over"
+                )
+            if epoch != self._epoch:
+                await self._conn.send_packed(_UNWATCH, 1)
+                raise LeaseLost(
+                    f"{self.domain}: its stored state was replaced (state repair, epoch "
+                    f"{epoch!r}); the runner reloads it and handles its pending entries again"
                 )
             if await self._exec(packed, count):
                 return

@@ -2,17 +2,19 @@
 
 Paths are the proto field paths of ``quantum.events.v1.Policy``: ``mode``,
 ``trading_state``, ``<mode>`` (a whole ``ModeLimits``) and ``<mode>.<limit>`` where
-``<mode>`` is ``aggressive``, ``normal`` or ``defensive``. Values are coerced leniently
-(a decimal string, an int, an enum name) and every path that cannot be used is reported.
+``<mode>`` is ``aggressive``, ``normal`` or ``defensive``. Values may be given as a decimal
+string (read by the one strict parser, ``runtime.core.decimals``), an int or an enum name, and
+every path that cannot be used is reported.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable, Mapping
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import TypeVar
 
+from runtime.core.decimals import DecimalError, check_bounded, parse_decimal
 from runtime.core.policy.errors import FieldViolation, PolicyValidationError
 from runtime.core.policy.model import ModeLimits, Policy, RiskMode, TradingState
 from runtime.core.policy.validation import mode_prefix, policy_violations
@@ -60,28 +62,24 @@ def _coerce_enum(value: object, enum: type[_E], proto_prefix: str, numbers: Mapp
         if name in enum.__members__:
             return enum[name]
     choices = ", ".join(enum.__members__)
-    raise _Bad(f"must be one of {choices}, got {value!r}")
+    raise _Bad(f"must be one of {choices}, got {_short(value)}")
 
 
 def _coerce_decimal(value: object) -> Decimal:
-    if isinstance(value, bool):
-        raise _Bad(f"must be a decimal number, got {value!r}")
-    if isinstance(value, Decimal):
-        result = value
-    elif isinstance(value, int):
-        result = Decimal(value)
-    elif isinstance(value, float):
-        result = Decimal(repr(value))
-    elif isinstance(value, str):
-        try:
-            result = Decimal(value.strip())
-        except InvalidOperation:
-            raise _Bad(f"must be a decimal number, got {value!r}") from None
-    else:
-        raise _Bad(f"must be a decimal number, got {type(value).__name__} {value!r}")
-    if not result.is_finite():
-        raise _Bad(f"must be a finite decimal number, got {value!r}")
-    return result
+    try:
+        if isinstance(value, bool):
+            raise _Bad(f"must be a decimal number, got {value!r}")
+        if isinstance(value, Decimal):
+            return check_bounded(value, "value")
+        if isinstance(value, int):
+            return check_bounded(Decimal(value), "value")
+        if isinstance(value, float):
+            return parse_decimal(repr(value), "value")
+        if isinstance(value, str):
+            return parse_decimal(value, "value")
+    except DecimalError as exc:
+        raise _Bad(f"{exc.rule} (got {_short(value)})") from None
+    raise _Bad(f"must be a decimal number, got {type(value).__name__} {_short(value)}")
 
 
 def _coerce_int(value: object) -> int:
@@ -91,21 +89,26 @@ def _coerce_int(value: object) -> int:
         return value
     if isinstance(value, Decimal | str | float):
         try:
-            number = Decimal(str(value).strip())
-        except InvalidOperation:
-            raise _Bad(f"must be a whole number, got {value!r}") from None
-        if number.is_finite() and number == number.to_integral_value():
+            number = _coerce_decimal(value)
+        except _Bad:
+            raise _Bad(f"must be a whole number, got {_short(value)}") from None
+        if number == number.to_integral_value():
             return int(number)
-    raise _Bad(f"must be a whole number, got {value!r}")
+    raise _Bad(f"must be a whole number, got {_short(value)}")
+
+
+def _short(value: object, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _coerce_symbols(value: object) -> frozenset[str]:
     if isinstance(value, str | bytes) or not isinstance(value, Iterable):
-        raise _Bad(f"must be a list of symbols, got {value!r}")
+        raise _Bad(f"must be a list of symbols, got {_short(value)}")
     symbols = list(value)
     if not all(isinstance(s, str) for s in symbols):
-        raise _Bad(f"every symbol must be a string, got {symbols!r}")
-    return frozenset(s.strip() for s in symbols)
+        raise _Bad(f"every symbol must be a string, got {_short(symbols)}")
+    return frozenset(symbols)  # as given: a symbol with spaces is reported, not trimmed
 
 
 def _coerce_limit(name: str, value: object) -> object:

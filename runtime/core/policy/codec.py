@@ -7,11 +7,12 @@ decimals travel as plain decimal strings (``"0.60"``, never ``"6.0E-1"``).
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 
 from google.protobuf.timestamp_pb2 import Timestamp
 from quantum.events.v1 import policy_pb2
 
+from runtime.core.decimals import DecimalError, canonical, parse_decimal
 from runtime.core.policy.errors import FieldViolation, PolicyValidationError
 from runtime.core.policy.model import ModeLimits, Policy, RiskMode, TradingState
 from runtime.core.policy.validation import mode_prefix, policy_violations
@@ -55,8 +56,8 @@ def trading_state_from_proto(value: int) -> TradingState:
 
 
 def decimal_text(value: Decimal) -> str:
-    """A plain decimal string: ``Decimal("1E+1")`` -> ``"10"``."""
-    return format(value, "f")
+    """A plain decimal string: ``Decimal("1E+1")`` -> ``"10"`` (of a validated value)."""
+    return canonical(value)
 
 
 def datetime_to_proto(at: datetime) -> Timestamp:
@@ -114,11 +115,9 @@ def _limits_from_proto(
     ):
         text = getattr(message, name)
         try:
-            values[name] = Decimal(text)
-        except InvalidOperation:
-            violations.append(
-                FieldViolation(f"{prefix}.{name}", f"must be a decimal string, got {text!r}")
-            )
+            values[name] = parse_decimal(text, f"{prefix}.{name}")
+        except DecimalError as exc:
+            violations.append(FieldViolation(exc.field, f"{exc.rule} (got {exc.text!r:.80})"))
     if len(values) < 6:
         return None
     return ModeLimits(

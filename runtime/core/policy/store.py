@@ -273,6 +273,11 @@ class PolicyStore:
             snapshot_problem=self._snapshot_problem,
         )
 
+    @property
+    def subscriber_count(self) -> int:
+        """How many ``subscribe`` iterators are open."""
+        return len(self._subscribers)
+
     async def subscribe(self, *, include_current: bool = True) -> AsyncIterator[Policy]:
         """Yield the current policy (unless told not to), then each newer one as it arrives.
 

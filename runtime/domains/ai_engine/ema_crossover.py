@@ -13,12 +13,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any
 
 from quantum.events.v1.common_pb2 import Side
 from quantum.events.v1.market_pb2 import MarketTick
 
+from runtime.core.decimals import DecimalError, parse_decimal
 from runtime.domains.ai_engine.model import Signal
 
 _STATE_PLACES = Decimal("1e-12")
@@ -156,7 +157,7 @@ def _usable_price(text: str) -> Decimal | None:
     """The tick's price, or None when it is not a finite decimal > 0 (skipped, as portfolio
     and execution skip it)."""
     try:
-        price = Decimal(text)
-    except InvalidOperation:
+        price = parse_decimal(text, "price")
+    except DecimalError:
         return None
-    return price if price.is_finite() and price > 0 else None
+    return price if price > 0 else None

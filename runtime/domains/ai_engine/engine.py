@@ -7,6 +7,7 @@ import json
 from quantum.events.v1.ai_pb2 import SignalGenerated
 from quantum.events.v1.market_pb2 import MarketTick
 
+from runtime.core import event_checks as door
 from runtime.core.actor import Actor, HandlerContext, handles
 from runtime.domains.ai_engine.ema_crossover import EmaCrossoverModel
 from runtime.domains.ai_engine.model import SignalModel
@@ -28,6 +29,8 @@ class AiEngine(Actor):
 
     @handles
     def on_tick(self, tick: MarketTick, ctx: HandlerContext) -> None:
+        door.occurred_at(ctx.envelope)
+        door.tick(tick)  # before the model sees it: a bad print must not reach its averages
         signal = self.model.observe(tick)
         if signal is None:
             return

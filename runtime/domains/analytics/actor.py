@@ -15,6 +15,7 @@ from decimal import Decimal
 from quantum.events.v1.analytics_pb2 import StatsUpdated
 from quantum.events.v1.portfolio_pb2 import PnlUpdated, PositionClosed
 
+from runtime.core import event_checks as door
 from runtime.core.actor import Actor, HandlerContext, handles
 from runtime.core.policy import Policy, RiskMode
 from runtime.domains.analytics.guard import PolicyControl, escalation_for, worst_breach
@@ -56,16 +57,20 @@ class Analytics(Actor):
 
     @handles
     def on_position_closed(self, closed: PositionClosed, ctx: HandlerContext) -> None:
-        stats = self._stats_for(ctx.occurred_at.date())
-        stats.record_trade(Decimal(closed.realized_pnl))
+        now = door.occurred_at(ctx.envelope)
+        door.symbol(closed.symbol)
+        realized_pnl = door.money(closed.realized_pnl, "realized_pnl")
+        stats = self._stats_for(now.date())
+        stats.record_trade(realized_pnl)
         self._emit_stats(stats, ctx)
 
     @handles
     async def on_pnl(self, pnl: PnlUpdated, ctx: HandlerContext) -> None:
-        drawdown = Decimal(pnl.drawdown or "0")
-        daily_pnl = Decimal(pnl.daily_pnl or "0")
-        equity = Decimal(pnl.equity or "0")
-        day = ctx.occurred_at.date()
+        now = door.occurred_at(ctx.envelope)
+        drawdown = door.fraction(pnl.drawdown or "0", "drawdown")
+        daily_pnl = door.money(pnl.daily_pnl or "0", "daily_pnl")
+        equity = door.money(pnl.equity or "0", "equity")
+        day = now.date()
         candidate = DailyStats(day) if self.stats is None or self.stats.day != day else None
         stats = candidate or self.stats
         assert stats is not None
@@ -76,7 +81,6 @@ class Analytics(Actor):
             self.stats = candidate
             self._last_stats_at = None
         stats.record_pnl(drawdown, daily_pnl, equity)
-        now = ctx.occurred_at
         if self._last_stats_at is None or now - self._last_stats_at >= self.stats_interval:
             self._emit_stats(stats, ctx)
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from collections import OrderedDict
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 
 from google.protobuf.message import Message
 from quantum.events.v1.common_pb2 import Side
@@ -26,6 +26,7 @@ from quantum.events.v1.execution_pb2 import (
 from quantum.events.v1.market_pb2 import MarketTick
 from quantum.events.v1.risk_pb2 import SignalApproved
 
+from runtime.core import event_checks as door
 from runtime.core.actor import Actor, HandlerContext, handles
 from runtime.core.envelope import open_payload
 from runtime.domains.execution.adapter import ExchangeAdapter, Fill, MarketOrder, Refusal
@@ -63,15 +64,14 @@ class Execution(Actor):
 
     @handles
     def on_tick(self, tick: MarketTick, ctx: HandlerContext) -> None:
-        try:
-            price = Decimal(tick.price)
-        except InvalidOperation:
-            return
-        if price.is_finite() and price > 0:
-            self.exchange.on_price(tick.symbol, price, ctx.occurred_at)
+        now = door.occurred_at(ctx.envelope)
+        price = door.tick(tick)
+        self.exchange.on_price(tick.symbol, price, now)
 
     @handles
     async def on_approved(self, approved: SignalApproved, ctx: HandlerContext) -> None:
+        _check_approval(approved)
+        door.occurred_at(ctx.envelope)
         recorded = self._recent.get(ctx.event_id)
         if recorded is not None:
             for payload in recorded:
@@ -157,16 +157,7 @@ class Execution(Actor):
     def _checked_quantity(self, approved: SignalApproved) -> tuple[Decimal, Refusal | None]:
         """The quantity to send, or why not: a reduce-only order never opens or grows a
         position (it is cut to what is held), whatever risk_safety believed when it approved."""
-        try:
-            quantity = Decimal(approved.quantity)
-        except InvalidOperation:
-            quantity = Decimal(0)
-        if not quantity.is_finite() or quantity <= 0:
-            return quantity, Refusal(
-                OrderRejectReason.ORDER_REJECT_REASON_INVALID_QUANTITY,
-                f"approval of {approved.signal_id} has quantity {approved.quantity!r}; "
-                "it must be a decimal > 0",
-            )
+        quantity = door.positive(approved.quantity, "quantity")  # checked at the door
         if not approved.reduce_only:
             return quantity, None
         held = self.held.get(approved.symbol, Decimal(0))
@@ -206,8 +197,18 @@ class Execution(Actor):
 
 
 def _reference_price(text: str) -> Decimal | None:
-    try:
-        price = Decimal(text)
-    except InvalidOperation:
-        return None
-    return price if price.is_finite() and price > 0 else None
+    """The approval's reference price; empty when the decision had none (checked at the door)."""
+    return door.positive(text, "reference_price") if text else None
+
+
+def _check_approval(approved: SignalApproved) -> None:
+    """An approval execution can act on: no order goes out for a malformed one."""
+    door.identifier(approved.signal_id, "signal_id")
+    door.symbol(approved.symbol)
+    door.side(approved.side)
+    door.positive(approved.quantity, "quantity")
+    if approved.reference_price:
+        door.positive(approved.reference_price, "reference_price")
+    if approved.notional:
+        door.money(approved.notional, "notional", minimum=Decimal(0))
+    door.optional_time(approved, "decided_at")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import datetime, timedelta
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 
 from google.protobuf.timestamp_pb2 import Timestamp
 from quantum.events.v1.common_pb2 import Side
@@ -12,7 +12,9 @@ from quantum.events.v1.market_pb2 import MarketTick
 from quantum.events.v1.portfolio_pb2 import PnlUpdated, PositionClosed, PositionOpened
 from quantum.events.v2.execution_pb2 import OrderFilled, PartialFill
 
+from runtime.core import event_checks as door
 from runtime.core.actor import Actor, HandlerContext, handles
+from runtime.core.failures import InvalidEvent
 from runtime.domains.portfolio.ledger import Closed, Ledger, Opened
 
 
@@ -40,15 +42,18 @@ class Portfolio(Actor):
 
     @handles
     def on_fill(self, fill: OrderFilled, ctx: HandlerContext) -> None:
+        now = door.occurred_at(ctx.envelope)
+        door.identifier(fill.order_id, "order_id")
         if self.ledger.already_applied(fill.order_id):
             return  # one order fills once: a redelivered fill changes nothing
+        door.symbol(fill.symbol)
+        door.side(fill.side)
         if not fill.fills:
-            raise ValueError(f"fill of order {fill.order_id} carries no partial fills")
+            raise InvalidEvent("fills", "must hold at least one partial fill", fill.order_id)
         # Every part is checked before any is applied: the ledger marks the order applied on
-        # its first part, so a bad later part must not leave it half-applied (and the retry
-        # then skipping it as done). All or nothing.
-        parts = [_fill_numbers(fill.order_id, part) for part in fill.fills]
-        self.ledger.start_day(ctx.occurred_at)
+        # its first part, so a bad later part must not leave it half-applied. All or nothing.
+        parts = [_fill_numbers(index, part) for index, part in enumerate(fill.fills)]
+        self.ledger.start_day(now)
         at = ctx.envelope.occurred_at
         for quantity, price, fee in parts:
             self._apply(fill.order_id, fill.symbol, fill.side, quantity, price, fee, at, ctx)
@@ -95,13 +100,8 @@ class Portfolio(Actor):
 
     @handles
     def on_tick(self, tick: MarketTick, ctx: HandlerContext) -> None:
-        try:
-            price = Decimal(tick.price)
-        except InvalidOperation:
-            return
-        if not price.is_finite() or price <= 0:
-            return
-        now = ctx.occurred_at
+        now = door.occurred_at(ctx.envelope)
+        price = door.tick(tick)
         self.ledger.start_day(now)
         if not self.ledger.mark(tick.symbol, price):
             return
@@ -140,21 +140,11 @@ class Portfolio(Actor):
         self.ledger = Ledger.from_json(json.loads(data))
 
 
-def _fill_numbers(order_id: str, part: PartialFill) -> tuple[Decimal, Decimal, Decimal]:
-    try:
-        quantity = Decimal(part.quantity)
-        price = Decimal(part.price)
-        fee = Decimal(part.fee or "0")
-    except InvalidOperation as exc:
-        raise ValueError(
-            f"fill of order {order_id} has a quantity, price or fee that is not a decimal: "
-            f"{part.quantity!r}, {part.price!r}, {part.fee!r}"
-        ) from exc
-    if not (quantity.is_finite() and price.is_finite() and fee.is_finite()):
-        raise ValueError(f"fill of order {order_id} has a non-finite number")
-    if quantity <= 0 or price <= 0:
-        raise ValueError(
-            f"fill of order {order_id} needs quantity > 0 and price > 0, got "
-            f"{part.quantity} at {part.price}"
-        )
+def _fill_numbers(index: int, part: PartialFill) -> tuple[Decimal, Decimal, Decimal]:
+    """One partial fill's quantity, price and fee (a rebate may be negative)."""
+    where = f"fills[{index}]"
+    quantity = door.positive(part.quantity, f"{where}.quantity")
+    price = door.positive(part.price, f"{where}.price")
+    fee = door.money(part.fee, f"{where}.fee") if part.fee else Decimal(0)
+    door.optional_time(part, "filled_at")
     return quantity, price, fee

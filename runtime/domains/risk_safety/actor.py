@@ -10,6 +10,7 @@ from quantum.events.v1.portfolio_pb2 import PnlUpdated, PositionClosed, Position
 from quantum.events.v1.risk_pb2 import RejectReason, SignalApproved, SignalRejected
 from quantum.events.v2.ai_pb2 import SignalGenerated
 
+from runtime.core import event_checks as door
 from runtime.core.actor import Actor, HandlerContext, handles
 from runtime.core.policy.codec import mode_to_proto
 from runtime.core.policy.ports import PolicyReader
@@ -40,8 +41,9 @@ class RiskSafety(Actor):
 
     @handles
     def on_signal(self, signal: SignalGenerated, ctx: HandlerContext) -> None:
+        now = door.occurred_at(ctx.envelope)
+        _check_signal(signal)
         policy = self.policy.get_policy()
-        now = ctx.occurred_at
         price = parse_price(signal.reference_price)
         if price is not None:  # else decide() rejects the signal with NO_PRICE
             self.book.marks[signal.symbol] = price
@@ -84,19 +86,51 @@ class RiskSafety(Actor):
 
     @handles
     def on_pnl(self, pnl: PnlUpdated, ctx: HandlerContext) -> None:
-        self.book.record_pnl(Decimal(pnl.equity), Decimal(pnl.daily_pnl), ctx.occurred_at)
+        now = door.occurred_at(ctx.envelope)
+        equity = door.money(pnl.equity, "equity")
+        daily_pnl = door.money(pnl.daily_pnl, "daily_pnl")
+        self.book.record_pnl(equity, daily_pnl, now)
 
     @handles
     def on_position_opened(self, opened: PositionOpened, ctx: HandlerContext) -> None:
-        self.book.position_opened(opened.symbol, opened.side, Decimal(opened.quantity))
-        self.book.marks.setdefault(opened.symbol, Decimal(opened.entry_price))
+        door.occurred_at(ctx.envelope)
+        symbol = self._known_symbol(opened.symbol)
+        side = door.side(opened.side)
+        quantity = door.positive(opened.quantity, "quantity")
+        entry_price = door.positive(opened.entry_price, "entry_price")
+        self.book.position_opened(symbol, side, quantity)
+        self.book.marks.setdefault(symbol, entry_price)
 
     @handles
     def on_position_closed(self, closed: PositionClosed, ctx: HandlerContext) -> None:
-        self.book.position_closed(closed.symbol, closed.side)
+        door.occurred_at(ctx.envelope)
+        door.symbol(closed.symbol)
+        self.book.position_closed(closed.symbol, door.side(closed.side))
+
+    def _known_symbol(self, symbol: str) -> str:
+        """A position's symbol must be one the policy allows (in any mode) or one already
+        held: forged opens of other symbols would otherwise fill the open-position slots."""
+        if symbol in self.book.holdings:
+            return door.symbol(symbol)
+        allowed: set[str] = set()
+        for limits in self.policy.get_policy().limits.values():
+            allowed |= limits.allowed_symbols
+        return door.allowed_symbol(symbol, allowed)
 
     def snapshot_state(self) -> bytes:
         return json.dumps(self.book.to_json(), sort_keys=True).encode()
 
     def restore_state(self, data: bytes) -> None:
         self.book = Book.from_json(json.loads(data))
+
+
+def _check_signal(signal: SignalGenerated) -> None:
+    """A signal the checks can reason about. An empty or non-positive reference price is
+    not invalid: ``decide`` rejects it with NO_PRICE; malformed text is."""
+    door.identifier(signal.signal_id, "signal_id")
+    door.symbol(signal.symbol)
+    door.side(signal.side)
+    door.fraction(signal.confidence.value, "confidence.value")
+    if signal.reference_price:
+        door.number(signal.reference_price, "reference_price", maximum=door.MAX_QUANTITY)
+    door.optional_time(signal, "generated_at")

@@ -19,11 +19,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from decimal import ROUND_DOWN, Decimal, InvalidOperation
+from decimal import ROUND_DOWN, Decimal
 
 from quantum.events.v1.risk_pb2 import RejectReason
 from quantum.events.v2.ai_pb2 import SignalGenerated
 
+from runtime.core.decimals import DecimalError, parse_decimal
 from runtime.core.policy import Policy, TradingState
 from runtime.domains.risk_safety.book import Book
 
@@ -186,18 +187,17 @@ def _rate_checked(
 def parse_price(text: str) -> Decimal | None:
     """A usable price (finite, > 0) or None."""
     try:
-        price = Decimal(text)
-    except InvalidOperation:
+        price = parse_decimal(text, "reference_price")
+    except DecimalError:
         return None
-    return price if price.is_finite() and price > 0 else None
+    return price if price > 0 else None
 
 
 def _decimal(text: str) -> Decimal:
     try:
-        value = Decimal(text)
-    except InvalidOperation:
+        return parse_decimal(text, "confidence")
+    except DecimalError:
         return Decimal(0)
-    return value if value.is_finite() else Decimal(0)
 
 
 def _fmt(value: Decimal) -> str:

@@ -8,6 +8,7 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from quantum.control.v1 import stored_event_pb2 as _stored_event_pb2
 from quantum.events.v1 import envelope_pb2 as _envelope_pb2
 import builtins as _builtins
@@ -20,6 +21,28 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _RepairMode:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _RepairModeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RepairMode.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    REPAIR_MODE_UNSPECIFIED: _RepairMode.ValueType  # 0
+    REPAIR_MODE_REBUILD: _RepairMode.ValueType  # 1
+    """Replay the retained inputs, in stream order, into a fresh actor and keep its state."""
+    REPAIR_MODE_RESET: _RepairMode.ValueType  # 2
+    """Store the state of a fresh actor that has seen nothing."""
+
+class RepairMode(_RepairMode, metaclass=_RepairModeEnumTypeWrapper):
+    """How a domain's state is repaired."""
+
+REPAIR_MODE_UNSPECIFIED: RepairMode.ValueType  # 0
+REPAIR_MODE_REBUILD: RepairMode.ValueType  # 1
+"""Replay the retained inputs, in stream order, into a fresh actor and keep its state."""
+REPAIR_MODE_RESET: RepairMode.ValueType  # 2
+"""Store the state of a fresh actor that has seen nothing."""
+Global___RepairMode: _TypeAlias = RepairMode  # noqa: Y015
 
 @_typing.final
 class EventRange(_message.Message):
@@ -331,3 +354,170 @@ class RedriveDeadLettersResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RedriveDeadLettersResponse: _TypeAlias = RedriveDeadLettersResponse  # noqa: Y015
+
+@_typing.final
+class RepairDomainStateRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DOMAIN_FIELD_NUMBER: _builtins.int
+    MODE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    DRY_RUN_FIELD_NUMBER: _builtins.int
+    PARTITION_FIELD_NUMBER: _builtins.int
+    PARTITIONS_FIELD_NUMBER: _builtins.int
+    domain: _builtins.str
+    """The domain, for example "risk_safety"."""
+    mode: Global___RepairMode.ValueType
+    reason: _builtins.str
+    """Why (required): kept in the repair record."""
+    dry_run: _builtins.bool
+    """True: compute the state and report, store nothing."""
+    partition: _builtins.int
+    """For a domain run as partitions (--partition I/N): which one; partitions 0 means 1."""
+    partitions: _builtins.int
+    def __init__(
+        self,
+        *,
+        domain: _builtins.str = ...,
+        mode: Global___RepairMode.ValueType = ...,
+        reason: _builtins.str = ...,
+        dry_run: _builtins.bool = ...,
+        partition: _builtins.int = ...,
+        partitions: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["domain", b"domain", "dry_run", b"dry_run", "mode", b"mode", "partition", b"partition", "partitions", b"partitions", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RepairDomainStateRequest: _TypeAlias = RepairDomainStateRequest  # noqa: Y015
+
+@_typing.final
+class RepairDomainStateResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REPAIR_FIELD_NUMBER: _builtins.int
+    STORED_FIELD_NUMBER: _builtins.int
+    REFUSED_INPUTS_FIELD_NUMBER: _builtins.int
+    stored: _builtins.bool
+    """True when the state was stored."""
+    @_builtins.property
+    def repair(self) -> Global___StateRepair:
+        """What was done (for a dry run: what would have been)."""
+
+    @_builtins.property
+    def refused_inputs(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Up to 20 of the inputs the actor refused, as "<stream> <entry id>: <error>"."""
+
+    def __init__(
+        self,
+        *,
+        repair: Global___StateRepair | None = ...,
+        stored: _builtins.bool = ...,
+        refused_inputs: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["repair", b"repair"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["refused_inputs", b"refused_inputs", "repair", b"repair", "stored", b"stored"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RepairDomainStateResponse: _TypeAlias = RepairDomainStateResponse  # noqa: Y015
+
+@_typing.final
+class StateRepair(_message.Message):
+    """StateRepair is the record of one repair."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DOMAIN_FIELD_NUMBER: _builtins.int
+    MODE_FIELD_NUMBER: _builtins.int
+    CHANGED_BY_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    CHANGED_AT_FIELD_NUMBER: _builtins.int
+    INPUTS_REPLAYED_FIELD_NUMBER: _builtins.int
+    INPUTS_REFUSED_FIELD_NUMBER: _builtins.int
+    STATE_BYTES_FIELD_NUMBER: _builtins.int
+    STATE_EPOCH_FIELD_NUMBER: _builtins.int
+    STATE_KEY_FIELD_NUMBER: _builtins.int
+    domain: _builtins.str
+    mode: Global___RepairMode.ValueType
+    changed_by: _builtins.str
+    """"<role>:<name>" of the caller's token."""
+    reason: _builtins.str
+    inputs_replayed: _builtins.int
+    """Inputs the rebuild replayed, and of those how many the actor refused (skipped)."""
+    inputs_refused: _builtins.int
+    state_bytes: _builtins.int
+    """Size of the stored state, and the domain's state epoch after the repair."""
+    state_epoch: _builtins.int
+    state_key: _builtins.str
+    """The Redis key the state was stored under."""
+    @_builtins.property
+    def changed_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        domain: _builtins.str = ...,
+        mode: Global___RepairMode.ValueType = ...,
+        changed_by: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        changed_at: _timestamp_pb2.Timestamp | None = ...,
+        inputs_replayed: _builtins.int = ...,
+        inputs_refused: _builtins.int = ...,
+        state_bytes: _builtins.int = ...,
+        state_epoch: _builtins.int = ...,
+        state_key: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["changed_at", b"changed_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changed_at", b"changed_at", "changed_by", b"changed_by", "domain", b"domain", "inputs_refused", b"inputs_refused", "inputs_replayed", b"inputs_replayed", "mode", b"mode", "reason", b"reason", "state_bytes", b"state_bytes", "state_epoch", b"state_epoch", "state_key", b"state_key"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StateRepair: _TypeAlias = StateRepair  # noqa: Y015
+
+@_typing.final
+class ListStateRepairsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DOMAIN_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    domain: _builtins.str
+    """Only this domain's repairs; empty means every domain."""
+    page_size: _builtins.int
+    """0 means the server default (50), capped at 1000."""
+    def __init__(
+        self,
+        *,
+        domain: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["domain", b"domain", "page_size", b"page_size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListStateRepairsRequest: _TypeAlias = ListStateRepairsRequest  # noqa: Y015
+
+@_typing.final
+class ListStateRepairsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REPAIRS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def repairs(self) -> _containers.RepeatedCompositeFieldContainer[Global___StateRepair]: ...
+    def __init__(
+        self,
+        *,
+        repairs: _abc.Iterable[Global___StateRepair] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["repairs", b"repairs"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListStateRepairsResponse: _TypeAlias = ListStateRepairsResponse  # noqa: Y015

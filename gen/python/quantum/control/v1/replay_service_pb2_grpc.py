@@ -55,6 +55,16 @@ class ReplayServiceStub:
                 request_serializer=quantum_dot_control_dot_v1_dot_replay__service__pb2.RedriveDeadLettersRequest.SerializeToString,
                 response_deserializer=quantum_dot_control_dot_v1_dot_replay__service__pb2.RedriveDeadLettersResponse.FromString,
                 _registered_method=True)
+        self.RepairDomainState = channel.unary_unary(
+                '/quantum.control.v1.ReplayService/RepairDomainState',
+                request_serializer=quantum_dot_control_dot_v1_dot_replay__service__pb2.RepairDomainStateRequest.SerializeToString,
+                response_deserializer=quantum_dot_control_dot_v1_dot_replay__service__pb2.RepairDomainStateResponse.FromString,
+                _registered_method=True)
+        self.ListStateRepairs = channel.unary_unary(
+                '/quantum.control.v1.ReplayService/ListStateRepairs',
+                request_serializer=quantum_dot_control_dot_v1_dot_replay__service__pb2.ListStateRepairsRequest.SerializeToString,
+                response_deserializer=quantum_dot_control_dot_v1_dot_replay__service__pb2.ListStateRepairsResponse.FromString,
+                _registered_method=True)
 
 
 class ReplayServiceServicer:
@@ -90,6 +100,23 @@ class ReplayServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RepairDomainState(self, request, context):
+        """RepairDomainState rebuilds a domain's saved state by replaying the inputs its streams still
+        retain into a fresh actor, or resets it to empty, and stores it where the domain's runner
+        keeps it (bumping the state epoch, so a running runner reloads it). Needs the operator
+        role; every repair is recorded (ListStateRepairs).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListStateRepairs(self, request, context):
+        """ListStateRepairs lists the recorded state repairs, newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ReplayServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -112,6 +139,16 @@ def add_ReplayServiceServicer_to_server(servicer, server):
                     servicer.RedriveDeadLetters,
                     request_deserializer=quantum_dot_control_dot_v1_dot_replay__service__pb2.RedriveDeadLettersRequest.FromString,
                     response_serializer=quantum_dot_control_dot_v1_dot_replay__service__pb2.RedriveDeadLettersResponse.SerializeToString,
+            ),
+            'RepairDomainState': grpc.unary_unary_rpc_method_handler(
+                    servicer.RepairDomainState,
+                    request_deserializer=quantum_dot_control_dot_v1_dot_replay__service__pb2.RepairDomainStateRequest.FromString,
+                    response_serializer=quantum_dot_control_dot_v1_dot_replay__service__pb2.RepairDomainStateResponse.SerializeToString,
+            ),
+            'ListStateRepairs': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListStateRepairs,
+                    request_deserializer=quantum_dot_control_dot_v1_dot_replay__service__pb2.ListStateRepairsRequest.FromString,
+                    response_serializer=quantum_dot_control_dot_v1_dot_replay__service__pb2.ListStateRepairsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -223,6 +260,60 @@ class ReplayService:
             '/quantum.control.v1.ReplayService/RedriveDeadLetters',
             quantum_dot_control_dot_v1_dot_replay__service__pb2.RedriveDeadLettersRequest.SerializeToString,
             quantum_dot_control_dot_v1_dot_replay__service__pb2.RedriveDeadLettersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RepairDomainState(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quantum.control.v1.ReplayService/RepairDomainState',
+            quantum_dot_control_dot_v1_dot_replay__service__pb2.RepairDomainStateRequest.SerializeToString,
+            quantum_dot_control_dot_v1_dot_replay__service__pb2.RepairDomainStateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListStateRepairs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quantum.control.v1.ReplayService/ListStateRepairs',
+            quantum_dot_control_dot_v1_dot_replay__service__pb2.ListStateRepairsRequest.SerializeToString,
+            quantum_dot_control_dot_v1_dot_replay__service__pb2.ListStateRepairsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -43,6 +43,14 @@ class ReplayServiceStub:
     """ListDeadLetters pages through one domain's dead-letter stream."""
     RedriveDeadLetters: _grpc.UnaryUnaryMultiCallable[_replay_service_pb2.RedriveDeadLettersRequest, _replay_service_pb2.RedriveDeadLettersResponse]
     """RedriveDeadLetters puts dead letters back on their original stream, once each."""
+    RepairDomainState: _grpc.UnaryUnaryMultiCallable[_replay_service_pb2.RepairDomainStateRequest, _replay_service_pb2.RepairDomainStateResponse]
+    """RepairDomainState rebuilds a domain's saved state by replaying the inputs its streams still
+    retain into a fresh actor, or resets it to empty, and stores it where the domain's runner
+    keeps it (bumping the state epoch, so a running runner reloads it). Needs the operator
+    role; every repair is recorded (ListStateRepairs).
+    """
+    ListStateRepairs: _grpc.UnaryUnaryMultiCallable[_replay_service_pb2.ListStateRepairsRequest, _replay_service_pb2.ListStateRepairsResponse]
+    """ListStateRepairs lists the recorded state repairs, newest first."""
 
 @_typing.type_check_only
 class ReplayServiceAsyncStub(ReplayServiceStub):
@@ -59,6 +67,14 @@ class ReplayServiceAsyncStub(ReplayServiceStub):
     """ListDeadLetters pages through one domain's dead-letter stream."""
     RedriveDeadLetters: _aio.UnaryUnaryMultiCallable[_replay_service_pb2.RedriveDeadLettersRequest, _replay_service_pb2.RedriveDeadLettersResponse]  # type: ignore[assignment]
     """RedriveDeadLetters puts dead letters back on their original stream, once each."""
+    RepairDomainState: _aio.UnaryUnaryMultiCallable[_replay_service_pb2.RepairDomainStateRequest, _replay_service_pb2.RepairDomainStateResponse]  # type: ignore[assignment]
+    """RepairDomainState rebuilds a domain's saved state by replaying the inputs its streams still
+    retain into a fresh actor, or resets it to empty, and stores it where the domain's runner
+    keeps it (bumping the state epoch, so a running runner reloads it). Needs the operator
+    role; every repair is recorded (ListStateRepairs).
+    """
+    ListStateRepairs: _aio.UnaryUnaryMultiCallable[_replay_service_pb2.ListStateRepairsRequest, _replay_service_pb2.ListStateRepairsResponse]  # type: ignore[assignment]
+    """ListStateRepairs lists the recorded state repairs, newest first."""
 
 class ReplayServiceServicer(metaclass=_abc_1.ABCMeta):
     """ReplayService reads stored events, re-delivers them, and manages dead letters."""
@@ -96,5 +112,25 @@ class ReplayServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_replay_service_pb2.RedriveDeadLettersResponse, _abc.Awaitable[_replay_service_pb2.RedriveDeadLettersResponse]]:
         """RedriveDeadLetters puts dead letters back on their original stream, once each."""
+
+    @_abc_1.abstractmethod
+    def RepairDomainState(
+        self,
+        request: _replay_service_pb2.RepairDomainStateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_replay_service_pb2.RepairDomainStateResponse, _abc.Awaitable[_replay_service_pb2.RepairDomainStateResponse]]:
+        """RepairDomainState rebuilds a domain's saved state by replaying the inputs its streams still
+        retain into a fresh actor, or resets it to empty, and stores it where the domain's runner
+        keeps it (bumping the state epoch, so a running runner reloads it). Needs the operator
+        role; every repair is recorded (ListStateRepairs).
+        """
+
+    @_abc_1.abstractmethod
+    def ListStateRepairs(
+        self,
+        request: _replay_service_pb2.ListStateRepairsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_replay_service_pb2.ListStateRepairsResponse, _abc.Awaitable[_replay_service_pb2.ListStateRepairsResponse]]:
+        """ListStateRepairs lists the recorded state repairs, newest first."""
 
 def add_ReplayServiceServicer_to_server(servicer: ReplayServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -2,8 +2,8 @@
 // @generated from file quantum/control/v1/replay_service.proto (package quantum.control.v1, syntax proto3)
 /* eslint-disable */
 
-import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
-import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
+import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
+import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
 import type { Timestamp } from "@bufbuild/protobuf/wkt";
 import { file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
 import type { StoredEvent } from "./stored_event_pb.js";
@@ -16,7 +16,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file quantum/control/v1/replay_service.proto.
  */
 export const file_quantum_control_v1_replay_service: GenFile = /*@__PURE__*/
-  fileDesc("CidxdWFudHVtL2NvbnRyb2wvdjEvcmVwbGF5X3NlcnZpY2UucHJvdG8SEnF1YW50dW0uY29udHJvbC52MSKvAQoKRXZlbnRSYW5nZRISCgpldmVudF90eXBlGAEgASgJEhAKCHN0YXJ0X2lkGAIgASgJEg4KBmVuZF9pZBgDIAEoCRIuCgpzdGFydF90aW1lGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIsCghlbmRfdGltZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDQoFbGltaXQYBiABKAMiQgoRUmVhZEV2ZW50c1JlcXVlc3QSLQoFcmFuZ2UYASABKAsyHi5xdWFudHVtLmNvbnRyb2wudjEuRXZlbnRSYW5nZSJEChJSZWFkRXZlbnRzUmVzcG9uc2USLgoFZXZlbnQYASABKAsyHy5xdWFudHVtLmNvbnRyb2wudjEuU3RvcmVkRXZlbnQiZwoVUmVwbGF5VG9Eb21haW5SZXF1ZXN0Eg4KBmRvbWFpbhgBIAEoCRItCgVyYW5nZRgCIAEoCzIeLnF1YW50dW0uY29udHJvbC52MS5FdmVudFJhbmdlEg8KB3B1Ymxpc2gYAyABKAgiugEKFlJlcGxheVRvRG9tYWluUmVzcG9uc2USLgoFaW5wdXQYASABKAsyHy5xdWFudHVtLmNvbnRyb2wudjEuU3RvcmVkRXZlbnQSLAoHb3V0cHV0cxgCIAMoCzIbLnF1YW50dW0uZXZlbnRzLnYxLkVudmVsb3BlEhEKCXByb2Nlc3NlZBgDIAEoAxINCgV0b3RhbBgEIAEoAxINCgVlcnJvchgFIAEoCRIRCglwdWJsaXNoZWQYBiABKAgikwIKCkRlYWRMZXR0ZXISDgoGZG9tYWluGAEgASgJEhAKCGVudHJ5X2lkGAIgASgJEhcKD29yaWdpbmFsX3N0cmVhbRgDIAEoCRIZChFvcmlnaW5hbF9lbnRyeV9pZBgEIAEoCRIYChBvcmlnaW5hbF9wYXlsb2FkGAUgASgMEg4KBnJlYXNvbhgGIAEoCRISCgplcnJvcl90eXBlGAcgASgJEhUKDWVycm9yX21lc3NhZ2UYCCABKAkSEAoIYXR0ZW1wdHMYCSABKAUSLQoJZmFpbGVkX2F0GAogASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIZChFyZWRyaXZlbl9lbnRyeV9pZBgLIAEoCSJPChZMaXN0RGVhZExldHRlcnNSZXF1ZXN0Eg4KBmRvbWFpbhgBIAEoCRIRCglwYWdlX3NpemUYAiABKAUSEgoKcGFnZV90b2tlbhgDIAEoCSJoChdMaXN0RGVhZExldHRlcnNSZXNwb25zZRI0CgxkZWFkX2xldHRlcnMYASADKAsyHi5xdWFudHVtLmNvbnRyb2wudjEuRGVhZExldHRlchIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiPgoZUmVkcml2ZURlYWRMZXR0ZXJzUmVxdWVzdBIOCgZkb21haW4YASABKAkSEQoJZW50cnlfaWRzGAIgAygJIlsKGlJlZHJpdmVEZWFkTGV0dGVyc1Jlc3BvbnNlEhAKCHJlZHJpdmVuGAEgASgFEhgKEGFscmVhZHlfcmVkcml2ZW4YAiABKAUSEQoJZW50cnlfaWRzGAMgAygJMroDCg1SZXBsYXlTZXJ2aWNlEl0KClJlYWRFdmVudHMSJS5xdWFudHVtLmNvbnRyb2wudjEuUmVhZEV2ZW50c1JlcXVlc3QaJi5xdWFudHVtLmNvbnRyb2wudjEuUmVhZEV2ZW50c1Jlc3BvbnNlMAESaQoOUmVwbGF5VG9Eb21haW4SKS5xdWFudHVtLmNvbnRyb2wudjEuUmVwbGF5VG9Eb21haW5SZXF1ZXN0GioucXVhbnR1bS5jb250cm9sLnYxLlJlcGxheVRvRG9tYWluUmVzcG9uc2UwARJqCg9MaXN0RGVhZExldHRlcnMSKi5xdWFudHVtLmNvbnRyb2wudjEuTGlzdERlYWRMZXR0ZXJzUmVxdWVzdBorLnF1YW50dW0uY29udHJvbC52MS5MaXN0RGVhZExldHRlcnNSZXNwb25zZRJzChJSZWRyaXZlRGVhZExldHRlcnMSLS5xdWFudHVtLmNvbnRyb2wudjEuUmVkcml2ZURlYWRMZXR0ZXJzUmVxdWVzdBouLnF1YW50dW0uY29udHJvbC52MS5SZWRyaXZlRGVhZExldHRlcnNSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_timestamp, file_quantum_control_v1_stored_event, file_quantum_events_v1_envelope]);
+  fileDesc("CidxdWFudHVtL2NvbnRyb2wvdjEvcmVwbGF5X3NlcnZpY2UucHJvdG8SEnF1YW50dW0uY29udHJvbC52MSKvAQoKRXZlbnRSYW5nZRISCgpldmVudF90eXBlGAEgASgJEhAKCHN0YXJ0X2lkGAIgASgJEg4KBmVuZF9pZBgDIAEoCRIuCgpzdGFydF90aW1lGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIsCghlbmRfdGltZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDQoFbGltaXQYBiABKAMiQgoRUmVhZEV2ZW50c1JlcXVlc3QSLQoFcmFuZ2UYASABKAsyHi5xdWFudHVtLmNvbnRyb2wudjEuRXZlbnRSYW5nZSJEChJSZWFkRXZlbnRzUmVzcG9uc2USLgoFZXZlbnQYASABKAsyHy5xdWFudHVtLmNvbnRyb2wudjEuU3RvcmVkRXZlbnQiZwoVUmVwbGF5VG9Eb21haW5SZXF1ZXN0Eg4KBmRvbWFpbhgBIAEoCRItCgVyYW5nZRgCIAEoCzIeLnF1YW50dW0uY29udHJvbC52MS5FdmVudFJhbmdlEg8KB3B1Ymxpc2gYAyABKAgiugEKFlJlcGxheVRvRG9tYWluUmVzcG9uc2USLgoFaW5wdXQYASABKAsyHy5xdWFudHVtLmNvbnRyb2wudjEuU3RvcmVkRXZlbnQSLAoHb3V0cHV0cxgCIAMoCzIbLnF1YW50dW0uZXZlbnRzLnYxLkVudmVsb3BlEhEKCXByb2Nlc3NlZBgDIAEoAxINCgV0b3RhbBgEIAEoAxINCgVlcnJvchgFIAEoCRIRCglwdWJsaXNoZWQYBiABKAgikwIKCkRlYWRMZXR0ZXISDgoGZG9tYWluGAEgASgJEhAKCGVudHJ5X2lkGAIgASgJEhcKD29yaWdpbmFsX3N0cmVhbRgDIAEoCRIZChFvcmlnaW5hbF9lbnRyeV9pZBgEIAEoCRIYChBvcmlnaW5hbF9wYXlsb2FkGAUgASgMEg4KBnJlYXNvbhgGIAEoCRISCgplcnJvcl90eXBlGAcgASgJEhUKDWVycm9yX21lc3NhZ2UYCCABKAkSEAoIYXR0ZW1wdHMYCSABKAUSLQoJZmFpbGVkX2F0GAogASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIZChFyZWRyaXZlbl9lbnRyeV9pZBgLIAEoCSJPChZMaXN0RGVhZExldHRlcnNSZXF1ZXN0Eg4KBmRvbWFpbhgBIAEoCRIRCglwYWdlX3NpemUYAiABKAUSEgoKcGFnZV90b2tlbhgDIAEoCSJoChdMaXN0RGVhZExldHRlcnNSZXNwb25zZRI0CgxkZWFkX2xldHRlcnMYASADKAsyHi5xdWFudHVtLmNvbnRyb2wudjEuRGVhZExldHRlchIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiPgoZUmVkcml2ZURlYWRMZXR0ZXJzUmVxdWVzdBIOCgZkb21haW4YASABKAkSEQoJZW50cnlfaWRzGAIgAygJIlsKGlJlZHJpdmVEZWFkTGV0dGVyc1Jlc3BvbnNlEhAKCHJlZHJpdmVuGAEgASgFEhgKEGFscmVhZHlfcmVkcml2ZW4YAiABKAUSEQoJZW50cnlfaWRzGAMgAygJIqABChhSZXBhaXJEb21haW5TdGF0ZVJlcXVlc3QSDgoGZG9tYWluGAEgASgJEiwKBG1vZGUYAiABKA4yHi5xdWFudHVtLmNvbnRyb2wudjEuUmVwYWlyTW9kZRIOCgZyZWFzb24YAyABKAkSDwoHZHJ5X3J1bhgEIAEoCBIRCglwYXJ0aXRpb24YBSABKA0SEgoKcGFydGl0aW9ucxgGIAEoDSJ0ChlSZXBhaXJEb21haW5TdGF0ZVJlc3BvbnNlEi8KBnJlcGFpchgBIAEoCzIfLnF1YW50dW0uY29udHJvbC52MS5TdGF0ZVJlcGFpchIOCgZzdG9yZWQYAiABKAgSFgoOcmVmdXNlZF9pbnB1dHMYAyADKAkijQIKC1N0YXRlUmVwYWlyEg4KBmRvbWFpbhgBIAEoCRIsCgRtb2RlGAIgASgOMh4ucXVhbnR1bS5jb250cm9sLnYxLlJlcGFpck1vZGUSEgoKY2hhbmdlZF9ieRgDIAEoCRIOCgZyZWFzb24YBCABKAkSLgoKY2hhbmdlZF9hdBgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFwoPaW5wdXRzX3JlcGxheWVkGAYgASgDEhYKDmlucHV0c19yZWZ1c2VkGAcgASgDEhMKC3N0YXRlX2J5dGVzGAggASgDEhMKC3N0YXRlX2Vwb2NoGAkgASgDEhEKCXN0YXRlX2tleRgKIAEoCSI8ChdMaXN0U3RhdGVSZXBhaXJzUmVxdWVzdBIOCgZkb21haW4YASABKAkSEQoJcGFnZV9zaXplGAIgASgFIkwKGExpc3RTdGF0ZVJlcGFpcnNSZXNwb25zZRIwCgdyZXBhaXJzGAEgAygLMh8ucXVhbnR1bS5jb250cm9sLnYxLlN0YXRlUmVwYWlyKlkKClJlcGFpck1vZGUSGwoXUkVQQUlSX01PREVfVU5TUEVDSUZJRUQQABIXChNSRVBBSVJfTU9ERV9SRUJVSUxEEAESFQoRUkVQQUlSX01PREVfUkVTRVQQAjKbBQoNUmVwbGF5U2VydmljZRJdCgpSZWFkRXZlbnRzEiUucXVhbnR1bS5jb250cm9sLnYxLlJlYWRFdmVudHNSZXF1ZXN0GiYucXVhbnR1bS5jb250cm9sLnYxLlJlYWRFdmVudHNSZXNwb25zZTABEmkKDlJlcGxheVRvRG9tYWluEikucXVhbnR1bS5jb250cm9sLnYxLlJlcGxheVRvRG9tYWluUmVxdWVzdBoqLnF1YW50dW0uY29udHJvbC52MS5SZXBsYXlUb0RvbWFpblJlc3BvbnNlMAESagoPTGlzdERlYWRMZXR0ZXJzEioucXVhbnR1bS5jb250cm9sLnYxLkxpc3REZWFkTGV0dGVyc1JlcXVlc3QaKy5xdWFudHVtLmNvbnRyb2wudjEuTGlzdERlYWRMZXR0ZXJzUmVzcG9uc2UScwoSUmVkcml2ZURlYWRMZXR0ZXJzEi0ucXVhbnR1bS5jb250cm9sLnYxLlJlZHJpdmVEZWFkTGV0dGVyc1JlcXVlc3QaLi5xdWFudHVtLmNvbnRyb2wudjEuUmVkcml2ZURlYWRMZXR0ZXJzUmVzcG9uc2UScAoRUmVwYWlyRG9tYWluU3RhdGUSLC5xdWFudHVtLmNvbnRyb2wudjEuUmVwYWlyRG9tYWluU3RhdGVSZXF1ZXN0Gi0ucXVhbnR1bS5jb250cm9sLnYxLlJlcGFpckRvbWFpblN0YXRlUmVzcG9uc2USbQoQTGlzdFN0YXRlUmVwYWlycxIrLnF1YW50dW0uY29udHJvbC52MS5MaXN0U3RhdGVSZXBhaXJzUmVxdWVzdBosLnF1YW50dW0uY29udHJvbC52MS5MaXN0U3RhdGVSZXBhaXJzUmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_timestamp, file_quantum_control_v1_stored_event, file_quantum_events_v1_envelope]);
 
 /**
  * EventRange selects entries of one stream by entry id or by time; ids win when both are set.
@@ -369,6 +369,236 @@ export const RedriveDeadLettersResponseSchema: GenMessage<RedriveDeadLettersResp
   messageDesc(file_quantum_control_v1_replay_service, 9);
 
 /**
+ * @generated from message quantum.control.v1.RepairDomainStateRequest
+ */
+export type RepairDomainStateRequest = Message<"quantum.control.v1.RepairDomainStateRequest"> & {
+  /**
+   * The domain, for example "risk_safety".
+   *
+   * @generated from field: string domain = 1;
+   */
+  domain: string;
+
+  /**
+   * @generated from field: quantum.control.v1.RepairMode mode = 2;
+   */
+  mode: RepairMode;
+
+  /**
+   * Why (required): kept in the repair record.
+   *
+   * @generated from field: string reason = 3;
+   */
+  reason: string;
+
+  /**
+   * True: compute the state and report, store nothing.
+   *
+   * @generated from field: bool dry_run = 4;
+   */
+  dryRun: boolean;
+
+  /**
+   * For a domain run as partitions (--partition I/N): which one; partitions 0 means 1.
+   *
+   * @generated from field: uint32 partition = 5;
+   */
+  partition: number;
+
+  /**
+   * @generated from field: uint32 partitions = 6;
+   */
+  partitions: number;
+};
+
+/**
+ * Describes the message quantum.control.v1.RepairDomainStateRequest.
+ * Use `create(RepairDomainStateRequestSchema)` to create a new message.
+ */
+export const RepairDomainStateRequestSchema: GenMessage<RepairDomainStateRequest> = /*@__PURE__*/
+  messageDesc(file_quantum_control_v1_replay_service, 10);
+
+/**
+ * @generated from message quantum.control.v1.RepairDomainStateResponse
+ */
+export type RepairDomainStateResponse = Message<"quantum.control.v1.RepairDomainStateResponse"> & {
+  /**
+   * What was done (for a dry run: what would have been).
+   *
+   * @generated from field: quantum.control.v1.StateRepair repair = 1;
+   */
+  repair?: StateRepair | undefined;
+
+  /**
+   * True when the state was stored.
+   *
+   * @generated from field: bool stored = 2;
+   */
+  stored: boolean;
+
+  /**
+   * Up to 20 of the inputs the actor refused, as "<stream> <entry id>: <error>".
+   *
+   * @generated from field: repeated string refused_inputs = 3;
+   */
+  refusedInputs: string[];
+};
+
+/**
+ * Describes the message quantum.control.v1.RepairDomainStateResponse.
+ * Use `create(RepairDomainStateResponseSchema)` to create a new message.
+ */
+export const RepairDomainStateResponseSchema: GenMessage<RepairDomainStateResponse> = /*@__PURE__*/
+  messageDesc(file_quantum_control_v1_replay_service, 11);
+
+/**
+ * StateRepair is the record of one repair.
+ *
+ * @generated from message quantum.control.v1.StateRepair
+ */
+export type StateRepair = Message<"quantum.control.v1.StateRepair"> & {
+  /**
+   * @generated from field: string domain = 1;
+   */
+  domain: string;
+
+  /**
+   * @generated from field: quantum.control.v1.RepairMode mode = 2;
+   */
+  mode: RepairMode;
+
+  /**
+   * "<role>:<name>" of the caller's token.
+   *
+   * @generated from field: string changed_by = 3;
+   */
+  changedBy: string;
+
+  /**
+   * @generated from field: string reason = 4;
+   */
+  reason: string;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp changed_at = 5;
+   */
+  changedAt?: Timestamp | undefined;
+
+  /**
+   * Inputs the rebuild replayed, and of those how many the actor refused (skipped).
+   *
+   * @generated from field: int64 inputs_replayed = 6;
+   */
+  inputsReplayed: bigint;
+
+  /**
+   * @generated from field: int64 inputs_refused = 7;
+   */
+  inputsRefused: bigint;
+
+  /**
+   * Size of the stored state, and the domain's state epoch after the repair.
+   *
+   * @generated from field: int64 state_bytes = 8;
+   */
+  stateBytes: bigint;
+
+  /**
+   * @generated from field: int64 state_epoch = 9;
+   */
+  stateEpoch: bigint;
+
+  /**
+   * The Redis key the state was stored under.
+   *
+   * @generated from field: string state_key = 10;
+   */
+  stateKey: string;
+};
+
+/**
+ * Describes the message quantum.control.v1.StateRepair.
+ * Use `create(StateRepairSchema)` to create a new message.
+ */
+export const StateRepairSchema: GenMessage<StateRepair> = /*@__PURE__*/
+  messageDesc(file_quantum_control_v1_replay_service, 12);
+
+/**
+ * @generated from message quantum.control.v1.ListStateRepairsRequest
+ */
+export type ListStateRepairsRequest = Message<"quantum.control.v1.ListStateRepairsRequest"> & {
+  /**
+   * Only this domain's repairs; empty means every domain.
+   *
+   * @generated from field: string domain = 1;
+   */
+  domain: string;
+
+  /**
+   * 0 means the server default (50), capped at 1000.
+   *
+   * @generated from field: int32 page_size = 2;
+   */
+  pageSize: number;
+};
+
+/**
+ * Describes the message quantum.control.v1.ListStateRepairsRequest.
+ * Use `create(ListStateRepairsRequestSchema)` to create a new message.
+ */
+export const ListStateRepairsRequestSchema: GenMessage<ListStateRepairsRequest> = /*@__PURE__*/
+  messageDesc(file_quantum_control_v1_replay_service, 13);
+
+/**
+ * @generated from message quantum.control.v1.ListStateRepairsResponse
+ */
+export type ListStateRepairsResponse = Message<"quantum.control.v1.ListStateRepairsResponse"> & {
+  /**
+   * @generated from field: repeated quantum.control.v1.StateRepair repairs = 1;
+   */
+  repairs: StateRepair[];
+};
+
+/**
+ * Describes the message quantum.control.v1.ListStateRepairsResponse.
+ * Use `create(ListStateRepairsResponseSchema)` to create a new message.
+ */
+export const ListStateRepairsResponseSchema: GenMessage<ListStateRepairsResponse> = /*@__PURE__*/
+  messageDesc(file_quantum_control_v1_replay_service, 14);
+
+/**
+ * How a domain's state is repaired.
+ *
+ * @generated from enum quantum.control.v1.RepairMode
+ */
+export enum RepairMode {
+  /**
+   * @generated from enum value: REPAIR_MODE_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * Replay the retained inputs, in stream order, into a fresh actor and keep its state.
+   *
+   * @generated from enum value: REPAIR_MODE_REBUILD = 1;
+   */
+  REBUILD = 1,
+
+  /**
+   * Store the state of a fresh actor that has seen nothing.
+   *
+   * @generated from enum value: REPAIR_MODE_RESET = 2;
+   */
+  RESET = 2,
+}
+
+/**
+ * Describes the enum quantum.control.v1.RepairMode.
+ */
+export const RepairModeSchema: GenEnum<RepairMode> = /*@__PURE__*/
+  enumDesc(file_quantum_control_v1_replay_service, 0);
+
+/**
  * ReplayService reads stored events, re-delivers them, and manages dead letters.
  *
  * @generated from service quantum.control.v1.ReplayService
@@ -414,6 +644,29 @@ export const ReplayService: GenService<{
     methodKind: "unary";
     input: typeof RedriveDeadLettersRequestSchema;
     output: typeof RedriveDeadLettersResponseSchema;
+  },
+  /**
+   * RepairDomainState rebuilds a domain's saved state by replaying the inputs its streams still
+   * retain into a fresh actor, or resets it to empty, and stores it where the domain's runner
+   * keeps it (bumping the state epoch, so a running runner reloads it). Needs the operator
+   * role; every repair is recorded (ListStateRepairs).
+   *
+   * @generated from rpc quantum.control.v1.ReplayService.RepairDomainState
+   */
+  repairDomainState: {
+    methodKind: "unary";
+    input: typeof RepairDomainStateRequestSchema;
+    output: typeof RepairDomainStateResponseSchema;
+  },
+  /**
+   * ListStateRepairs lists the recorded state repairs, newest first.
+   *
+   * @generated from rpc quantum.control.v1.ReplayService.ListStateRepairs
+   */
+  listStateRepairs: {
+    methodKind: "unary";
+    input: typeof ListStateRepairsRequestSchema;
+    output: typeof ListStateRepairsResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_quantum_control_v1_replay_service, 0);

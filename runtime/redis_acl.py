@@ -62,6 +62,10 @@ def domain_rules(keyspace: Keyspace, domain: str, streams: DomainStreams) -> str
         f"~{keyspace.dlq(domain)}",
         f"~{keyspace.heartbeat(domain)}",
         f"%R~{keyspace.state_epoch(domain)}",
+        f"~{keyspace.lease(domain)}",
+        f"~{keyspace.lease(domain)}.p*",
+        f"~{keyspace.fencing_tokens()}",
+        f"~{keyspace.trace_registry()}",
     ]
     policy = [keyspace.policy(), keyspace.policy_history(), keyspace.stream("policy.updated")]
     access = "~" if domain in POLICY_WRITERS else "%R~"

@@ -145,12 +145,13 @@ class Counter(_Family):
         return child.value if child is not None else 0.0
 
     def snapshot(self) -> MetricFamily:
-        # Over a copy: a scrape runs in another thread while the event loop adds label values.
+        # Over a copy (dict.copy, one C call that never sees the dict change size): a scrape
+        # runs in another thread while the event loop adds label values.
         return MetricFamily(
             self.name,
             self.kind,
             self.help,
-            samples=[Sample(self._labels(k), c.value) for k, c in list(self._children.items())],
+            samples=[Sample(self._labels(k), c.value) for k, c in self._children.copy().items()],
         )
 
 
@@ -176,12 +177,13 @@ class Gauge(_Family):
         return child.value if child is not None else math.nan
 
     def snapshot(self) -> MetricFamily:
-        # Over a copy: a scrape runs in another thread while the event loop adds label values.
+        # Over a copy (dict.copy, one C call that never sees the dict change size): a scrape
+        # runs in another thread while the event loop adds label values.
         return MetricFamily(
             self.name,
             self.kind,
             self.help,
-            samples=[Sample(self._labels(k), c.value) for k, c in list(self._children.items())],
+            samples=[Sample(self._labels(k), c.value) for k, c in self._children.copy().items()],
         )
 
 
@@ -218,7 +220,7 @@ class Histogram(_Family):
 
     def snapshot(self) -> MetricFamily:
         histograms = []
-        for key, child in list(self._children.items()):
+        for key, child in self._children.copy().items():
             cumulative = 0
             buckets = []
             for bound, n in zip((*self.bounds, math.inf), child.counts, strict=True):
@@ -263,7 +265,7 @@ class MetricsRegistry:
         return family
 
     def snapshot(self) -> list[MetricFamily]:
-        return [family.snapshot() for family in list(self._families.values())]
+        return [family.snapshot() for family in self._families.copy().values()]
 
 
 class RuntimeMetrics:

@@ -1,10 +1,10 @@
 """The figures an operator's dashboard shows that no counter on the hot path holds.
 
-Every 5 seconds (the health cache's period), ``FiguresPoller`` reads the newest ``portfolio.pnl.updated`` from its
-stream into the ``quantum_portfolio_*`` gauges and refreshes the system health (which sets
-``quantum_component_health`` per component). Reading the stream, not hooking the portfolio
-domain, keeps the domain pure and works the same when the portfolio runs in another process
-than this control plane.
+Every 5 seconds (the health cache's period), ``FiguresPoller`` reads the newest
+``portfolio.pnl.updated`` from its stream into the ``quantum_portfolio_*`` gauges and
+measures the system health (which sets ``quantum_component_health`` per component).
+Reading the stream, not hooking the portfolio domain, keeps the domain pure and works the
+same when the portfolio runs in another process than this control plane.
 """
 
 from __future__ import annotations

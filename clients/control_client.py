@@ -40,7 +40,8 @@ from quantum.control.v1.stored_event_pb2 import StoredEvent
 from quantum.control.v1.trace_service_pb2_grpc import TraceServiceStub
 from quantum.events.v1 import policy_pb2
 
-from control_plane.errors import ErrorDetails, FieldViolation, details_of
+from clients.trace_context import current_trace_metadata
+from clients.wire_errors import ErrorDetails, FieldViolation, details_of
 
 T = TypeVar("T")
 
@@ -228,9 +229,7 @@ class ControlClient:
 
     def metadata(self) -> tuple[tuple[str, str], ...]:
         """The token plus the caller's trace context, so the server's logs join its trace."""
-        from runtime.core import tracing
-
-        return (*self._metadata, *tracing.to_grpc_metadata())
+        return (*self._metadata, *current_trace_metadata())
 
     async def _unary(self, call: Callable[..., Awaitable[T]], request: Any) -> T:
         attempt = 0

@@ -211,6 +211,7 @@ METHOD_ROLES: Mapping[str, Role] = {
     f"{_R}ReplayToDomain": Role.VIEWER,
     f"{_R}ListDeadLetters": Role.VIEWER,
     f"{_R}RedriveDeadLetters": Role.OPERATOR,
+    f"{_R}PurgeDeadLetters": Role.OPERATOR,
     f"{_RT}GetSystemHealth": Role.VIEWER,
     f"{_RT}ListDomains": Role.VIEWER,
     f"{_T}GetTrace": Role.VIEWER,

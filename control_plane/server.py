@@ -182,7 +182,14 @@ class ControlPlane:
         self._servicers = (
             PolicyServicer(policy_store),
             TraceServicer(redis, keyspace, self.registry, self.live_feed),
-            ReplayServicer(redis, keyspace, self.registry, factories, publisher),
+            ReplayServicer(
+                redis,
+                keyspace,
+                self.registry,
+                factories,
+                publisher,
+                known_domains=self.inspector.domain_names,
+            ),
             RuntimeServicer(self.system_health, self.inspector),
         )
         self.server: aio.Server | None = None

@@ -57,6 +57,11 @@ class Keyspace:
         """The consumer group name a domain uses on every stream it reads."""
         return domain
 
+    def audit(self) -> str:
+        """The stream of audited operator actions beside the policy history (dead-letter
+        purges): who, what, when."""
+        return f"{self.namespace}:audit"
+
     def pattern(self) -> str:
         """A SCAN pattern that matches every key of this namespace."""
         return f"{self.namespace}:*"

@@ -88,6 +88,13 @@ RPCS: list[tuple[type, str, Message, bool, Role]] = [
         Role.OPERATOR,
     ),
     (
+        ReplayServiceStub,
+        "PurgeDeadLetters",
+        replay_pb.PurgeDeadLettersRequest(domain="tick_counter", all=True),
+        False,
+        Role.OPERATOR,
+    ),
+    (
         RuntimeServiceStub,
         "GetSystemHealth",
         runtime_pb.GetSystemHealthRequest(),

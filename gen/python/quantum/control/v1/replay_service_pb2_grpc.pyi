@@ -43,6 +43,8 @@ class ReplayServiceStub:
     """ListDeadLetters pages through one domain's dead-letter stream."""
     RedriveDeadLetters: _grpc.UnaryUnaryMultiCallable[_replay_service_pb2.RedriveDeadLettersRequest, _replay_service_pb2.RedriveDeadLettersResponse]
     """RedriveDeadLetters puts dead letters back on their original stream, once each."""
+    PurgeDeadLetters: _grpc.UnaryUnaryMultiCallable[_replay_service_pb2.PurgeDeadLettersRequest, _replay_service_pb2.PurgeDeadLettersResponse]
+    """PurgeDeadLetters deletes dead letters for good (operator role; every purge is audited)."""
 
 @_typing.type_check_only
 class ReplayServiceAsyncStub(ReplayServiceStub):
@@ -59,6 +61,8 @@ class ReplayServiceAsyncStub(ReplayServiceStub):
     """ListDeadLetters pages through one domain's dead-letter stream."""
     RedriveDeadLetters: _aio.UnaryUnaryMultiCallable[_replay_service_pb2.RedriveDeadLettersRequest, _replay_service_pb2.RedriveDeadLettersResponse]  # type: ignore[assignment]
     """RedriveDeadLetters puts dead letters back on their original stream, once each."""
+    PurgeDeadLetters: _aio.UnaryUnaryMultiCallable[_replay_service_pb2.PurgeDeadLettersRequest, _replay_service_pb2.PurgeDeadLettersResponse]  # type: ignore[assignment]
+    """PurgeDeadLetters deletes dead letters for good (operator role; every purge is audited)."""
 
 class ReplayServiceServicer(metaclass=_abc_1.ABCMeta):
     """ReplayService reads stored events, re-delivers them, and manages dead letters."""
@@ -96,5 +100,13 @@ class ReplayServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_replay_service_pb2.RedriveDeadLettersResponse, _abc.Awaitable[_replay_service_pb2.RedriveDeadLettersResponse]]:
         """RedriveDeadLetters puts dead letters back on their original stream, once each."""
+
+    @_abc_1.abstractmethod
+    def PurgeDeadLetters(
+        self,
+        request: _replay_service_pb2.PurgeDeadLettersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_replay_service_pb2.PurgeDeadLettersResponse, _abc.Awaitable[_replay_service_pb2.PurgeDeadLettersResponse]]:
+        """PurgeDeadLetters deletes dead letters for good (operator role; every purge is audited)."""
 
 def add_ReplayServiceServicer_to_server(servicer: ReplayServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -16,7 +16,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file quantum/control/v1/replay_service.proto.
  */
 export const file_quantum_control_v1_replay_service: GenFile = /*@__PURE__*/
-  fileDesc("CidxdWFudHVtL2NvbnRyb2wvdjEvcmVwbGF5X3NlcnZpY2UucHJvdG8SEnF1YW50dW0uY29udHJvbC52MSKvAQoKRXZlbnRSYW5nZRISCgpldmVudF90eXBlGAEgASgJEhAKCHN0YXJ0X2lkGAIgASgJEg4KBmVuZF9pZBgDIAEoCRIuCgpzdGFydF90aW1lGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIsCghlbmRfdGltZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDQoFbGltaXQYBiABKAMiQgoRUmVhZEV2ZW50c1JlcXVlc3QSLQoFcmFuZ2UYASABKAsyHi5xdWFudHVtLmNvbnRyb2wudjEuRXZlbnRSYW5nZSJEChJSZWFkRXZlbnRzUmVzcG9uc2USLgoFZXZlbnQYASABKAsyHy5xdWFudHVtLmNvbnRyb2wudjEuU3RvcmVkRXZlbnQiZwoVUmVwbGF5VG9Eb21haW5SZXF1ZXN0Eg4KBmRvbWFpbhgBIAEoCRItCgVyYW5nZRgCIAEoCzIeLnF1YW50dW0uY29udHJvbC52MS5FdmVudFJhbmdlEg8KB3B1Ymxpc2gYAyABKAgiugEKFlJlcGxheVRvRG9tYWluUmVzcG9uc2USLgoFaW5wdXQYASABKAsyHy5xdWFudHVtLmNvbnRyb2wudjEuU3RvcmVkRXZlbnQSLAoHb3V0cHV0cxgCIAMoCzIbLnF1YW50dW0uZXZlbnRzLnYxLkVudmVsb3BlEhEKCXByb2Nlc3NlZBgDIAEoAxINCgV0b3RhbBgEIAEoAxINCgVlcnJvchgFIAEoCRIRCglwdWJsaXNoZWQYBiABKAgikwIKCkRlYWRMZXR0ZXISDgoGZG9tYWluGAEgASgJEhAKCGVudHJ5X2lkGAIgASgJEhcKD29yaWdpbmFsX3N0cmVhbRgDIAEoCRIZChFvcmlnaW5hbF9lbnRyeV9pZBgEIAEoCRIYChBvcmlnaW5hbF9wYXlsb2FkGAUgASgMEg4KBnJlYXNvbhgGIAEoCRISCgplcnJvcl90eXBlGAcgASgJEhUKDWVycm9yX21lc3NhZ2UYCCABKAkSEAoIYXR0ZW1wdHMYCSABKAUSLQoJZmFpbGVkX2F0GAogASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIZChFyZWRyaXZlbl9lbnRyeV9pZBgLIAEoCSJPChZMaXN0RGVhZExldHRlcnNSZXF1ZXN0Eg4KBmRvbWFpbhgBIAEoCRIRCglwYWdlX3NpemUYAiABKAUSEgoKcGFnZV90b2tlbhgDIAEoCSJoChdMaXN0RGVhZExldHRlcnNSZXNwb25zZRI0CgxkZWFkX2xldHRlcnMYASADKAsyHi5xdWFudHVtLmNvbnRyb2wudjEuRGVhZExldHRlchIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiPgoZUmVkcml2ZURlYWRMZXR0ZXJzUmVxdWVzdBIOCgZkb21haW4YASABKAkSEQoJZW50cnlfaWRzGAIgAygJIlsKGlJlZHJpdmVEZWFkTGV0dGVyc1Jlc3BvbnNlEhAKCHJlZHJpdmVuGAEgASgFEhgKEGFscmVhZHlfcmVkcml2ZW4YAiABKAUSEQoJZW50cnlfaWRzGAMgAygJMroDCg1SZXBsYXlTZXJ2aWNlEl0KClJlYWRFdmVudHMSJS5xdWFudHVtLmNvbnRyb2wudjEuUmVhZEV2ZW50c1JlcXVlc3QaJi5xdWFudHVtLmNvbnRyb2wudjEuUmVhZEV2ZW50c1Jlc3BvbnNlMAESaQoOUmVwbGF5VG9Eb21haW4SKS5xdWFudHVtLmNvbnRyb2wudjEuUmVwbGF5VG9Eb21haW5SZXF1ZXN0GioucXVhbnR1bS5jb250cm9sLnYxLlJlcGxheVRvRG9tYWluUmVzcG9uc2UwARJqCg9MaXN0RGVhZExldHRlcnMSKi5xdWFudHVtLmNvbnRyb2wudjEuTGlzdERlYWRMZXR0ZXJzUmVxdWVzdBorLnF1YW50dW0uY29udHJvbC52MS5MaXN0RGVhZExldHRlcnNSZXNwb25zZRJzChJSZWRyaXZlRGVhZExldHRlcnMSLS5xdWFudHVtLmNvbnRyb2wudjEuUmVkcml2ZURlYWRMZXR0ZXJzUmVxdWVzdBouLnF1YW50dW0uY29udHJvbC52MS5SZWRyaXZlRGVhZExldHRlcnNSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_timestamp, file_quantum_control_v1_stored_event, file_quantum_events_v1_envelope]);
+  fileDesc("CidxdWFudHVtL2NvbnRyb2wvdjEvcmVwbGF5X3NlcnZpY2UucHJvdG8SEnF1YW50dW0uY29udHJvbC52MSKvAQoKRXZlbnRSYW5nZRISCgpldmVudF90eXBlGAEgASgJEhAKCHN0YXJ0X2lkGAIgASgJEg4KBmVuZF9pZBgDIAEoCRIuCgpzdGFydF90aW1lGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIsCghlbmRfdGltZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDQoFbGltaXQYBiABKAMiQgoRUmVhZEV2ZW50c1JlcXVlc3QSLQoFcmFuZ2UYASABKAsyHi5xdWFudHVtLmNvbnRyb2wudjEuRXZlbnRSYW5nZSJEChJSZWFkRXZlbnRzUmVzcG9uc2USLgoFZXZlbnQYASABKAsyHy5xdWFudHVtLmNvbnRyb2wudjEuU3RvcmVkRXZlbnQiZwoVUmVwbGF5VG9Eb21haW5SZXF1ZXN0Eg4KBmRvbWFpbhgBIAEoCRItCgVyYW5nZRgCIAEoCzIeLnF1YW50dW0uY29udHJvbC52MS5FdmVudFJhbmdlEg8KB3B1Ymxpc2gYAyABKAgiugEKFlJlcGxheVRvRG9tYWluUmVzcG9uc2USLgoFaW5wdXQYASABKAsyHy5xdWFudHVtLmNvbnRyb2wudjEuU3RvcmVkRXZlbnQSLAoHb3V0cHV0cxgCIAMoCzIbLnF1YW50dW0uZXZlbnRzLnYxLkVudmVsb3BlEhEKCXByb2Nlc3NlZBgDIAEoAxINCgV0b3RhbBgEIAEoAxINCgVlcnJvchgFIAEoCRIRCglwdWJsaXNoZWQYBiABKAgikwIKCkRlYWRMZXR0ZXISDgoGZG9tYWluGAEgASgJEhAKCGVudHJ5X2lkGAIgASgJEhcKD29yaWdpbmFsX3N0cmVhbRgDIAEoCRIZChFvcmlnaW5hbF9lbnRyeV9pZBgEIAEoCRIYChBvcmlnaW5hbF9wYXlsb2FkGAUgASgMEg4KBnJlYXNvbhgGIAEoCRISCgplcnJvcl90eXBlGAcgASgJEhUKDWVycm9yX21lc3NhZ2UYCCABKAkSEAoIYXR0ZW1wdHMYCSABKAUSLQoJZmFpbGVkX2F0GAogASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIZChFyZWRyaXZlbl9lbnRyeV9pZBgLIAEoCSJPChZMaXN0RGVhZExldHRlcnNSZXF1ZXN0Eg4KBmRvbWFpbhgBIAEoCRIRCglwYWdlX3NpemUYAiABKAUSEgoKcGFnZV90b2tlbhgDIAEoCSJoChdMaXN0RGVhZExldHRlcnNSZXNwb25zZRI0CgxkZWFkX2xldHRlcnMYASADKAsyHi5xdWFudHVtLmNvbnRyb2wudjEuRGVhZExldHRlchIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiPgoZUmVkcml2ZURlYWRMZXR0ZXJzUmVxdWVzdBIOCgZkb21haW4YASABKAkSEQoJZW50cnlfaWRzGAIgAygJIlsKGlJlZHJpdmVEZWFkTGV0dGVyc1Jlc3BvbnNlEhAKCHJlZHJpdmVuGAEgASgFEhgKEGFscmVhZHlfcmVkcml2ZW4YAiABKAUSEQoJZW50cnlfaWRzGAMgAygJIkkKF1B1cmdlRGVhZExldHRlcnNSZXF1ZXN0Eg4KBmRvbWFpbhgBIAEoCRIRCgllbnRyeV9pZHMYAiADKAkSCwoDYWxsGAMgASgIIj0KGFB1cmdlRGVhZExldHRlcnNSZXNwb25zZRIOCgZwdXJnZWQYASABKAUSEQoJZW50cnlfaWRzGAIgAygJMqkECg1SZXBsYXlTZXJ2aWNlEl0KClJlYWRFdmVudHMSJS5xdWFudHVtLmNvbnRyb2wudjEuUmVhZEV2ZW50c1JlcXVlc3QaJi5xdWFudHVtLmNvbnRyb2wudjEuUmVhZEV2ZW50c1Jlc3BvbnNlMAESaQoOUmVwbGF5VG9Eb21haW4SKS5xdWFudHVtLmNvbnRyb2wudjEuUmVwbGF5VG9Eb21haW5SZXF1ZXN0GioucXVhbnR1bS5jb250cm9sLnYxLlJlcGxheVRvRG9tYWluUmVzcG9uc2UwARJqCg9MaXN0RGVhZExldHRlcnMSKi5xdWFudHVtLmNvbnRyb2wudjEuTGlzdERlYWRMZXR0ZXJzUmVxdWVzdBorLnF1YW50dW0uY29udHJvbC52MS5MaXN0RGVhZExldHRlcnNSZXNwb25zZRJzChJSZWRyaXZlRGVhZExldHRlcnMSLS5xdWFudHVtLmNvbnRyb2wudjEuUmVkcml2ZURlYWRMZXR0ZXJzUmVxdWVzdBouLnF1YW50dW0uY29udHJvbC52MS5SZWRyaXZlRGVhZExldHRlcnNSZXNwb25zZRJtChBQdXJnZURlYWRMZXR0ZXJzEisucXVhbnR1bS5jb250cm9sLnYxLlB1cmdlRGVhZExldHRlcnNSZXF1ZXN0GiwucXVhbnR1bS5jb250cm9sLnYxLlB1cmdlRGVhZExldHRlcnNSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_timestamp, file_quantum_control_v1_stored_event, file_quantum_events_v1_envelope]);
 
 /**
  * EventRange selects entries of one stream by entry id or by time; ids win when both are set.
@@ -369,6 +369,63 @@ export const RedriveDeadLettersResponseSchema: GenMessage<RedriveDeadLettersResp
   messageDesc(file_quantum_control_v1_replay_service, 9);
 
 /**
+ * @generated from message quantum.control.v1.PurgeDeadLettersRequest
+ */
+export type PurgeDeadLettersRequest = Message<"quantum.control.v1.PurgeDeadLettersRequest"> & {
+  /**
+   * @generated from field: string domain = 1;
+   */
+  domain: string;
+
+  /**
+   * The dead-letter entry ids to delete. Empty needs all = true.
+   *
+   * @generated from field: repeated string entry_ids = 2;
+   */
+  entryIds: string[];
+
+  /**
+   * Delete every letter of the domain; refused together with entry_ids.
+   *
+   * @generated from field: bool all = 3;
+   */
+  all: boolean;
+};
+
+/**
+ * Describes the message quantum.control.v1.PurgeDeadLettersRequest.
+ * Use `create(PurgeDeadLettersRequestSchema)` to create a new message.
+ */
+export const PurgeDeadLettersRequestSchema: GenMessage<PurgeDeadLettersRequest> = /*@__PURE__*/
+  messageDesc(file_quantum_control_v1_replay_service, 10);
+
+/**
+ * @generated from message quantum.control.v1.PurgeDeadLettersResponse
+ */
+export type PurgeDeadLettersResponse = Message<"quantum.control.v1.PurgeDeadLettersResponse"> & {
+  /**
+   * Letters deleted by this call.
+   *
+   * @generated from field: int32 purged = 1;
+   */
+  purged: number;
+
+  /**
+   * Their entry ids.
+   *
+   * @generated from field: repeated string entry_ids = 2;
+   */
+  entryIds: string[];
+};
+
+/**
+ * Describes the message quantum.control.v1.PurgeDeadLettersResponse.
+ * Use `create(PurgeDeadLettersResponseSchema)` to create a new message.
+ */
+export const PurgeDeadLettersResponseSchema: GenMessage<PurgeDeadLettersResponse> = /*@__PURE__*/
+  messageDesc(file_quantum_control_v1_replay_service, 11);
+
+/**
  * ReplayService reads stored events, re-delivers them, and manages dead letters.
  *
  * @generated from service quantum.control.v1.ReplayService
@@ -414,6 +471,16 @@ export const ReplayService: GenService<{
     methodKind: "unary";
     input: typeof RedriveDeadLettersRequestSchema;
     output: typeof RedriveDeadLettersResponseSchema;
+  },
+  /**
+   * PurgeDeadLetters deletes dead letters for good (operator role; every purge is audited).
+   *
+   * @generated from rpc quantum.control.v1.ReplayService.PurgeDeadLetters
+   */
+  purgeDeadLetters: {
+    methodKind: "unary";
+    input: typeof PurgeDeadLettersRequestSchema;
+    output: typeof PurgeDeadLettersResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_quantum_control_v1_replay_service, 0);

@@ -397,3 +397,15 @@ class ControlClient:
             self.replay_service.RedriveDeadLetters,
             replay_pb.RedriveDeadLettersRequest(domain=domain, entry_ids=list(entry_ids)),
         )
+
+    async def purge(
+        self, domain: str, entry_ids: Iterable[str] = (), *, purge_all: bool = False
+    ) -> replay_pb.PurgeDeadLettersResponse:
+        """Delete dead letters for good (operator role): the named ones, or with
+        ``purge_all`` every letter of the domain."""
+        return await self._unary(
+            self.replay_service.PurgeDeadLetters,
+            replay_pb.PurgeDeadLettersRequest(
+                domain=domain, entry_ids=list(entry_ids), all=purge_all
+            ),
+        )

@@ -60,12 +60,12 @@ def page_size_of(value: int, field_path: str = "page_size") -> int:
     return min(value or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
 
 
-def unknown_domain(domain: str, known: Sequence[str], what: str = "domain") -> ControlPlaneError:
+def unknown_domain(domain: str, known: Sequence[str], where: str = "") -> ControlPlaneError:
     """NOT_FOUND / DOMAIN_UNKNOWN naming the domains there are."""
     listed = ", ".join(known) or "none yet (start them with quantum run)"
     return ControlPlaneError(
         grpc.StatusCode.NOT_FOUND,
-        f"no {what} {domain!r}; known: {listed}",
+        f"no domain {domain!r}{where}; known: {listed}",
         Reason.DOMAIN_UNKNOWN,
         {"domain": domain, "known_domains": ",".join(known)},
     )

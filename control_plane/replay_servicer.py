@@ -100,7 +100,9 @@ class ReplayServicer(pb_grpc.ReplayServiceServicer):
             require(current_principal(), Role.OPERATOR, "ReplayToDomain with publish=true")
         factory = self._factories.get(domain)
         if factory is None:  # replay needs the domain's code in this process
-            raise unknown_domain(domain, sorted(self._factories), "domain to replay here")
+            raise unknown_domain(
+                domain, sorted(self._factories), " that this control plane can replay"
+            )
         if request.publish and self._publisher is None:
             raise ControlPlaneError(
                 grpc.StatusCode.FAILED_PRECONDITION,

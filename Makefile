@@ -29,9 +29,10 @@ $(VENV)/.installed: pyproject.toml
 node_modules/.installed: package.json package-lock.json
 	@command -v npm >/dev/null || { echo "npm (Node >= 18) is required: install Node.js from your package manager"; exit 1; }
 	@node -e 'process.exit(Number(process.versions.node.split(".")[0]) >= 18 ? 0 : 1)' || { echo "Node >= 18 is required; found $$(node --version)"; exit 1; }
-	@# npm install, not npm ci: npm 11 omits other platforms' optional buf binaries from the
-	@# lock file, and npm ci then refuses it as out of sync. The lock file still pins versions.
-	npm install --no-audit --no-fund --loglevel=error
+	@# npm ci: installs exactly the committed lock file and never rewrites it, so a run leaves
+	@# the clone clean. The lock lists every platform's optional buf binary; after changing
+	@# package.json, regenerate it with 'npm install' and commit it.
+	npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
 setup: $(VENV)/.installed node_modules/.installed

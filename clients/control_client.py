@@ -41,7 +41,8 @@ from quantum.control.v1.stored_event_pb2 import StoredEvent
 from quantum.control.v1.trace_service_pb2_grpc import TraceServiceStub
 from quantum.events.v1 import policy_pb2
 
-from control_plane.errors import ErrorDetails, FieldViolation, details_of
+from clients.trace_context import current_trace_metadata
+from clients.wire_errors import ErrorDetails, FieldViolation, details_of
 
 T = TypeVar("T")
 
@@ -263,9 +264,7 @@ class ControlClient:
 
     def metadata(self) -> tuple[tuple[str, str], ...]:
         """The token plus the caller's trace context, so the server's logs join its trace."""
-        from runtime.core import tracing
-
-        return (*self._metadata, *tracing.to_grpc_metadata())
+        return (*self._metadata, *current_trace_metadata())
 
     async def _unary(self, call: Callable[..., Awaitable[T]], request: Any) -> T:
         attempt = 0
@@ -478,3 +477,15 @@ class ControlClient:
             replay_pb.ListStateRepairsRequest(domain=domain, page_size=page_size),
         )
         return list(response.repairs)
+
+    async def purge(
+        self, domain: str, entry_ids: Iterable[str] = (), *, purge_all: bool = False
+    ) -> replay_pb.PurgeDeadLettersResponse:
+        """Delete dead letters for good (operator role): the named ones, or with
+        ``purge_all`` every letter of the domain."""
+        return await self._unary(
+            self.replay_service.PurgeDeadLetters,
+            replay_pb.PurgeDeadLettersRequest(
+                domain=domain, entry_ids=list(entry_ids), all=purge_all
+            ),
+        )

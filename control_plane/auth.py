@@ -226,6 +226,7 @@ METHOD_ROLES: Mapping[str, Role] = {
     f"{_R}RedriveDeadLetters": Role.OPERATOR,
     f"{_R}RepairDomainState": Role.OPERATOR,
     f"{_R}ListStateRepairs": Role.VIEWER,
+    f"{_R}PurgeDeadLetters": Role.OPERATOR,
     f"{_RT}GetSystemHealth": Role.VIEWER,
     f"{_RT}ListDomains": Role.VIEWER,
     f"{_T}GetTrace": Role.VIEWER,

@@ -81,6 +81,20 @@ class DomainInspector:
         # costs O(all keys) on every health check. Streams that do not exist are skipped.
         return [self._keyspace.stream(name) for name in self._registry.names()]
 
+    async def domain_names(self) -> list[str]:
+        """Every known domain, sorted: consumer groups of the event streams plus the domains
+        this process registered. Cheaper than ``figures`` (no heartbeats)."""
+        streams = self._streams()
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for stream in streams:
+                pipe.xinfo_groups(stream)
+            replies = await pipe.execute(raise_on_error=False)
+        names = set(self._consumes)
+        for reply in replies:
+            if not isinstance(reply, BaseException):
+                names.update(domain_of_group(_text(_group_field(g, "name"))) for g in reply)
+        return sorted(names)
+
     async def figures(self) -> list[DomainFigures]:
         """Every known domain with its groups, newest heartbeat, total lag and pending."""
         streams = self._streams()

@@ -141,37 +141,3 @@ _CODE_NUMBERS: dict[grpc.StatusCode, int] = {
     grpc.StatusCode.DATA_LOSS: code_pb2.DATA_LOSS,
     grpc.StatusCode.UNAUTHENTICATED: code_pb2.UNAUTHENTICATED,
 }
-
-
-@dataclass(frozen=True, slots=True)
-class ErrorDetails:
-    """The rich details read back from an RPC error (what clients and tests look at)."""
-
-    code: grpc.StatusCode
-    message: str
-    reason: str
-    domain: str
-    metadata: Mapping[str, str]
-    violations: tuple[FieldViolation, ...]
-
-
-def details_of(error: grpc.RpcError) -> ErrorDetails:
-    """Read ErrorInfo and BadRequest out of a failed call (empty when it carries none)."""
-    code: grpc.StatusCode = error.code()
-    message: str = error.details() or ""
-    reason, domain, metadata = "", "", {}
-    violations: list[FieldViolation] = []
-    status = rpc_status.from_call(error) if hasattr(error, "trailing_metadata") else None
-    if status is not None:
-        for detail in status.details:
-            if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-                info = error_details_pb2.ErrorInfo()
-                detail.Unpack(info)
-                reason, domain, metadata = info.reason, info.domain, dict(info.metadata)
-            elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-                bad_request = error_details_pb2.BadRequest()
-                detail.Unpack(bad_request)
-                violations.extend(
-                    FieldViolation(v.field, v.description) for v in bad_request.field_violations
-                )
-    return ErrorDetails(code, message, reason, domain, metadata, tuple(violations))

@@ -28,6 +28,7 @@ from quantum.control.v1.runtime_service_pb2 import (
 from control_plane.domains import RUNNING_WITHIN_S, STALE_AFTER_S, DomainInspector
 from runtime.core.envelope import timestamp
 from runtime.core.logs import get_logger
+from runtime.core.metrics import RuntimeMetrics, runtime_metrics
 
 log = get_logger("control_plane.health")
 
@@ -42,6 +43,9 @@ HOST_DEGRADED_PCT = 90.0
 HOST_CRITICAL_PCT = 97.0
 
 ComponentCheck = Callable[[], Awaitable[ComponentHealth]]
+
+# quantum_component_health's values; the same numbers as ``quantumctl health``'s exit codes.
+HEALTH_LEVELS: Mapping[HealthStatus.ValueType, int] = {HEALTHY: 0, DEGRADED: 1, CRITICAL: 2}
 
 
 def component(
@@ -80,7 +84,9 @@ class ServingWatcher:
         services: Sequence[str],
         *,
         interval_s: float = 1.0,
+        metrics: RuntimeMetrics | None = None,
     ) -> None:
+        self._metrics = metrics or runtime_metrics()
         self._servicer = servicer
         self._redis = redis
         self._services = ["", *services]
@@ -91,7 +97,7 @@ class ServingWatcher:
         self.serving: bool | None = None
 
     async def start(self) -> None:
-        await self._check_once()
+        await self.check_once()
         self._task = asyncio.create_task(self._run(), name="control-plane-serving-watcher")
 
     async def stop(self) -> None:
@@ -106,13 +112,17 @@ class ServingWatcher:
     async def _run(self) -> None:
         while True:
             await asyncio.sleep(self._interval_s)
-            await self._check_once()
+            await self.check_once()
 
-    async def _check_once(self) -> None:
+    async def check_once(self) -> None:
+        """Ping Redis once; update the serving status and the Redis gauges."""
         try:
-            await ping_ms(self._redis, timeout_s=self._ping_timeout_s)
+            latency_ms = await ping_ms(self._redis, timeout_s=self._ping_timeout_s)
             self._failures = 0
+            self._metrics.redis_up.set(value=1.0)
+            self._metrics.redis_ping.set(value=latency_ms / 1000)
         except Exception as exc:  # any failure to answer counts
+            self._metrics.redis_up.set(value=0.0)
             self._failures += 1
             if self._failures == 1:
                 log.warning("redis_ping_failed", error=f"{type(exc).__name__}: {exc}")
@@ -143,7 +153,9 @@ class SystemHealth:
         postgres_dsn: str = "",
         disk_path: Path = Path("/"),
         cache_s: float = CACHE_S,
+        metrics: RuntimeMetrics | None = None,
     ) -> None:
+        self._metrics = metrics or runtime_metrics()
         self._redis = redis
         self._inspector = inspector
         self._extra_checks = list(extra_checks)
@@ -165,6 +177,11 @@ class SystemHealth:
         self._cached = (time.monotonic(), response)
         return response
 
+    async def measure(self) -> GetSystemHealthResponse:
+        """A fresh answer that bypasses the cache and leaves it alone (the metrics poller's
+        view: callers of ``check`` keep their own 5-second rhythm)."""
+        return await self._check_all()
+
     async def _check_all(self) -> GetSystemHealthResponse:
         components: list[ComponentHealth] = [await self._redis_health()]
         redis_ok = components[0].status != CRITICAL
@@ -178,6 +195,8 @@ class SystemHealth:
         if self._postgres_dsn:
             components.append(await self._postgres_health())
         components.append(self._host_health())
+        for each in components:
+            self._metrics.component_health.set(each.name, value=HEALTH_LEVELS.get(each.status, 2))
         worst = max((c.status for c in components), default=HEALTHY)
         return GetSystemHealthResponse(status=worst, components=components, checked_at=timestamp())
 

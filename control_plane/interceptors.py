@@ -9,12 +9,15 @@ metadata scan and a context-variable set. Inside the wrapper:
   ``span_interceptor`` opened and exports);
 - the caller's deadline is grpc's: when it passes, grpc cancels the call's coroutine;
 - typed errors become rich statuses (``errors``); anything unexpected becomes INTERNAL with
-  a log line, never UNKNOWN.
+  a log line, never UNKNOWN;
+- the call is counted by method and status code, and timed (``quantum_grpc_server_*``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -35,6 +38,7 @@ from control_plane.errors import ControlPlaneError, Reason, bad_field
 from control_plane.runtime_errors import translate
 from runtime.core import tracing
 from runtime.core.logs import get_logger
+from runtime.core.metrics import RuntimeMetrics, runtime_metrics
 
 log = get_logger("control_plane.rpc")
 
@@ -66,8 +70,13 @@ class CallWrapper:
     nothing per call, unlike a grpc.aio ServerInterceptor, which runs a coroutine per call.
     """
 
-    def __init__(self, tokens: TokenTable) -> None:
+    def __init__(self, tokens: TokenTable, metrics: RuntimeMetrics | None = None) -> None:
         self._tokens = tokens
+        self._metrics = metrics or runtime_metrics()
+
+    def _observe(self, method: str, started: float, code: str) -> None:
+        self._metrics.grpc_handled.inc(method, code)
+        self._metrics.grpc_latency.observe(method, value=time.perf_counter() - started)
 
     def registrar(self, server: aio.Server) -> WrappingRegistrar:
         return WrappingRegistrar(self, server)
@@ -125,12 +134,15 @@ class CallWrapper:
         # Deadlines: when the caller's deadline passes, grpc cancels this coroutine, and the
         # Redis call it awaits is abandoned with it.
         async def wrapped(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
+            started = time.perf_counter()
             try:
                 principal_token, ctx = self._enter(needed, method, request, context)
             except ControlPlaneError as error:
+                self._observe(method, started, error.code.name)
                 await _abort(context, error)
                 return None
             failure: ControlPlaneError | None = None
+            code = "OK"
             try:
                 if ctx is None:
                     return await behavior(request, context)
@@ -139,12 +151,17 @@ class CallWrapper:
             except ControlPlaneError as error:
                 failure = error
             except aio.AbortError:
+                code = _aborted_code(context)
+                raise
+            except asyncio.CancelledError:
+                code = "CANCELLED"
                 raise
             except Exception as exc:
                 failure = _as_control_plane_error(method, exc)
             finally:
                 if principal_token is not None:
                     reset_principal(principal_token)
+                self._observe(method, started, failure.code.name if failure else code)
             await _abort(context, failure)
             return None
 
@@ -156,12 +173,15 @@ class CallWrapper:
         async def wrapped(
             request: Any, context: aio.ServicerContext[Any, Any]
         ) -> AsyncIterator[Any]:
+            started = time.perf_counter()
             try:
                 principal_token, ctx = self._enter(needed, method, request, context)
             except ControlPlaneError as error:
+                self._observe(method, started, error.code.name)
                 await _abort(context, error)
                 return
             failure: ControlPlaneError | None = None
+            code = "OK"
             try:
                 with tracing.use(ctx) if ctx is not None else contextlib.nullcontext():
                     async for response in behavior(request, context):
@@ -169,16 +189,27 @@ class CallWrapper:
             except ControlPlaneError as error:
                 failure = error
             except aio.AbortError:
+                code = _aborted_code(context)
+                raise
+            except (asyncio.CancelledError, GeneratorExit):
+                code = "CANCELLED"  # the caller went away or its deadline passed
                 raise
             except Exception as exc:
                 failure = _as_control_plane_error(method, exc)
             finally:
                 if principal_token is not None:
                     reset_principal(principal_token)
+                self._observe(method, started, failure.code.name if failure else code)
             if failure is not None:
                 await _abort(context, failure)
 
         return wrapped
+
+
+def _aborted_code(context: aio.ServicerContext[Any, Any]) -> str:
+    """The status a servicer aborted with (``context.abort``), by name."""
+    code = context.code()
+    return code.name if isinstance(code, grpc.StatusCode) else "UNKNOWN"
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,7 +2,8 @@
 
 A collector translates ``runtime.core.metrics`` snapshots into prometheus-client families at
 scrape time, so the hot path keeps its own cheap counters and pays nothing for the endpoint.
-It serves from a thread of prometheus-client, on 127.0.0.1:9464 unless configured otherwise.
+It serves from a thread of prometheus-client, on 127.0.0.1:9464 unless configured otherwise,
+beside prometheus-client's own process (CPU, memory, open files) and platform collectors.
 """
 
 from __future__ import annotations
@@ -12,7 +13,12 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import (
+    CollectorRegistry,
+    PlatformCollector,
+    ProcessCollector,
+    start_http_server,
+)
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -94,6 +100,12 @@ class RuntimeCollector(Collector):
         for each_state in TradingState:
             state.add_metric([each_state.value], 1.0 if each_state is policy.trading_state else 0.0)
         yield state
+        limits = policy.active_limits
+        yield GaugeMetricFamily(
+            "quantum_policy_max_drawdown_ratio",
+            "The active mode's drawdown limit as a fraction of peak equity.",
+            value=float(limits.max_drawdown_pct) / 100,
+        )
 
 
 class MetricsEndpoint:
@@ -105,6 +117,8 @@ class MetricsEndpoint:
         self.port = int(port)
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(collector)
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
         self._server: WSGIServer | None = None
         self._thread: threading.Thread | None = None
 

@@ -39,6 +39,12 @@ async def xrevrange(
     return [(_id(entry_id), fields) for entry_id, fields in reply or ()]
 
 
+async def newest(redis: aioredis.Redis, key: str) -> Entry | None:
+    """The last entry of ``key``, or None when the stream is empty or missing."""
+    reply = cast(list[tuple[bytes, dict[bytes, bytes]]] | None, await redis.xrevrange(key, count=1))
+    return (_id(reply[0][0]), reply[0][1]) if reply else None
+
+
 async def xread(
     redis: aioredis.Redis, last_ids: dict[str, str], count: int, block_ms: int
 ) -> list[tuple[str, list[Entry]]]:

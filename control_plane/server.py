@@ -45,6 +45,7 @@ from control_plane.config import (
     check_exposure,
 )
 from control_plane.domains import DomainInspector
+from control_plane.figures import FiguresPoller
 from control_plane.health import (
     CRITICAL,
     DEGRADED,
@@ -67,7 +68,7 @@ from runtime.adapters.redis.bus import EventBus
 from runtime.core import otel
 from runtime.core.actor import Actor
 from runtime.core.keys import Keyspace
-from runtime.core.logs import get_logger
+from runtime.core.logs import add_logging_arguments, get_logger
 from runtime.core.policy.status import PolicyHealth
 from runtime.core.policy.store import PolicyStore
 from runtime.core.registry import EventRegistry, default_registry
@@ -181,12 +182,20 @@ class ControlPlane:
         self.live_feed = LiveFeed(
             redis, keyspace, self.registry, queue_size=self.config.subscriber_queue_size
         )
+        self.figures = FiguresPoller(redis, keyspace, self.registry, self.system_health)
         self.health_servicer = HealthServicer()
         self.serving_watcher = ServingWatcher(self.health_servicer, redis, SERVICE_NAMES)
         self._servicers = (
             PolicyServicer(policy_store),
             TraceServicer(redis, keyspace, self.registry, self.live_feed),
-            ReplayServicer(redis, keyspace, self.registry, factories, publisher),
+            ReplayServicer(
+                redis,
+                keyspace,
+                self.registry,
+                factories,
+                publisher,
+                known_domains=self.inspector.domain_names,
+            ),
             RuntimeServicer(self.system_health, self.inspector),
         )
         self.server: aio.Server | None = None
@@ -243,6 +252,7 @@ class ControlPlane:
     async def start(self) -> int:
         """Listen and serve; returns the gRPC port (useful with port 0)."""
         await self.serving_watcher.start()
+        self.figures.start()
         try:
             self.server = self._build_server()
             await self.server.start()
@@ -278,6 +288,7 @@ class ControlPlane:
         """
         steps: list[tuple[str, Callable[[], Awaitable[object]]]] = [
             ("serving_watcher", self.serving_watcher.stop),
+            ("figures", self.figures.stop),
             ("live_feed", self.live_feed.stop),
         ]
         if self.server is not None:
@@ -307,7 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--state-dir", type=Path, default=Path(os.environ.get("QUANTUM_STATE_DIR", "state"))
     )
-    parser.add_argument("--log-level", default="INFO")
+    add_logging_arguments(parser)
     add_server_arguments(parser)
     return parser
 
@@ -389,7 +400,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from runtime.core.logs import configure_logging
 
     args = build_parser().parse_args(argv)
-    configure_logging(args.log_level)
+    configure_logging(args.log_level, log_format=args.log_format)
     install_uvloop()
     try:
         otel.configure_from_env()  # spans are exported only when OTEL_* variables ask

@@ -360,7 +360,7 @@ async def _run(args: argparse.Namespace, url: str) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """``quantum run``: host the chosen domains until the duration ends or Ctrl-C."""
-    configure_logging(args.log_level)
+    configure_logging(args.log_level, log_format=args.log_format)
     install_uvloop()
     try:
         process_emit_versions()  # a typo in QUANTUM_EMIT_VERSIONS fails here, not per event

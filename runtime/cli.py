@@ -17,6 +17,7 @@ from pathlib import Path
 
 from control_plane.server import add_server_arguments
 from runtime.core.decimals import DecimalError, parse_decimal
+from runtime.core.logs import add_logging_arguments
 
 DOMAINS = ("market_data", "ai_engine", "risk_safety", "execution", "portfolio", "analytics")
 DEFAULT_SYMBOLS = ("BTC-USD", "ETH-USD", "SOL-USD")
@@ -96,7 +97,7 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
         default=Path(os.environ.get("QUANTUM_STATE_DIR", "state")),
         help="where the policy snapshot is kept (default: ./state)",
     )
-    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+    add_logging_arguments(parser)
     parser.add_argument(
         "--grpc-addr",
         default="127.0.0.1:50051",

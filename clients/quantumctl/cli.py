@@ -5,7 +5,8 @@
     quantumctl trace get TRACE_ID | trace follow [--trace-id ID] [--type T] ...
     quantumctl events TYPE [--start-id ID] [--since TIME] [--limit N]
     quantumctl replay DOMAIN --type T [...] [--publish]
-    quantumctl dlq list DOMAIN | dlq redrive DOMAIN [ENTRY_ID...]
+    quantumctl dlq list [DOMAIN] | dlq redrive DOMAIN [ENTRY_ID...]
+    quantumctl dlq purge DOMAIN (ENTRY_ID... | --all)
     quantumctl state repair DOMAIN --reason R [--reset] [--dry-run] | state history [DOMAIN]
     quantumctl top
 
@@ -34,7 +35,7 @@ from clients.control_client import (
     TlsOptions,
     local_token,
 )
-from clients.quantumctl import commands, state_commands
+from clients.quantumctl import commands, dead_letters, state_commands
 from clients.quantumctl.state_commands import add_state_commands
 
 
@@ -103,7 +104,16 @@ def build_parser() -> argparse.ArgumentParser:
     history.add_argument("--page-size", type=int, default=20)
     history.add_argument("--page-token", default="")
 
-    sub.add_parser("health", help="the system health, per component")
+    health = sub.add_parser(
+        "health",
+        help="the system health, per component; exit code 0 healthy, 1 degraded, 2 critical, "
+        "3 not known (the call failed)",
+    )
+    health.add_argument(
+        "--include-host",
+        action="store_true",
+        help="let the host's CPU, memory and disk count in the exit code (default: shown only)",
+    )
     sub.add_parser("domains", help="domains, consumer groups, lag and pending")
 
     trace = sub.add_parser("trace", help="follow requests by trace id")
@@ -130,13 +140,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     dlq = sub.add_parser("dlq", help="dead letters")
     dlq_sub = dlq.add_subparsers(dest="action", required=True)
-    dlq_list = dlq_sub.add_parser("list", help="a domain's dead letters, oldest first")
-    dlq_list.add_argument("domain")
+    dlq_list = dlq_sub.add_parser(
+        "list", help="dead letters, oldest first: of one domain, or of every domain"
+    )
+    dlq_list.add_argument("domain", nargs="?", default="", help="default: every domain")
     dlq_list.add_argument("--page-size", type=int, default=50)
     dlq_list.add_argument("--page-token", default="")
     redrive = dlq_sub.add_parser("redrive", help="put dead letters back on their streams")
     redrive.add_argument("domain")
     redrive.add_argument("entry_ids", nargs="*", help="default: every letter of the domain")
+    purge = dlq_sub.add_parser(
+        "purge", help="delete dead letters for good (operator role; audited)"
+    )
+    purge.add_argument("domain")
+    purge.add_argument("entry_ids", nargs="*", help="the letters to delete")
+    purge.add_argument(
+        "--all", dest="purge_all", action="store_true", help="delete every letter of the domain"
+    )
 
     add_state_commands(sub)
 
@@ -175,8 +195,9 @@ COMMANDS: dict[
     ("trace", "follow"): commands.trace_follow,
     ("events", None): commands.events,
     ("replay", None): commands.replay,
-    ("dlq", "list"): commands.dlq_list,
-    ("dlq", "redrive"): commands.dlq_redrive,
+    ("dlq", "list"): dead_letters.dlq_list,
+    ("dlq", "redrive"): dead_letters.dlq_redrive,
+    ("dlq", "purge"): dead_letters.dlq_purge,
     ("state", "repair"): state_commands.state_repair,
     ("state", "history"): state_commands.state_history,
     ("top", None): commands.top,
@@ -191,12 +212,18 @@ async def _run(args: argparse.Namespace, output: commands.Output) -> int:
 
 def run(argv: Sequence[str]) -> int:
     args = build_parser().parse_args(list(argv))
-    output = commands.Output(json=args.json, console=Console(), errors=Console(stderr=True))
+    output = commands.Output(
+        json=args.json,
+        console=Console(),
+        errors=Console(stderr=True),
+        addr=args.addr,
+        timeout_s=args.timeout,
+    )
     try:
         return asyncio.run(_run(args, output))
     except ControlError as error:
         output.error(error)
-        return 1
+        return commands.HEALTH_UNKNOWN if args.command == "health" else 1
     except KeyboardInterrupt:
         return 130
     except OSError as error:

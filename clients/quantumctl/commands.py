@@ -14,11 +14,13 @@ from quantum.control.v1 import runtime_service_pb2 as runtime_pb
 from quantum.control.v1.stored_event_pb2 import StoredEvent
 from quantum.events.v1 import policy_pb2
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from clients.control_client import ControlClient, ControlError, event_range
 from clients.quantumctl.dashboard import run_dashboard
+from clients.quantumctl.hints import hint_for
 
 _STATUS_STYLE = {
     runtime_pb.HEALTH_STATUS_HEALTHY: "green",
@@ -45,6 +47,8 @@ class Output:
     json: bool
     console: Console
     errors: Console
+    addr: str = ""
+    timeout_s: float = 5.0
 
     def message(self, message: Message) -> None:
         self.data(as_dict(message))
@@ -57,8 +61,9 @@ class Output:
         self.console.print(table)
 
     def error(self, error: ControlError) -> None:
+        details = error.details
+        hint = hint_for(details, self.addr, self.timeout_s)
         if self.json:
-            details = error.details
             self.data(
                 {
                     "error": {
@@ -70,15 +75,23 @@ class Output:
                             {"field": v.field, "description": v.description}
                             for v in details.violations
                         ],
+                        "hint": hint,
                     }
                 }
             )
             return
+        reason = f" ({error.reason})" if error.reason else ""
         self.errors.print(
-            f"[red]error[/red] {error.code.name} ({error.reason}): {error.details.message}"
+            f"[red]error[/red] {error.code.name}{reason}: {escape(details.message)}",
+            markup=True,
+            highlight=False,
         )
         for violation in error.violations:
-            self.errors.print(f"  [bold]{violation.field}[/bold]: {violation.description}")
+            self.errors.print(
+                f"  [bold]{escape(violation.field)}[/bold]: {escape(violation.description)}"
+            )
+        if hint:
+            self.errors.print(f"hint: {hint}", markup=False, highlight=False)
 
 
 # -- policy -----------------------------------------------------------------------------------
@@ -195,9 +208,19 @@ async def policy_history(client: ControlClient, args: argparse.Namespace, out: O
 # -- health and domains -----------------------------------------------------------------------
 
 
-def health_table(response: runtime_pb.GetSystemHealthResponse) -> Table:
-    style = _STATUS_STYLE.get(response.status, "")
-    table = Table(title=f"system health: [{style}]{health_name(response.status)}[/{style}]")
+def health_table(
+    response: runtime_pb.GetSystemHealthResponse,
+    status: runtime_pb.HealthStatus.ValueType,
+    *,
+    include_host: bool,
+) -> Table:
+    style = _STATUS_STYLE.get(status, "")
+    table = Table(
+        title=f"system health: [{style}]{health_name(status)}[/{style}]",
+        caption=None
+        if include_host
+        else "the host row is shown, not counted (--include-host counts it)",
+    )
     for column in ("component", "status", "detail", "figures"):
         table.add_column(column)
     for component in response.components:
@@ -211,13 +234,33 @@ def health_table(response: runtime_pb.GetSystemHealthResponse) -> Table:
     return table
 
 
+# ``quantumctl health`` exit codes: the system's health, so a probe can switch on it.
+HEALTH_EXIT_CODES = {
+    runtime_pb.HEALTH_STATUS_HEALTHY: 0,
+    runtime_pb.HEALTH_STATUS_DEGRADED: 1,
+    runtime_pb.HEALTH_STATUS_CRITICAL: 2,
+}
+HEALTH_UNKNOWN = 3  # the control plane could not be asked
+HOST_COMPONENT = "host"
+
+
+def system_status(
+    response: runtime_pb.GetSystemHealthResponse, *, include_host: bool
+) -> runtime_pb.HealthStatus.ValueType:
+    """The worst status of the system's components; the host's load counts only when asked,
+    so a busy machine does not make a healthy pipeline's probe flap."""
+    statuses = [c.status for c in response.components if include_host or c.name != HOST_COMPONENT]
+    return max(statuses, default=response.status)
+
+
 async def health(client: ControlClient, args: argparse.Namespace, out: Output) -> int:
     response = await client.system_health()
+    status = system_status(response, include_host=args.include_host)
     if out.json:
-        out.message(response)
+        out.data({**as_dict(response), "system_status": runtime_pb.HealthStatus.Name(status)})
     else:
-        out.table(health_table(response))
-    return 0 if response.status == runtime_pb.HEALTH_STATUS_HEALTHY else 3
+        out.table(health_table(response, status, include_host=args.include_host))
+    return HEALTH_EXIT_CODES.get(status, HEALTH_UNKNOWN)
 
 
 def domains_table(domains: list[runtime_pb.DomainInfo]) -> Table:
@@ -261,20 +304,30 @@ async def domains(client: ControlClient, args: argparse.Namespace, out: Output) 
 # -- traces and events ------------------------------------------------------------------------
 
 
+PAYLOAD_WIDTH = 60
+
+
+def one_line(text: str, width: int = PAYLOAD_WIDTH) -> str:
+    """``text`` on one line, cut to ``width`` characters with an ellipsis (--json has it all)."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= width else flat[: width - 1] + "…"
+
+
 def events_table(title: str, events: list[StoredEvent]) -> Table:
-    table = Table(title=title)
-    for column in ("time", "type", "producer", "key", "event id", "caused by", "payload"):
-        table.add_column(column, overflow="fold")
+    table = Table(title=title, caption="payloads cut to one line: --json prints them whole")
+    for column in ("time", "type", "key", "trace id", "event id", "caused by"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("payload", no_wrap=True, overflow="ellipsis")
     for event in events:
         envelope = event.envelope
         table.add_row(
             envelope.occurred_at.ToJsonString(),
             envelope.event_type,
-            envelope.producer,
             envelope.partition_key,
+            envelope.trace_id,
             envelope.event_id,
             envelope.causation_id or "-",
-            event.payload_json,
+            one_line(event.payload_json),
         )
     return table
 
@@ -369,44 +422,6 @@ async def replay(client: ControlClient, args: argparse.Namespace, out: Output) -
             + (" (published)" if args.publish else " (dry run: nothing published)")
         )
     return 1 if failures else 0
-
-
-# -- dead letters -----------------------------------------------------------------------------
-
-
-async def dlq_list(client: ControlClient, args: argparse.Namespace, out: Output) -> int:
-    page = await client.dead_letters(args.domain, args.page_size, args.page_token)
-    if out.json:
-        out.message(page)
-        return 0
-    table = Table(title=f"dead letters of {args.domain}")
-    for column in ("entry id", "failed at", "stream", "reason", "attempts", "error", "redriven"):
-        table.add_column(column, overflow="fold")
-    for letter in page.dead_letters:
-        table.add_row(
-            letter.entry_id,
-            letter.failed_at.ToJsonString(),
-            letter.original_stream,
-            letter.reason,
-            str(letter.attempts),
-            f"{letter.error_type}: {letter.error_message}",
-            letter.redriven_entry_id or "-",
-        )
-    if page.next_page_token:
-        table.caption = f"more: --page-token {page.next_page_token}"
-    out.table(table)
-    return 0
-
-
-async def dlq_redrive(client: ControlClient, args: argparse.Namespace, out: Output) -> int:
-    response = await client.redrive(args.domain, args.entry_ids)
-    if out.json:
-        out.message(response)
-    else:
-        out.console.print(
-            f"redriven {response.redriven}, already redriven before {response.already_redriven}"
-        )
-    return 0
 
 
 async def top(client: ControlClient, args: argparse.Namespace, out: Output) -> int:

@@ -4,6 +4,8 @@ Event rates per type come from following every live event (SubscribeTraces witho
 filters) and counting them over a sliding window; PnL from the newest
 ``portfolio.pnl.updated``; lag, policy and health from polling. If the server cuts the
 follower off for being slow (RESOURCE_EXHAUSTED), the dashboard subscribes again and says so.
+Money shows with 2 decimals and drawdown in percent, as in the run summary. On a terminal,
+``q`` quits (as does Ctrl-C).
 """
 
 from __future__ import annotations
@@ -11,9 +13,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import sys
+import termios
 import time
+import tty
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from quantum.control.v1 import runtime_service_pb2 as runtime_pb
@@ -26,11 +34,30 @@ from clients.control_client import ControlClient, ControlError
 
 WINDOW_S = 5.0
 HEALTH_EVERY_S = 5.0
+FEED_EVENT = "market.tick"  # what market_data publishes: it has no consumer group to show
 _STYLE = {
     runtime_pb.HEALTH_STATUS_HEALTHY: "green",
     runtime_pb.HEALTH_STATUS_DEGRADED: "yellow",
     runtime_pb.HEALTH_STATUS_CRITICAL: "red",
 }
+
+
+def money(value: object) -> str:
+    """A decimal string as money: thousands separated, 2 decimals; "-" when not a number."""
+    try:
+        number = Decimal(str(value))
+    except InvalidOperation:
+        return "-"
+    return f"{number:,.2f}" if number.is_finite() else "-"
+
+
+def percent(fraction: object) -> str:
+    """A fraction (0.0123) as a percentage with 2 decimals (1.23 %), as the run summary."""
+    try:
+        number = Decimal(str(fraction))
+    except InvalidOperation:
+        return "-"
+    return f"{number * 100:.2f} %" if number.is_finite() else "-"
 
 
 @dataclass
@@ -74,6 +101,7 @@ class DashboardState:
                 }
                 for d in self.domains
             },
+            "feeds": {"market_data": {"ticks_per_s": self.rates(now).get(FEED_EVENT, 0.0)}},
             "health": runtime_pb.HealthStatus.Name(self.health.status) if self.health else None,
             "follower_restarts": self.follower_restarts,
             "last_error": self.last_error,
@@ -123,11 +151,12 @@ def render(state: DashboardState, now: float) -> Group:
         name = runtime_pb.HealthStatus.Name(state.health.status).removeprefix("HEALTH_STATUS_")
         header.add_row("health", f"[{style}]{name}[/{style}]", "")
     if state.pnl:
+        pnl = state.pnl
         header.add_row(
-            f"equity {state.pnl.get('equity', '-')}",
-            f"realised {state.pnl.get('realized_pnl', '-')} / unrealised "
-            f"{state.pnl.get('unrealized_pnl', '-')}",
-            f"drawdown {state.pnl.get('drawdown', '-')}, open {state.pnl.get('open_positions', 0)}",
+            f"equity {money(pnl.get('equity'))}",
+            f"realised {money(pnl.get('realized_pnl'))} / unrealised "
+            f"{money(pnl.get('unrealized_pnl'))}",
+            f"drawdown {percent(pnl.get('drawdown'))}, open {pnl.get('open_positions', 0)}",
         )
     rates = Table(title=f"events per second (last {WINDOW_S:.0f} s)")
     rates.add_column("event type")
@@ -137,6 +166,13 @@ def render(state: DashboardState, now: float) -> Group:
     lag = Table(title="consumers")
     for column in ("domain", "state", "lag", "pending"):
         lag.add_column(column, justify="right" if column in ("lag", "pending") else "left")
+    ticks_per_s = state.rates(now).get(FEED_EVENT, 0.0)
+    lag.add_row(
+        "market_data",
+        f"feed: {ticks_per_s:.1f} ticks/s" if ticks_per_s else "feed: no ticks",
+        "-",
+        "-",
+    )
     for domain in state.domains:
         lag.add_row(
             domain.name,
@@ -144,7 +180,7 @@ def render(state: DashboardState, now: float) -> Group:
             str(sum(g.lag for g in domain.groups)),
             str(sum(g.pending for g in domain.groups)),
         )
-    parts: list[Any] = [header, rates, lag]
+    parts: list[Any] = [header, rates, lag, "[dim]q quits[/dim]"]
     if state.last_error:
         parts.append(f"[yellow]{state.last_error}[/yellow]")
     return Group(*parts)
@@ -165,15 +201,26 @@ async def run_dashboard(
         asyncio.create_task(_poll(client, state, refresh_s)),
     ]
     started = time.monotonic()
+    quit_pressed = asyncio.Event()
+
+    async def next_frame() -> bool:
+        """Wait one refresh; False when it is time to stop."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(quit_pressed.wait(), refresh_s)
+        return not quit_pressed.is_set() and (
+            not duration_s or time.monotonic() - started < duration_s
+        )
+
     try:
         if as_json:
-            while not duration_s or time.monotonic() - started < duration_s:
-                await asyncio.sleep(refresh_s)
+            while await next_frame():
                 print(json.dumps(state.snapshot(time.monotonic()), sort_keys=True), flush=True)
         else:
-            with Live(render(state, time.monotonic()), console=console, auto_refresh=False) as live:
-                while not duration_s or time.monotonic() - started < duration_s:
-                    await asyncio.sleep(refresh_s)
+            with (
+                quit_key(quit_pressed),
+                Live(render(state, time.monotonic()), console=console, auto_refresh=False) as live,
+            ):
+                while await next_frame():
                     live.update(render(state, time.monotonic()), refresh=True)
     finally:
         for task in tasks:
@@ -182,3 +229,29 @@ async def run_dashboard(
             with contextlib.suppress(asyncio.CancelledError):
                 await task
     return 0
+
+
+@contextlib.contextmanager
+def quit_key(pressed: asyncio.Event) -> Iterator[None]:
+    """While inside, a ``q`` typed on the terminal sets ``pressed`` (keys arrive unbuffered,
+    without echo). Does nothing when standard input is not a terminal."""
+    stdin = sys.stdin
+    if not stdin.isatty():
+        yield
+        return
+    fd = stdin.fileno()
+    saved = termios.tcgetattr(fd)
+    loop = asyncio.get_running_loop()
+
+    def on_key() -> None:
+        with contextlib.suppress(OSError):
+            if set(os.read(fd, 64)) & {ord("q"), ord("Q")}:
+                pressed.set()
+
+    tty.setcbreak(fd)
+    loop.add_reader(fd, on_key)
+    try:
+        yield
+    finally:
+        loop.remove_reader(fd)
+        termios.tcsetattr(fd, termios.TCSADRAIN, saved)

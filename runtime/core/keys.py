@@ -93,6 +93,11 @@ class Keyspace:
         """The record of every state repair (a stream, newest last)."""
         return f"{self.namespace}:audit:state-repairs"
 
+    def audit(self) -> str:
+        """The stream of audited operator actions beside the policy history (dead-letter
+        purges): who, what, when."""
+        return f"{self.namespace}:audit"
+
     def pattern(self) -> str:
         """A SCAN pattern that matches every key of this namespace."""
         return f"{self.namespace}:*"

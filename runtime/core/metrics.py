@@ -268,8 +268,22 @@ class MetricsRegistry:
         return [family.snapshot() for family in self._families.copy().values()]
 
 
+# The account figures of portfolio.pnl.updated, exposed as quantum_portfolio_<name>.
+PORTFOLIO_FIGURES: dict[str, str] = {
+    "equity": "Account equity (account currency).",
+    "peak_equity": "Highest equity so far (account currency).",
+    "realized_pnl": "Realised PnL, fees included (account currency).",
+    "unrealized_pnl": "Unrealised PnL at the latest marks (account currency).",
+    "daily_pnl": "PnL change since the start of the trading day (account currency).",
+    "exposure": "Gross exposure: the sum of |quantity x mark price| (account currency).",
+    "drawdown_ratio": "Drawdown from peak equity as a fraction in [0, 1].",
+    "open_positions": "Open positions.",
+}
+
+
 class RuntimeMetrics:
-    """The metrics of the event bus and the actor runtime (DESIGN section 6)."""
+    """The process's metrics: the event bus and the actor runtime (DESIGN section 6), log
+    lines, the control plane's calls, health, and the account figures."""
 
     def __init__(self, registry: MetricsRegistry | None = None) -> None:
         self.registry = registry or MetricsRegistry()
@@ -329,6 +343,35 @@ class RuntimeMetrics:
             "Redis calls that failed and were retried, per component.",
             ["component"],
         )
+        self.log_lines = r.counter(
+            "quantum_log_lines_total", "Log lines written, per level.", ["level"]
+        )
+        # The control plane: every call of its own services, by method and status code.
+        self.grpc_handled = r.counter(
+            "quantum_grpc_server_handled_total",
+            "gRPC calls completed by the control plane, per method and status code.",
+            ["method", "code"],
+        )
+        self.grpc_latency = r.histogram(
+            "quantum_grpc_server_handling_seconds",
+            "Time the control plane took per gRPC call (to the last message), per method.",
+            ["method"],
+        )
+        # Health, as the control plane's checks see it.
+        self.redis_up = r.gauge("quantum_redis_up", "1 when Redis answers PING, else 0.")
+        self.redis_ping = r.gauge(
+            "quantum_redis_ping_seconds", "Round-trip time of the latest Redis PING."
+        )
+        self.component_health = r.gauge(
+            "quantum_component_health",
+            "Health per component: 0 healthy, 1 degraded, 2 critical.",
+            ["component"],
+        )
+        # The account, from the newest portfolio.pnl.updated event.
+        self.portfolio = {
+            name: r.gauge(f"quantum_portfolio_{name}", text)
+            for name, text in PORTFOLIO_FIGURES.items()
+        }
 
     def snapshot(self) -> list[MetricFamily]:
         return self.registry.snapshot()

@@ -19,9 +19,9 @@ from quantum.control.v1.runtime_service_pb2_grpc import RuntimeServiceStub
 from quantum.control.v1.trace_service_pb2_grpc import TraceServiceStub
 from quantum.events.v1 import policy_pb2
 
+from clients.wire_errors import details_of
 from control_plane.auth import METHOD_ROLES, Role, TokenConfigError, TokenTable, required_role
 from control_plane.config import ConfigError, check_exposure
-from control_plane.errors import details_of
 from tests.control_plane.conftest import Harness
 
 TICKS = replay_pb.EventRange(event_type="market.tick")
@@ -89,10 +89,8 @@ RPCS: list[tuple[type, str, Message, bool, Role]] = [
     ),
     (
         ReplayServiceStub,
-        "RepairDomainState",
-        replay_pb.RepairDomainStateRequest(
-            domain="tick_counter", mode=replay_pb.REPAIR_MODE_RESET, reason="auth"
-        ),
+        "PurgeDeadLetters",
+        replay_pb.PurgeDeadLettersRequest(domain="tick_counter", all=True),
         False,
         Role.OPERATOR,
     ),

@@ -12,7 +12,7 @@ from quantum.control.v1 import replay_service_pb2 as pb
 from quantum.control.v1.policy_service_pb2_grpc import PolicyServiceStub
 from quantum.control.v1.replay_service_pb2_grpc import ReplayServiceStub
 
-from control_plane.errors import details_of
+from clients.wire_errors import details_of
 from control_plane.runtime_errors import translate
 from runtime.core.keys import Keyspace
 from tests.control_plane.conftest import Harness

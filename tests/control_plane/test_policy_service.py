@@ -14,7 +14,8 @@ from quantum.control.v1 import policy_service_pb2 as pb
 from quantum.control.v1.policy_service_pb2_grpc import PolicyServiceStub
 from quantum.events.v1 import policy_pb2
 
-from control_plane.errors import ERROR_DOMAIN, details_of
+from clients.wire_errors import details_of
+from control_plane.errors import ERROR_DOMAIN
 from control_plane.policy_servicer import PolicyServicer
 from runtime.core.keys import Keyspace
 from tests.control_plane.conftest import Harness, start_harness, stop_harness

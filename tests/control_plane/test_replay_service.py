@@ -8,7 +8,7 @@ from grpc import aio
 from quantum.control.v1 import replay_service_pb2 as pb
 from quantum.control.v1.replay_service_pb2_grpc import ReplayServiceStub
 
-from control_plane.errors import details_of
+from clients.wire_errors import details_of
 from runtime.core.dead_letters import DeadLetter, xadd_args
 from tests.control_plane.conftest import Harness
 from tests.control_plane.support import tick_envelopes

@@ -12,7 +12,7 @@ from grpc import aio
 from quantum.control.v1 import trace_service_pb2 as pb
 from quantum.control.v1.trace_service_pb2_grpc import TraceServiceStub
 
-from control_plane.errors import details_of
+from clients.wire_errors import details_of
 from control_plane.live_feed import EventFilter, LiveFeed, Subscription
 from control_plane.trace_servicer import causal_order
 from runtime.core.keys import Keyspace

@@ -55,3 +55,11 @@ def test_core_importing_the_control_plane_fails(tmp_path: Path) -> None:
     result = _lint(tmp_path)
     assert result.returncode != 0
     assert "runtime.core imports no domain" in result.stdout
+
+
+def test_a_client_importing_the_runtime_or_the_control_plane_fails(tmp_path: Path) -> None:
+    _copy_tree(tmp_path)
+    (tmp_path / "clients/leak.py").write_text("import runtime.core.tracing\nimport control_plane\n")
+    result = _lint(tmp_path)
+    assert result.returncode != 0
+    assert "Clients import neither runtime nor control_plane BROKEN" in result.stdout

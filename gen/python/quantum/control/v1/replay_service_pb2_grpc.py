@@ -65,6 +65,11 @@ class ReplayServiceStub:
                 request_serializer=quantum_dot_control_dot_v1_dot_replay__service__pb2.ListStateRepairsRequest.SerializeToString,
                 response_deserializer=quantum_dot_control_dot_v1_dot_replay__service__pb2.ListStateRepairsResponse.FromString,
                 _registered_method=True)
+        self.PurgeDeadLetters = channel.unary_unary(
+                '/quantum.control.v1.ReplayService/PurgeDeadLetters',
+                request_serializer=quantum_dot_control_dot_v1_dot_replay__service__pb2.PurgeDeadLettersRequest.SerializeToString,
+                response_deserializer=quantum_dot_control_dot_v1_dot_replay__service__pb2.PurgeDeadLettersResponse.FromString,
+                _registered_method=True)
 
 
 class ReplayServiceServicer:
@@ -117,6 +122,13 @@ class ReplayServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PurgeDeadLetters(self, request, context):
+        """PurgeDeadLetters deletes dead letters for good (operator role; every purge is audited).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ReplayServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -149,6 +161,11 @@ def add_ReplayServiceServicer_to_server(servicer, server):
                     servicer.ListStateRepairs,
                     request_deserializer=quantum_dot_control_dot_v1_dot_replay__service__pb2.ListStateRepairsRequest.FromString,
                     response_serializer=quantum_dot_control_dot_v1_dot_replay__service__pb2.ListStateRepairsResponse.SerializeToString,
+            ),
+            'PurgeDeadLetters': grpc.unary_unary_rpc_method_handler(
+                    servicer.PurgeDeadLetters,
+                    request_deserializer=quantum_dot_control_dot_v1_dot_replay__service__pb2.PurgeDeadLettersRequest.FromString,
+                    response_serializer=quantum_dot_control_dot_v1_dot_replay__service__pb2.PurgeDeadLettersResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -314,6 +331,33 @@ class ReplayService:
             '/quantum.control.v1.ReplayService/ListStateRepairs',
             quantum_dot_control_dot_v1_dot_replay__service__pb2.ListStateRepairsRequest.SerializeToString,
             quantum_dot_control_dot_v1_dot_replay__service__pb2.ListStateRepairsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PurgeDeadLetters(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quantum.control.v1.ReplayService/PurgeDeadLetters',
+            quantum_dot_control_dot_v1_dot_replay__service__pb2.PurgeDeadLettersRequest.SerializeToString,
+            quantum_dot_control_dot_v1_dot_replay__service__pb2.PurgeDeadLettersResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -51,6 +51,8 @@ class ReplayServiceStub:
     """
     ListStateRepairs: _grpc.UnaryUnaryMultiCallable[_replay_service_pb2.ListStateRepairsRequest, _replay_service_pb2.ListStateRepairsResponse]
     """ListStateRepairs lists the recorded state repairs, newest first."""
+    PurgeDeadLetters: _grpc.UnaryUnaryMultiCallable[_replay_service_pb2.PurgeDeadLettersRequest, _replay_service_pb2.PurgeDeadLettersResponse]
+    """PurgeDeadLetters deletes dead letters for good (operator role; every purge is audited)."""
 
 @_typing.type_check_only
 class ReplayServiceAsyncStub(ReplayServiceStub):
@@ -75,6 +77,8 @@ class ReplayServiceAsyncStub(ReplayServiceStub):
     """
     ListStateRepairs: _aio.UnaryUnaryMultiCallable[_replay_service_pb2.ListStateRepairsRequest, _replay_service_pb2.ListStateRepairsResponse]  # type: ignore[assignment]
     """ListStateRepairs lists the recorded state repairs, newest first."""
+    PurgeDeadLetters: _aio.UnaryUnaryMultiCallable[_replay_service_pb2.PurgeDeadLettersRequest, _replay_service_pb2.PurgeDeadLettersResponse]  # type: ignore[assignment]
+    """PurgeDeadLetters deletes dead letters for good (operator role; every purge is audited)."""
 
 class ReplayServiceServicer(metaclass=_abc_1.ABCMeta):
     """ReplayService reads stored events, re-delivers them, and manages dead letters."""
@@ -132,5 +136,13 @@ class ReplayServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_replay_service_pb2.ListStateRepairsResponse, _abc.Awaitable[_replay_service_pb2.ListStateRepairsResponse]]:
         """ListStateRepairs lists the recorded state repairs, newest first."""
+
+    @_abc_1.abstractmethod
+    def PurgeDeadLetters(
+        self,
+        request: _replay_service_pb2.PurgeDeadLettersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_replay_service_pb2.PurgeDeadLettersResponse, _abc.Awaitable[_replay_service_pb2.PurgeDeadLettersResponse]]:
+        """PurgeDeadLetters deletes dead letters for good (operator role; every purge is audited)."""
 
 def add_ReplayServiceServicer_to_server(servicer: ReplayServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -96,6 +96,15 @@ RPCS: list[tuple[type, str, Message, bool, Role]] = [
     ),
     (
         ReplayServiceStub,
+        "RepairDomainState",
+        replay_pb.RepairDomainStateRequest(
+            domain="tick_counter", mode=replay_pb.REPAIR_MODE_RESET, reason="auth"
+        ),
+        False,
+        Role.OPERATOR,
+    ),
+    (
+        ReplayServiceStub,
         "ListStateRepairs",
         replay_pb.ListStateRepairsRequest(),
         False,

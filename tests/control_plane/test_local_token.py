@@ -19,9 +19,9 @@ from quantum.control.v1.replay_service_pb2_grpc import ReplayServiceStub
 from quantum.events.v1 import policy_pb2
 
 from clients.control_client import local_token
+from clients.wire_errors import details_of
 from control_plane.auth import TokenTable
 from control_plane.config import ControlPlaneConfig
-from control_plane.errors import details_of
 from control_plane.server import ControlPlane
 from runtime.core.keys import Keyspace
 from runtime.core.policy.store import PolicyStore

@@ -11,7 +11,7 @@ from quantum.control.v1 import policy_service_pb2 as pb
 from quantum.control.v1.policy_service_pb2_grpc import PolicyServiceStub
 from quantum.events.v1 import policy_pb2
 
-from control_plane.errors import details_of
+from clients.wire_errors import details_of
 from tests.control_plane.conftest import Harness
 
 

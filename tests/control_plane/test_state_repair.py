@@ -18,7 +18,7 @@ from quantum.control.v1.replay_service_pb2_grpc import ReplayServiceStub
 from quantum.events.v1.common_pb2 import Side
 from quantum.events.v1.portfolio_pb2 import PnlUpdated, PositionOpened
 
-from control_plane.errors import details_of
+from clients.wire_errors import details_of
 from runtime.adapters.redis.runner import state_key
 from runtime.core.envelope import seal
 from runtime.core.keys import Keyspace

@@ -3,6 +3,7 @@ the trader's report, the trades CSV and the equity plot."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import struct
 import subprocess
@@ -84,7 +85,7 @@ async def test_in_process_runs_agree_with_each_other_and_with_the_command(
     ]
     assert one.events_digest() == two.events_digest()
     assert one.portfolio_state() == two.portfolio_state()
-    command = _backtest(tmp_path)
+    command = await asyncio.to_thread(_backtest, tmp_path)
     assert command.returncode == 0, command.stderr[-3000:]
     assert _digest(command.stdout, "events") == one.events_digest()
     assert _digest(command.stdout, "portfolio") == one.portfolio_digest()

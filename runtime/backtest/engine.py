@@ -47,13 +47,15 @@ from runtime.domains.risk_safety import RiskSafety
 
 NAMESPACE = "backtest"
 # One consumer per group, and handlers that never wait on the outside world: nothing is ever
-# stale, and background duties have nothing to report, so they run rarely.
+# stale, and background duties have nothing to report, so they run rarely. One grant is in
+# flight at a time, so a prefetch would only wait: none.
 CONFIG = RunnerConfig(
     consumer_name="backtest",
     block_ms=1_000,
     visibility_timeout_ms=24 * 3_600_000,
     heartbeat_interval_s=60.0,
     group_stats_interval_s=60.0,
+    prefetch=False,
 )
 
 

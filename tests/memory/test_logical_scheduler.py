@@ -3,6 +3,7 @@ at a time, with the real DeliveryLoop."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 
 from quantum.events.v1.envelope_pb2 import Envelope
@@ -11,6 +12,7 @@ from quantum.events.v1.portfolio_pb2 import PnlUpdated
 
 from runtime.adapters.memory import MemoryBroker, MemoryBus, MemoryRunner
 from runtime.core.actor import Actor, HandlerContext, handles
+from runtime.core.delivery import RunnerConfig
 from runtime.core.envelope import seal
 from runtime.core.metrics import RuntimeMetrics
 from tests.integration.bus_support import wait_until
@@ -162,3 +164,26 @@ async def test_a_group_created_late_gets_the_backlog_in_time_order() -> None:
         (broker.stream_of(PNL), 0, 0),
         (stream, 0, 0),
     }
+
+
+async def test_loops_without_prefetch_stop_once_the_scheduler_closes() -> None:
+    # A fetch that finds work at once (or a closed scheduler) still yields to the event loop;
+    # else a loop without prefetch spins and stop() never gets to run.
+    broker = MemoryBroker(logical=True)
+    scheduler = broker.scheduler
+    assert scheduler is not None
+    journal = Journal()
+    config = RunnerConfig("c1", block_ms=1_000, prefetch=False)
+    loops = [
+        MemoryRunner(actor, broker, config, metrics=RuntimeMetrics())
+        for actor in (Echo(journal), Listener(journal))
+    ]
+    for loop in loops:
+        await loop.subscription.open()
+    scheduler.feed([tick_at(ms, sequence=ms) for ms in range(1, 21)])
+    tasks = [asyncio.create_task(loop.run()) for loop in loops]
+    await asyncio.wait_for(scheduler.finished.wait(), 10)
+    assert len(journal.lines) == 20 * 3
+    scheduler.close()
+    await asyncio.wait_for(asyncio.gather(*(loop.stop() for loop in loops)), 5)
+    await asyncio.gather(*tasks)

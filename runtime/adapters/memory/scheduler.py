@@ -93,8 +93,10 @@ class LogicalScheduler:
 
     async def wait(self, group: str, timeout_s: float) -> None:
         """Return when ``group`` is granted something (or the scheduler closes), or after
-        ``timeout_s``."""
+        ``timeout_s``. Always lets the event loop run other tasks first: a consumer that
+        finds work at once (or a closed scheduler) must not starve the rest (``stop()``)."""
         if self._granted.get(group) or self._closed:
+            await asyncio.sleep(0)
             return
         event = self._wakeups.get(group)
         if event is None:

@@ -88,10 +88,8 @@ class MemorySubscription:
                 for delivery in broker.read_pending(stream, self.group, self.consumer, count)
             ]
         elif broker.scheduler is not None:
+            await broker.scheduler.wait(self.group, block_ms / 1000)
             deliveries = self._granted(count)
-            if not deliveries:
-                await broker.scheduler.wait(self.group, block_ms / 1000)
-                deliveries = self._granted(count)
         else:
             deliveries = self._read_new(count)
             if not deliveries:

@@ -320,3 +320,22 @@ async def test_a_group_deleted_under_a_running_consumer_is_recreated_where_it_ac
     assert actor.out_of_order == 0
     assert broker.length(broker.stream_of(PNL)) == 4
     await bus.close()
+
+
+async def test_a_loop_without_prefetch_stops_in_the_middle_of_a_backlog() -> None:
+    broker = MemoryBroker()
+    bus = MemoryBus(broker, metrics=RuntimeMetrics())
+    for start in range(1, 2001, 500):
+        await bus.publish_many([tick("BTC", i) for i in range(start, start + 500)])
+    actor = TickCounter()
+    config = RunnerConfig("c1", block_ms=50, batch_size=10, prefetch=False)
+    loop = MemoryRunner(actor, broker, config, metrics=RuntimeMetrics())
+    task = asyncio.create_task(loop.run())
+    await wait_until(lambda: actor.counts.get("BTC", 0) > 0)
+    await asyncio.wait_for(loop.stop(), 5)
+    await task
+    handled = actor.counts["BTC"]
+    assert handled < 2000  # stopped between batches, not after the whole backlog
+    assert pending(broker, actor.name) == 0  # what it took, it committed
+    assert broker.length(broker.stream_of(PNL)) == handled
+    await bus.close()

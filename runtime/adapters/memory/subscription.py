@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 
 from runtime.adapters.memory.broker import (
@@ -92,7 +93,9 @@ class MemorySubscription:
             deliveries = self._granted(count)
         else:
             deliveries = self._read_new(count)
-            if not deliveries:
+            if deliveries:
+                await asyncio.sleep(0)  # a backlog must not starve the other tasks (stop())
+            else:
                 await broker.wait_for_append(block_ms / 1000)
                 deliveries = self._read_new(count)
         merge_by_time(deliveries)

@@ -44,8 +44,8 @@ def report_of(result: BacktestResult, *, bar: timedelta) -> BacktestReport:
 
 def run(args: argparse.Namespace) -> int:
     """``quantum backtest``: run, print the report, write the trades and the plot if asked."""
-    configure_logging(args.log_level)
     try:
+        configure_logging(args.log_level)
         result = asyncio.run(run_backtest(args.feed, equity=args.equity, seed=args.seed))
     except (CsvFeedError, ValueError) as exc:
         print(f"quantum backtest: {exc}", file=sys.stderr)

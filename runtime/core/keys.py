@@ -57,6 +57,16 @@ class Keyspace:
         """The consumer group name a domain uses on every stream it reads."""
         return domain
 
+    def partition_group(self, domain: str, partition: int = 0, partitions: int = 1) -> str:
+        """The consumer group of one partition of a domain (the plain group when unsplit)."""
+        base = self.group(domain)
+        return base if partitions == 1 else f"{base}.p{partition}of{partitions}"
+
+    def state(self, domain: str, partition: int = 0, partitions: int = 1) -> str:
+        """Where the actor state of a domain (partition) is kept."""
+        base = f"{self.namespace}:state:{domain}"
+        return base if partitions == 1 else f"{base}.p{partition}of{partitions}"
+
     def pattern(self) -> str:
         """A SCAN pattern that matches every key of this namespace."""
         return f"{self.namespace}:*"

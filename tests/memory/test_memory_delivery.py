@@ -339,3 +339,18 @@ async def test_a_loop_without_prefetch_stops_in_the_middle_of_a_backlog() -> Non
     assert pending(broker, actor.name) == 0  # what it took, it committed
     assert broker.length(broker.stream_of(PNL)) == handled
     await bus.close()
+
+
+def test_group_and_state_names_match_the_redis_engines() -> None:
+    from runtime.adapters.memory import group_name, state_key
+    from runtime.adapters.redis.subscription import group_name as redis_group
+    from runtime.adapters.redis.subscription import state_key as redis_state
+
+    broker = MemoryBroker()
+    for partition, partitions in ((0, 1), (1, 3)):
+        assert group_name(broker, "d", partition, partitions) == redis_group(
+            broker.keyspace, "d", partition, partitions
+        )
+        assert state_key(broker, "d", partition, partitions) == redis_state(
+            broker.keyspace, "d", partition, partitions
+        )

@@ -19,14 +19,12 @@ from runtime.core.registry import EventRegistry, default_registry
 
 def group_name(broker: MemoryBroker, domain: str, partition: int = 0, partitions: int = 1) -> str:
     """The consumer group of a domain (of one of its partitions when it has several)."""
-    base = broker.keyspace.group(domain)
-    return base if partitions == 1 else f"{base}.p{partition}of{partitions}"
+    return broker.keyspace.partition_group(domain, partition, partitions)
 
 
 def state_key(broker: MemoryBroker, domain: str, partition: int = 0, partitions: int = 1) -> str:
     """Where the actor's state snapshot is kept."""
-    base = f"{broker.keyspace.namespace}:state:{domain}"
-    return base if partitions == 1 else f"{base}.p{partition}of{partitions}"
+    return broker.keyspace.state(domain, partition, partitions)
 
 
 class MemoryBus(Publisher):

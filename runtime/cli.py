@@ -2,8 +2,10 @@
 
     quantum run [--domains a,b] [--duration S] [--symbols A,B] [--feed FILE.csv] ...
     quantum control-plane [--grpc-addr HOST:PORT] ...
+    quantum backtest --feed FILE.csv [--equity N] [--trades OUT.csv] [--plot OUT.png] ...
 
-Parsing only: the wiring lives in ``runtime.bootstrap``, the composition root.
+Parsing only: the wiring lives in the composition roots, ``runtime.bootstrap`` (run, control
+plane) and ``runtime.backtest``.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 
@@ -78,6 +81,31 @@ def _existing_file(value: str) -> Path:
     path = Path(value)
     if not path.is_file():
         raise argparse.ArgumentTypeError(f"feed file {value!r} does not exist")
+    return path
+
+
+def _bar(value: str) -> timedelta:
+    units = {"s": 1, "m": 60, "h": 3_600, "d": 86_400}
+    text = value.strip().lower()
+    unit = units.get(text[-1:], 0)
+    number = text[:-1] if unit else text
+    try:
+        seconds = int(number) * (unit or 1)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not a bar length; give seconds or a number with s, m, h or d (5m)"
+        ) from None
+    if not 0 < seconds <= 365 * 86_400:
+        raise argparse.ArgumentTypeError(f"{value!r}: a bar is between 1 s and 365 days")
+    return timedelta(seconds=seconds)
+
+
+def _output_file(value: str) -> Path:
+    path = Path(value)
+    if path.is_dir() or not path.parent.is_dir():
+        raise argparse.ArgumentTypeError(
+            f"{value!r} cannot be written: give a file path in an existing directory"
+        )
     return path
 
 
@@ -169,6 +197,40 @@ def build_parser() -> argparse.ArgumentParser:
         "redis-acl", help="print a Redis ACL file: one user per domain, each on its own keys"
     )
     acl.add_argument("--namespace", default="quantum", help="key prefix (default: quantum)")
+
+    backtest = commands.add_parser(
+        "backtest",
+        help="replay a recorded feed through all six domains in logical time (no Redis)",
+        description="Run the six domains over a recorded CSV in one process, in event-time "
+        "order, and print the trader's report. Same input, same output, byte for byte.",
+    )
+    backtest.add_argument(
+        "--feed",
+        type=_existing_file,
+        required=True,
+        help="the recorded ticks: a CSV with time,symbol,price,volume",
+    )
+    backtest.add_argument(
+        "--equity", type=_equity, default=Decimal(100_000), help="starting equity"
+    )
+    backtest.add_argument(
+        "--seed", type=int, default=0, help="seed of the ticks' event and trace ids (default: 0)"
+    )
+    backtest.add_argument(
+        "--bar",
+        type=_bar,
+        default=timedelta(minutes=1),
+        help="return period of Sharpe and Sortino: seconds, or 30s, 5m, 1h, 1d (default: 1m)",
+    )
+    backtest.add_argument(
+        "--trades", type=_output_file, default=None, help="write the closed trades to this CSV"
+    )
+    backtest.add_argument(
+        "--plot", type=_output_file, default=None, help="draw equity and drawdown to this PNG"
+    )
+    backtest.add_argument(
+        "--log-level", default="WARNING", help="DEBUG, INFO, WARNING (default) or ERROR"
+    )
     commands.add_parser(
         "control-plane",
         help="serve only the gRPC control plane (see: quantum control-plane --help)",
@@ -184,6 +246,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return bootstrap.control_plane(argv[1:])
     args = build_parser().parse_args(argv)
+    if args.command == "backtest":
+        from runtime import backtest
+
+        return backtest.run(args)
     from runtime import bootstrap  # imported late: parsing errors stay fast and clear
 
     if args.command == "redis-acl":

@@ -98,6 +98,10 @@ class Keyspace:
         purges): who, what, when."""
         return f"{self.namespace}:audit"
 
+    def partition_group(self, domain: str, partition: int = 0, partitions: int = 1) -> str:
+        """The consumer group of one partition of a domain (the plain group when unsplit)."""
+        return self.group(domain, partition, partitions)
+
     def pattern(self) -> str:
         """A SCAN pattern that matches every key of this namespace."""
         return f"{self.namespace}:*"

@@ -63,3 +63,12 @@ def test_a_client_importing_the_runtime_or_the_control_plane_fails(tmp_path: Pat
     result = _lint(tmp_path)
     assert result.returncode != 0
     assert "Clients import neither runtime nor control_plane BROKEN" in result.stdout
+
+
+def test_the_backtest_importing_the_redis_engine_fails(tmp_path: Path) -> None:
+    _copy_tree(tmp_path)
+    (tmp_path / "runtime/backtest/leak.py").write_text("import runtime.adapters.redis.bus\n")
+    result = _lint(tmp_path)
+    assert result.returncode != 0
+    assert "The backtest is a composition root on the in-memory engine" in result.stdout
+    assert "BROKEN" in result.stdout

@@ -283,7 +283,7 @@ async def _services(args: argparse.Namespace, url: str) -> AsyncIterator[_Servic
             tally.stop()
             await tally_task
             try:
-                await tally.finish()
+                await tally.catch_up()
                 services.summary = await report.summarize(
                     redis, space.keyspace, services.since, tally
                 )

@@ -107,7 +107,7 @@ class RejectionTally:
 
     Reads the stream from where the run began (no consumer group, so it holds nothing back
     and nothing waits for it), a batch at a time, decoding only the reason. ``run`` follows the
-    stream until ``stop``; ``finish`` then reads what is left. Should it ever fall further
+    stream until ``stop``; ``catch_up`` then reads what is left. Should it ever fall further
     behind than the stream retains, ``counted`` ends below the stream's entries-added delta and
     the summary says how many reasons went unread instead of guessing.
     """
@@ -149,8 +149,8 @@ class RejectionTally:
     def stop(self) -> None:
         self._stopping.set()
 
-    async def finish(self) -> None:
-        """Count what was published since the last read (call once the run has stopped)."""
+    async def catch_up(self) -> None:
+        """Count everything published since the last read (once the run has stopped)."""
         while await self._read(None) == _TALLY_BATCH:
             pass
 
@@ -182,7 +182,7 @@ async def summarize(
         elif name == REJECTED:
             if tally is None:
                 tally = RejectionTally(redis, keyspace, before)
-                await tally.finish()
+                await tally.catch_up()
             summary.rejections = tally.reasons
             summary.rejections_uncounted = max(0, added - tally.counted)
         elif name == "portfolio.pnl.updated":

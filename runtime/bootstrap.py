@@ -12,8 +12,10 @@ import asyncio
 import contextlib
 import itertools
 import os
+import shutil
 import signal
 import sys
+import tempfile
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -27,6 +29,7 @@ from redis.exceptions import ResponseError
 
 from control_plane.auth import TokenConfigError
 from control_plane.config import ConfigError
+from control_plane.metrics_http import MetricsEndpoint, RuntimeCollector, SnapshotSource
 from control_plane.server import ControlPlane, config_from_args
 from control_plane.server import main as control_plane_main
 from runtime import report
@@ -35,6 +38,7 @@ from runtime.core.bus import EventBus, PublishTimeout
 from runtime.core.host import Runtime, default_consumer_name, install_uvloop
 from runtime.core.keys import Keyspace
 from runtime.core.logs import configure_logging, get_logger
+from runtime.core.metrics import runtime_metrics
 from runtime.core.policy import RiskMode, TradingState
 from runtime.core.policy.model import Policy
 from runtime.core.policy.ports import PolicyReader, PolicyWriter
@@ -59,6 +63,7 @@ from runtime.run_namespace import RunNamespace
 from runtime.supervisor import Supervisor, Worker
 from runtime.worker_command import FEED_DOMAIN, WorkerCommand
 from runtime.worker_layout import FLOW_ORDER, assign, default_workers
+from runtime.worker_metrics import WorkerMetrics, write_port
 
 log = get_logger("runtime.bootstrap")
 
@@ -235,7 +240,9 @@ class _Services:
 
 
 @contextlib.asynccontextmanager
-async def _services(args: argparse.Namespace, url: str) -> AsyncIterator[_Services]:
+async def _services(
+    args: argparse.Namespace, url: str, *, metrics_snapshot: SnapshotSource | None = None
+) -> AsyncIterator[_Services]:
     """Open the run's services; on the way out stop them, summarise the run (unless this is a
     supervised worker: its supervisor summarises) and delete a namespace the run owns."""
     space = RunNamespace.choose(args.namespace)
@@ -251,6 +258,7 @@ async def _services(args: argparse.Namespace, url: str) -> AsyncIterator[_Servic
     store = PolicyStore(redis, space.keyspace, state_dir=state_dir)
     bus = EventBus(redis, space.keyspace, producer="runtime")
     plane: ControlPlane | None = None
+    worker_metrics: MetricsEndpoint | None = None
     tally: report.RejectionTally | None = None
     tally_task: asyncio.Task[None] | None = None
     services = _Services(redis, space, store, bus)
@@ -271,10 +279,17 @@ async def _services(args: argparse.Namespace, url: str) -> AsyncIterator[_Servic
                 config=config_from_args(args),
                 domain_factories=actor_factories(ReplayPolicy(store), args.equity),
                 publisher=bus,
+                metrics_snapshot=metrics_snapshot,
             )
             await plane.start()
+        if args.metrics_port_file is not None:  # a worker: its supervisor serves these
+            worker_metrics = MetricsEndpoint("127.0.0.1:0", RuntimeCollector())
+            worker_metrics.start()
+            write_port(args.metrics_port_file, worker_metrics.port)
         yield services
     finally:
+        if worker_metrics is not None:
+            worker_metrics.stop()
         if plane is not None:
             await plane.stop(grace=1.0)
         with contextlib.suppress(PublishTimeout):  # the bus logs what it could not send
@@ -409,8 +424,20 @@ async def _stopped(runtime: Runtime, runtime_task: asyncio.Task[None]) -> int:
 
 async def _supervise(args: argparse.Namespace, url: str, groups: list[tuple[str, ...]]) -> int:
     """The parent of ``--workers N``: control plane, supervision and the one summary."""
-    async with _services(args, url) as services:
-        command = WorkerCommand(args, url, services.space.name, datetime.now(UTC))
+    metrics_dir = Path(tempfile.mkdtemp(prefix="quantum-run-metrics-"))
+    metrics = WorkerMetrics(metrics_dir, len(groups), runtime_metrics().snapshot)
+    try:
+        return await _supervise_workers(args, url, groups, metrics)
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+async def _supervise_workers(
+    args: argparse.Namespace, url: str, groups: list[tuple[str, ...]], metrics: WorkerMetrics
+) -> int:
+    async with _services(args, url, metrics_snapshot=metrics.snapshot) as services:
+        start = datetime.now(UTC)
+        command = WorkerCommand(args, url, services.space.name, start, metrics.port_file)
         ticks_before = services.since.get(TICK_STREAM, report.StreamPosition()).entries_added
 
         async def argv(worker: Worker) -> list[str]:

@@ -232,6 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--supervised", action="store_true", help=argparse.SUPPRESS)
     run.add_argument("--feed-start", type=_instant, default=None, help=argparse.SUPPRESS)
     run.add_argument("--feed-skip", type=_count, default=0, help=argparse.SUPPRESS)
+    run.add_argument("--metrics-port-file", type=Path, default=None, help=argparse.SUPPRESS)
 
     add_server_arguments(run)
     commands.add_parser(

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
+from pathlib import Path
 
 from runtime.core.host import default_consumer_name
 
@@ -23,9 +24,15 @@ class WorkerCommand:
     """Builds the argv of each worker of one run."""
 
     def __init__(
-        self, args: argparse.Namespace, redis_url: str, namespace: str, feed_start: datetime
+        self,
+        args: argparse.Namespace,
+        redis_url: str,
+        namespace: str,
+        feed_start: datetime,
+        metrics_port_file: Callable[[int], Path] | None = None,
     ) -> None:
         self._args = args
+        self._metrics_port_file = metrics_port_file
         self._redis_url = redis_url
         self._namespace = namespace
         self._feed_start = feed_start
@@ -65,6 +72,8 @@ class WorkerCommand:
             "--partition",
             f"{partition}/{partitions}",
         ]
+        if self._metrics_port_file is not None:
+            argv += ["--metrics-port-file", str(self._metrics_port_file(index))]
         if FEED_DOMAIN in domains:
             argv += [
                 "--symbols",

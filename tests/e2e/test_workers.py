@@ -12,12 +12,14 @@ import os
 import signal
 import subprocess
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from runtime.core.keys import Keyspace
+from runtime.core.redis_server import free_port
 from tests.e2e.quantum_process import (
     SUMMARY_TITLE,
     count,
@@ -162,6 +164,41 @@ def test_ctrl_c_drains_every_worker_and_exits_0_with_one_summary(
     assert count(out, "ai.signal.generated") > 0
     assert err.count('"worker_stopped"') == 2  # both drained and exited 0, in order
     assert all(_gone(pid) for pid in workers)
+
+
+def test_the_supervisors_metrics_endpoint_shows_every_workers_counters(
+    redis_server_url: str, keyspace: Keyspace, tmp_path: Path
+) -> None:
+    metrics_port = free_port()
+    command = run_command(redis_server_url, keyspace.namespace, tmp_path, "--workers", "2")
+    command[command.index("--metrics-addr") + 1] = f"127.0.0.1:{metrics_port}"
+    process = start(command)
+    workers: list[int] = []
+    seen: list[dict[str, Any]] = []
+    try:
+        assert process.stderr is not None
+        events = log_events(process.stderr)
+        for _ in range(2):
+            workers.append(wait_for(events, _started, 60, seen)["pid"])
+        wanted = (
+            'quantum_events_consumed_total{domain="ai_engine",event_type="market.tick",worker="0"}',
+            'quantum_events_consumed_total{domain="portfolio",event_type="market.tick",worker="1"}',
+        )
+        text = ""
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not all(w in text for w in wanted):
+            time.sleep(0.5)
+            url = f"http://127.0.0.1:{metrics_port}/metrics"
+            with urllib.request.urlopen(url, timeout=5) as response:
+                text = response.read().decode()
+        process.send_signal(signal.SIGTERM)
+        process.communicate(timeout=120)
+    finally:
+        _stop(process, workers)
+    assert all(w in text for w in wanted), text[-3000:]
+    help_lines = [line for line in text.splitlines() if line.startswith("# HELP")]
+    assert len(help_lines) == len(set(help_lines))  # one family per name
+    assert process.returncode == 0
 
 
 def test_workers_stop_by_themselves_when_the_supervisor_is_killed(

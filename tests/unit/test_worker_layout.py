@@ -26,7 +26,11 @@ def test_the_busiest_worker_is_as_light_as_any_contiguous_split_allows() -> None
     groups = assign(FLOW_ORDER, 3)
     busiest = max(sum(CPU_MS_PER_1000_TICKS[d] for d in group) for group in groups)
     # one split by hand that is worse: the tick readers ai_engine+execution together
-    worse = [("market_data",), ("ai_engine", "risk_safety", "execution"), ("portfolio", "analytics")]
+    worse = [
+        ("market_data",),
+        ("ai_engine", "risk_safety", "execution"),
+        ("portfolio", "analytics"),
+    ]
     assert busiest < max(sum(CPU_MS_PER_1000_TICKS[d] for d in g) for g in worse)
 
 

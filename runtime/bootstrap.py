@@ -1,8 +1,11 @@
 """The composition root: the only module that imports core, every domain and the control plane.
 
-It wires them for ``quantum run`` (all six domains, or those named by ``--domains``, sharing
-consumer groups with other processes) and ``quantum control-plane``. Nothing else may import
-it (import-linter): domains stay unaware of each other and of how they are hosted.
+It wires them for ``quantum run`` and ``quantum control-plane``. ``quantum run`` either hosts
+its domains in this process (``--workers 1``, or one process of a layout written with
+``--domains``, sharing consumer groups with the others), or supervises ``--workers N`` child
+processes that do (``runtime.supervisor``, grouped by ``runtime.worker_layout``) while it
+serves the control plane and prints the run's one summary. Nothing else may import it
+(import-linter): domains stay unaware of each other and of how they are hosted.
 """
 
 from __future__ import annotations
@@ -10,22 +13,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import itertools
 import os
 import shutil
 import signal
 import sys
 import tempfile
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Protocol, cast
+from typing import Any, Protocol
 
 import redis.asyncio as aioredis
-from quantum.events.v1.market_pb2 import MarketTick
-from redis.exceptions import ResponseError
 
 from control_plane.auth import TokenConfigError
 from control_plane.config import ConfigError
@@ -36,7 +36,6 @@ from runtime import report
 from runtime.core.actor import Actor
 from runtime.core.bus import EventBus, PublishTimeout
 from runtime.core.host import Runtime, default_consumer_name, install_uvloop
-from runtime.core.keys import Keyspace
 from runtime.core.logs import configure_logging, get_logger
 from runtime.core.metrics import runtime_metrics
 from runtime.core.policy import RiskMode, TradingState
@@ -44,21 +43,16 @@ from runtime.core.policy.model import Policy
 from runtime.core.policy.ports import PolicyReader, PolicyWriter
 from runtime.core.policy.store import PolicyStore
 from runtime.core.redis_server import RedisServerNotFound, redis_url
-from runtime.core.runner import RunnerConfig, entry_order
+from runtime.core.runner import RunnerConfig
 from runtime.core.upcasting import EMIT_VERSIONS_ENV, process_emit_versions
 from runtime.domains.ai_engine import AiEngine
 from runtime.domains.analytics import Analytics
 from runtime.domains.execution import Execution, PaperExchange
-from runtime.domains.market_data import (
-    CsvFeed,
-    CsvFeedError,
-    SimulatedFeed,
-    paced_batches,
-    tick_envelope,
-    tick_time,
-)
+from runtime.domains.market_data import CsvFeedError
 from runtime.domains.portfolio import Portfolio
 from runtime.domains.risk_safety import RiskSafety
+from runtime.drain import DRAIN_TIMEOUT_S, drain
+from runtime.feed_publishing import feed_ends_by_itself, feed_ticks, publish_feed
 from runtime.run_namespace import RunNamespace
 from runtime.supervisor import Supervisor, Worker
 from runtime.worker_command import FEED_DOMAIN, WorkerCommand
@@ -73,7 +67,6 @@ TICK_STREAM = "market.tick"
 # portfolio and analytics keep the whole account (equity, exposure, drawdown): split, each
 # part would believe it owned all of it, so --partition leaves them on their plain group.
 PARTITIONABLE = frozenset({"ai_engine", "execution"})
-DRAIN_TIMEOUT_S = 10.0
 STOP_TIMEOUT_S = 30.0
 
 
@@ -128,103 +121,6 @@ def actor_factories(store: PolicyControl, equity: Decimal) -> dict[str, ActorFac
         "portfolio": lambda: Portfolio(starting_equity=equity),
         "analytics": lambda: Analytics(store),
     }
-
-
-def _feed(args: argparse.Namespace, start: datetime) -> Iterator[MarketTick]:
-    """The ticks this run publishes: the feed, cut to ``--duration`` of feed time when the
-    pace is fixed (so a run's tick count depends only on its arguments), less the first
-    ``--feed-skip`` (a restarted worker resumes after the ticks already on the stream)."""
-    ticks: Iterable[MarketTick]
-    if args.feed is not None:
-        ticks = CsvFeed(args.feed)
-    else:
-        ticks = SimulatedFeed.for_symbols(args.symbols, seed=args.seed, start=start, rate=args.rate)
-    if args.duration is not None and args.speed is not None:
-        ticks = _feed_window(ticks, args.duration * args.speed)
-    return itertools.islice(ticks, args.feed_skip, None)
-
-
-def _feed_window(ticks: Iterable[MarketTick], seconds: float) -> Iterator[MarketTick]:
-    """The ticks observed less than ``seconds`` after the first one."""
-    first: datetime | None = None
-    for tick in ticks:
-        at = tick_time(tick)
-        first = first or at
-        if (at - first).total_seconds() >= seconds:
-            return
-        yield tick
-
-
-def _feed_bounded(args: argparse.Namespace) -> bool:
-    """True when the feed ends by itself: a recorded file, or a duration at a fixed pace."""
-    return args.feed is not None or (args.duration is not None and args.speed is not None)
-
-
-async def _publish_feed(
-    bus: EventBus, ticks: Iterable[MarketTick], speed: float | None, stop: asyncio.Event
-) -> int:
-    """Publish ticks at their recorded pace until the feed ends or ``stop`` is set.
-
-    Stopping by event rather than by cancellation lets the publish in hand complete, so
-    every tick the feed produced is either on the stream or was never sent.
-    """
-    published = 0
-    async for batch in paced_batches(ticks, speed=speed):
-        if stop.is_set():
-            break
-        await bus.publish_envelopes([tick_envelope(tick) for tick in batch])
-        published += len(batch)
-    return published
-
-
-async def backlog_cleared(
-    redis: aioredis.Redis, keyspace: Keyspace, actors: Sequence[Actor]
-) -> bool:
-    """True when every group of the hosted domains has read to the end and holds nothing.
-
-    Compares each group's last-delivered id with the stream's last id rather than trusting
-    XINFO's ``lag``, which Redis can only estimate once a stream has been trimmed.
-    """
-    for actor in actors:
-        for event_type in actor.consumes():
-            stream = keyspace.stream(event_type.name)
-            try:
-                groups = await redis.xinfo_groups(stream)
-                last = cast(list[tuple[bytes, object]], await redis.xrevrange(stream, count=1))
-            except ResponseError:  # no such stream yet: nothing to read
-                continue
-            if not last:
-                continue
-            last_id = entry_order(last[0][0])
-            for group in groups:
-                name = _text(group["name"])
-                if not name.startswith(keyspace.group(actor.name)):
-                    continue
-                delivered = entry_order(group["last-delivered-id"])
-                if int(group.get("pending") or 0) or delivered < last_id:
-                    return False
-    return True
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
-async def drain(
-    redis: aioredis.Redis,
-    keyspace: Keyspace,
-    actors: Sequence[Actor],
-    timeout_s: float = DRAIN_TIMEOUT_S,
-) -> bool:
-    """Wait until the hosted domains have handled everything on their streams; False when
-    ``timeout_s`` passed first."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while loop.time() < deadline:
-        if await backlog_cleared(redis, keyspace, actors):
-            return True
-        await asyncio.sleep(0.05)
-    return False
 
 
 @dataclass
@@ -364,16 +260,16 @@ async def _host_domains(args: argparse.Namespace, services: _Services) -> int:
     feed_task: asyncio.Task[int] | None = None
     feed_stop = asyncio.Event()
     if FEED_DOMAIN in args.domains:
-        ticks = _feed(args, args.feed_start or datetime.now(UTC))
+        ticks = feed_ticks(args, args.feed_start or datetime.now(UTC))
         feed_task = asyncio.create_task(
-            _publish_feed(bus, ticks, args.speed, feed_stop), name="feed"
+            publish_feed(bus, ticks, args.speed, feed_stop), name="feed"
         )
     log.info("run_started", domains=list(args.domains), namespace=keyspace.namespace)
     waiters: list[asyncio.Future[Any]] = [asyncio.ensure_future(stop.wait()), runtime_task]
     if feed_task is not None:
         waiters.append(feed_task)
     # A feed that ends by itself ends the run; otherwise --duration is wall-clock time.
-    timeout = None if feed_task is not None and _feed_bounded(args) else args.duration
+    timeout = None if feed_task is not None and feed_ends_by_itself(args) else args.duration
     exit_code = 0
     try:
         done, _ = await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)

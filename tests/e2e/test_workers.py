@@ -11,6 +11,7 @@ import contextlib
 import os
 import signal
 import subprocess
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -215,6 +216,8 @@ def test_workers_stop_by_themselves_when_the_supervisor_is_killed(
         wait_for(events, lambda e: e.get("event") == "runner_started", 30, seen)
         process.kill()
         process.wait()
+        # the workers still write their log lines to this pipe: keep reading it
+        threading.Thread(target=process.stderr.read, daemon=True).start()
         deadline = time.monotonic() + 60
         while not all(_gone(pid) for pid in workers) and time.monotonic() < deadline:
             time.sleep(0.2)

@@ -18,7 +18,7 @@ import shutil
 import signal
 import sys
 import tempfile
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -318,19 +318,25 @@ async def _stopped(runtime: Runtime, runtime_task: asyncio.Task[None]) -> int:
     return 0
 
 
-async def _supervise(args: argparse.Namespace, url: str, groups: list[tuple[str, ...]]) -> int:
-    """The parent of ``--workers N``: control plane, supervision and the one summary."""
-    metrics_dir = Path(tempfile.mkdtemp(prefix="quantum-run-metrics-"))
-    metrics = WorkerMetrics(metrics_dir, len(groups), runtime_metrics().snapshot)
+@contextlib.contextmanager
+def _worker_metrics(state_dir: Path, workers: int) -> Iterator[WorkerMetrics]:
+    """Where the workers publish their metrics ports, for the run's length.
+
+    Under the state directory, not /tmp: a supervisor killed before it cleans up leaves its
+    few bytes where the user keeps the run's other files.
+    """
+    state_dir.mkdir(parents=True, exist_ok=True)
+    directory = Path(tempfile.mkdtemp(prefix=".workers-", dir=state_dir))
     try:
-        return await _supervise_workers(args, url, groups, metrics)
+        yield WorkerMetrics(directory, workers, runtime_metrics().snapshot)
     finally:
-        shutil.rmtree(metrics_dir, ignore_errors=True)
+        shutil.rmtree(directory, ignore_errors=True)
 
 
-async def _supervise_workers(
+async def _supervise(
     args: argparse.Namespace, url: str, groups: list[tuple[str, ...]], metrics: WorkerMetrics
 ) -> int:
+    """The parent of ``--workers N``: control plane, supervision and the one summary."""
     async with _services(args, url, metrics_snapshot=metrics.snapshot) as services:
         start = datetime.now(UTC)
         command = WorkerCommand(args, url, services.space.name, start, metrics.port_file)
@@ -392,7 +398,8 @@ def run(args: argparse.Namespace) -> int:
             url = args.redis_url or stack.enter_context(redis_url())
             if len(groups) == 1:
                 return asyncio.run(_host(args, url))
-            return asyncio.run(_supervise(args, url, groups))
+            metrics = stack.enter_context(_worker_metrics(Path(args.state_dir), len(groups)))
+            return asyncio.run(_supervise(args, url, groups, metrics))
     except (RedisServerNotFound, ConfigError, TokenConfigError) as exc:
         print(f"quantum run: {exc}", file=sys.stderr)
         return 2

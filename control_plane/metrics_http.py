@@ -25,9 +25,10 @@ from prometheus_client.core import (
     HistogramMetricFamily,
     Metric,
 )
+from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
-from runtime.core.metrics import MetricFamily, runtime_metrics
+from runtime.core.metrics import HistogramSample, MetricFamily, Sample, runtime_metrics
 from runtime.core.policy.model import Policy, RiskMode, TradingState
 
 DEFAULT_METRICS_ADDR = "127.0.0.1:9464"
@@ -62,6 +63,46 @@ def to_prometheus(family: MetricFamily) -> Metric:
     for sample in family.samples:
         metric.add_metric([sample.labels.get(n, "") for n in label_names], sample.value)
     return metric
+
+
+def families_from_text(text: str) -> list[MetricFamily]:
+    """Runtime metric families read back from Prometheus text (what ``to_prometheus``
+    wrote, as another process serves it): counters, gauges and histograms."""
+    families: list[MetricFamily] = []
+    for parsed in text_string_to_metric_families(text):
+        if parsed.type == "counter":
+            samples = [
+                Sample(dict(s.labels), s.value) for s in parsed.samples if s.name.endswith("_total")
+            ]
+            families.append(
+                MetricFamily(parsed.name + "_total", "counter", parsed.documentation, samples)
+            )
+        elif parsed.type == "gauge":
+            samples = [Sample(dict(s.labels), s.value) for s in parsed.samples]
+            families.append(MetricFamily(parsed.name, "gauge", parsed.documentation, samples))
+        elif parsed.type == "histogram":
+            families.append(_histogram_from(parsed))
+    return families
+
+
+def _histogram_from(parsed: Metric) -> MetricFamily:
+    buckets: dict[tuple[tuple[str, str], ...], list[tuple[float, int]]] = {}
+    sums: dict[tuple[tuple[str, str], ...], float] = {}
+    counts: dict[tuple[tuple[str, str], ...], int] = {}
+    for sample in parsed.samples:
+        labels = {k: v for k, v in sample.labels.items() if k != "le"}
+        key = tuple(sorted(labels.items()))
+        if sample.name.endswith("_bucket"):
+            buckets.setdefault(key, []).append((float(sample.labels["le"]), int(sample.value)))
+        elif sample.name.endswith("_sum"):
+            sums[key] = sample.value
+        elif sample.name.endswith("_count"):
+            counts[key] = int(sample.value)
+    histograms = [
+        HistogramSample(dict(key), tuple(sorted(bounds)), sums.get(key, 0.0), counts.get(key, 0))
+        for key, bounds in buckets.items()
+    ]
+    return MetricFamily(parsed.name, "histogram", parsed.documentation, histograms=histograms)
 
 
 class RuntimeCollector(Collector):

@@ -58,7 +58,7 @@ from control_plane.health import (
 from control_plane.interceptors import CallWrapper
 from control_plane.live_feed import LiveFeed
 from control_plane.local_token import LOCAL_PRINCIPAL, create_local_token
-from control_plane.metrics_http import MetricsEndpoint, RuntimeCollector
+from control_plane.metrics_http import MetricsEndpoint, RuntimeCollector, SnapshotSource
 from control_plane.policy_servicer import PolicyServicer
 from control_plane.replay_servicer import ActorFactory, EnvelopePublisher, ReplayServicer
 from control_plane.runtime_servicer import RuntimeServicer
@@ -150,8 +150,10 @@ class ControlPlane:
         publisher: EnvelopePublisher | None = None,
         registry: EventRegistry | None = None,
         extra_checks: Sequence[ComponentCheck] | None = None,
+        metrics_snapshot: SnapshotSource | None = None,
     ) -> None:
         self.config = config or ControlPlaneConfig()
+        self._metrics_snapshot = metrics_snapshot  # default: this process's runtime metrics
         configured = tokens if tokens is not None else TokenTable.from_env()
         check_exposure(self.config.grpc_addr, configured.enabled)
         self.tokens = configured if configured.enabled else self._local_tokens()
@@ -261,7 +263,8 @@ class ControlPlane:
             raise
         if self.config.metrics_addr:
             self.metrics = MetricsEndpoint(
-                self.config.metrics_addr, RuntimeCollector(policy=self.policy_store.get_policy)
+                self.config.metrics_addr,
+                RuntimeCollector(self._metrics_snapshot, policy=self.policy_store.get_policy),
             )
             try:
                 self.metrics.start()

@@ -1,6 +1,6 @@
 """``quantum``: the runtime's command line.
 
-    quantum run [--domains a,b] [--duration S] [--symbols A,B] [--feed FILE.csv] ...
+    quantum run [--workers N | --domains a,b] [--duration S] [--symbols A,B] [--feed FILE.csv] ...
     quantum control-plane [--grpc-addr HOST:PORT] ...
     quantum backtest --feed FILE.csv [--equity N] [--trades OUT.csv] [--plot OUT.png] ...
 
@@ -14,15 +14,17 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
 from control_plane.server import add_server_arguments
 from runtime.core.decimals import DecimalError, parse_decimal
+from runtime.core.keys import Keyspace
 from runtime.core.logs import add_logging_arguments
+from runtime.worker_layout import FLOW_ORDER
 
-DOMAINS = ("market_data", "ai_engine", "risk_safety", "execution", "portfolio", "analytics")
+DOMAINS = FLOW_ORDER
 DEFAULT_SYMBOLS = ("BTC-USD", "ETH-USD", "SOL-USD")
 
 
@@ -52,6 +54,51 @@ def _positive_float(value: str) -> float:
     if number <= 0:
         raise argparse.ArgumentTypeError(f"{value!r} must be greater than 0")
     return number
+
+
+def _positive_int(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{value!r} must be at least 1")
+    return number
+
+
+def _count(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"{value!r} must be 0 or more")
+    return number
+
+
+def _namespace(value: str) -> str:
+    try:
+        return Keyspace(value).namespace
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _consumer_name(value: str) -> str:
+    if not value or len(value) > 200 or not value.isprintable() or " " in value:
+        raise argparse.ArgumentTypeError(
+            f"{value!r}: a consumer name is 1-200 printable characters without spaces"
+        )
+    return value
+
+
+def _instant(value: str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not an ISO 8601 time") from None
+    if moment.tzinfo is None:
+        raise argparse.ArgumentTypeError(f"{value!r} needs a time zone, for example +00:00")
+    return moment
 
 
 def _speed(value: str) -> float | None:
@@ -117,13 +164,18 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
         "else a private redis-server for the run)",
     )
     parser.add_argument(
-        "--namespace", default="quantum", help="key prefix of this system (default: quantum)"
+        "--namespace",
+        type=_namespace,
+        default=None,
+        help="key prefix of a persistent system: the run resumes what it holds and leaves it "
+        "there (default: a fresh namespace quantum-run-<time>-<random> for this run only, "
+        "deleted when it ends)",
     )
     parser.add_argument(
         "--state-dir",
         type=Path,
         default=Path(os.environ.get("QUANTUM_STATE_DIR", "state")),
-        help="where the policy snapshot is kept (default: ./state)",
+        help="where the policy snapshot policy-<namespace>.json is kept (default: ./state)",
     )
     add_logging_arguments(parser)
     parser.add_argument(
@@ -147,8 +199,15 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--domains",
         type=_domains,
-        default=DOMAINS,
-        help="comma-separated domains to run in this process (default: all six)",
+        default=None,
+        help="comma-separated domains to run (default: all six)",
+    )
+    run.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=None,
+        help="spread the domains over N supervised processes (default: one per CPU core, at "
+        "most one per domain; 1 when --domains or --partition lays the processes out)",
     )
     run.add_argument(
         "--duration",
@@ -183,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--partition",
         type=_partition,
-        default=(0, 1),
+        default=None,
         metavar="I/N",
         help="with N processes hosting the same domains: this one takes partition I of N "
         "(by crc32 of the symbol), keeping every symbol's events in order (default: 0/1)",
@@ -191,6 +250,18 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--no-control-plane", action="store_true", help="do not serve the gRPC control plane"
     )
+    run.add_argument(
+        "--consumer-name",
+        type=_consumer_name,
+        default=None,
+        help="this process's consumer name in every group (default: host-pid); a process "
+        "restarted under the same name takes back its unacknowledged entries at once",
+    )
+    # Set by the --workers supervisor for its children; not for people.
+    run.add_argument("--supervised", action="store_true", help=argparse.SUPPRESS)
+    run.add_argument("--feed-start", type=_instant, default=None, help=argparse.SUPPRESS)
+    run.add_argument("--feed-skip", type=_count, default=0, help=argparse.SUPPRESS)
+    run.add_argument("--metrics-port-file", type=Path, default=None, help=argparse.SUPPRESS)
 
     add_server_arguments(run)
     acl = commands.add_parser(

@@ -1,11 +1,18 @@
 """The end-of-run summary: what flowed through the streams during one run, read from Redis.
 
-It reads the streams rather than in-process counters, so it tells the same story whether the
-domains ran in this process or in several (``quantum run --domains ...``).
+It reads Redis rather than in-process counters, so it tells the same story whether the
+domains ran in this process or in several (``quantum run --workers N`` or ``--domains ...``).
+Every figure is of this run only, and none depends on what the streams still retain:
+- events per type: each stream's ``entries-added`` counter, minus its value at the start;
+- rejections by reason: a ``RejectionTally`` that follows the rejection stream while the run
+  goes on and counts each one as it is published (a long run trims the stream far behind it);
+- PnL, equity and drawdown: the newest ``portfolio.pnl.updated``, which is cumulative.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections import Counter
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -18,9 +25,14 @@ from redis.exceptions import ResponseError
 from runtime.core.decimals import DecimalError, parse_decimal
 from runtime.core.envelope import decode_envelope, open_payload
 from runtime.core.keys import Keyspace
+from runtime.core.logs import get_logger
 from runtime.core.registry import default_registry
 
-_SCAN_LIMIT = 50_000
+_log = get_logger("runtime.report")
+
+REJECTED = "risk.signal.rejected"
+_TALLY_BLOCK_MS = 200
+_TALLY_BATCH = 1_000
 
 
 @dataclass
@@ -31,6 +43,7 @@ class RunSummary:
     fills: int = 0
     closed_positions: int = 0
     rejections: Counter[str] = field(default_factory=Counter)
+    rejections_uncounted: int = 0  # trimmed away before the tally read them
     realized_pnl: Decimal = Decimal(0)
     unrealized_pnl: Decimal = Decimal(0)
     equity: Decimal | None = None
@@ -49,6 +62,8 @@ class RunSummary:
         rows.append(("", ""))
         rows.append(("rejections by reason", "count" if self.rejections else "none"))
         rows += [(reason, str(n)) for reason, n in self.rejections.most_common()]
+        if self.rejections_uncounted:
+            rows.append(("(reason not read: trimmed first)", str(self.rejections_uncounted)))
         width = max(len(left) for left, _ in rows)
         lines = ["=" * (width + 12), "Quantum Trader run summary", "=" * (width + 12)]
         lines += [f"{left:<{width}}  {right:>8}" if left else "" for left, right in rows]
@@ -74,6 +89,13 @@ async def _position(redis: aioredis.Redis, stream: str) -> StreamPosition:
     )
 
 
+async def stream_position(
+    redis: aioredis.Redis, keyspace: Keyspace, event_type: str
+) -> StreamPosition:
+    """Where one event type's stream stands now."""
+    return await _position(redis, keyspace.stream(event_type))
+
+
 async def stream_positions(redis: aioredis.Redis, keyspace: Keyspace) -> dict[str, StreamPosition]:
     """Where every event stream stands now: where this run's events begin."""
     return {
@@ -81,22 +103,70 @@ async def stream_positions(redis: aioredis.Redis, keyspace: Keyspace) -> dict[st
     }
 
 
-async def _entries_after(
-    redis: aioredis.Redis, keyspace: Keyspace, event_type: str, after: str
-) -> list[tuple[bytes, dict[bytes, bytes]]]:
-    start = "(" + after if after != "0-0" else "-"
-    entries = await redis.xrange(keyspace.stream(event_type), min=start, count=_SCAN_LIMIT)
-    return cast(list[tuple[bytes, dict[bytes, bytes]]], entries)
+class RejectionTally:
+    """Counts ``risk.signal.rejected`` by reason as the events are published.
+
+    Reads the stream from where the run began (no consumer group, so it holds nothing back
+    and nothing waits for it), a batch at a time, decoding only the reason. ``run`` follows the
+    stream until ``stop``; ``catch_up`` then reads what is left. Should it ever fall further
+    behind than the stream retains, ``counted`` ends below the stream's entries-added delta and
+    the summary says how many reasons went unread instead of guessing.
+    """
+
+    def __init__(self, redis: aioredis.Redis, keyspace: Keyspace, after: StreamPosition) -> None:
+        self._redis = redis
+        self._stream = keyspace.stream(REJECTED)
+        self._last_id = after.last_id
+        self._stopping = asyncio.Event()
+        self.reasons: Counter[str] = Counter()
+        self.counted = 0
+
+    async def _read(self, block_ms: int | None) -> int:
+        reply = await self._redis.xread(
+            {self._stream: self._last_id}, count=_TALLY_BATCH, block=block_ms
+        )
+        read = 0
+        streams = cast(list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes]]]]], reply or [])
+        for _, entries in streams:
+            for entry_id, fields in entries:
+                payload = open_payload(decode_envelope(fields[b"envelope"]))
+                assert isinstance(payload, risk_pb2.SignalRejected)
+                self.reasons[risk_pb2.RejectReason.Name(payload.reason)] += 1
+                self._last_id = entry_id.decode()
+                read += 1
+        self.counted += read
+        return read
+
+    async def run(self) -> None:
+        """Follow the stream until ``stop()``; Redis errors are retried (the summary waits)."""
+        while not self._stopping.is_set():
+            try:
+                await self._read(_TALLY_BLOCK_MS)
+            except Exception as exc:
+                _log.warning("rejection_tally_read_failed", error=str(exc))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), 1.0)
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def catch_up(self) -> None:
+        """Count everything published since the last read (once the run has stopped)."""
+        while await self._read(None) == _TALLY_BATCH:
+            pass
 
 
 async def summarize(
-    redis: aioredis.Redis, keyspace: Keyspace, since: dict[str, StreamPosition]
+    redis: aioredis.Redis,
+    keyspace: Keyspace,
+    since: dict[str, StreamPosition],
+    tally: RejectionTally | None = None,
 ) -> RunSummary:
     """Summarise the events added to every stream after the ``since`` positions.
 
     Counts come from each stream's ``entries-added`` counter, so they stay exact when the
-    stream was trimmed during a long run; rejection reasons are read from the entries still
-    retained (the last ~10,000 per stream).
+    stream was trimmed during a long run; rejection reasons come from ``tally`` (given a
+    finished one), else from one read of the entries still retained.
     """
     summary = RunSummary()
     for name in default_registry().names():
@@ -110,11 +180,12 @@ async def summarize(
             summary.fills = added
         elif name == "portfolio.position.closed":
             summary.closed_positions = added
-        elif name == "risk.signal.rejected":
-            for _, fields in await _entries_after(redis, keyspace, name, before.last_id):
-                payload = open_payload(decode_envelope(fields[b"envelope"]))
-                assert isinstance(payload, risk_pb2.SignalRejected)
-                summary.rejections[risk_pb2.RejectReason.Name(payload.reason)] += 1
+        elif name == REJECTED:
+            if tally is None:
+                tally = RejectionTally(redis, keyspace, before)
+                await tally.catch_up()
+            summary.rejections = tally.reasons
+            summary.rejections_uncounted = max(0, added - tally.counted)
         elif name == "portfolio.pnl.updated":
             newest = await redis.xrevrange(keyspace.stream(name), count=1)
             fields = cast(list[tuple[bytes, dict[bytes, bytes]]], newest)[0][1]

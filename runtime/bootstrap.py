@@ -351,7 +351,7 @@ async def _host_domains(args: argparse.Namespace, services: _Services) -> int:
                 await asyncio.wait_for(feed_task, timeout=5.0)
         with contextlib.suppress(PublishTimeout):  # the bus logs what it could not send
             await bus.flush(timeout=STOP_TIMEOUT_S)
-        if not runtime_task.done() and not await drain(redis, keyspace, actors):
+        if not runtime_task.done() and not await drain(redis, runtime.runners):
             log.warning("drain_timeout", seconds=DRAIN_TIMEOUT_S)
         runtime.stop()
         exit_code = await _stopped(runtime, runtime_task) or exit_code

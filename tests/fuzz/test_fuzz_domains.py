@@ -31,7 +31,6 @@ from quantum.events.v1.envelope_pb2 import Envelope
 from runtime.adapters.redis.bus import ENVELOPE_FIELD, EventBus
 from runtime.adapters.redis.host import Runtime
 from runtime.adapters.redis.runner import RunnerConfig, state_key
-from runtime.bootstrap import backlog_cleared
 from runtime.core.actor import Actor
 from runtime.core.envelope import seal
 from runtime.core.keys import Keyspace
@@ -43,6 +42,7 @@ from runtime.domains.analytics import Analytics
 from runtime.domains.execution import Execution, PaperExchange
 from runtime.domains.portfolio import Portfolio
 from runtime.domains.risk_safety import RiskSafety
+from runtime.drain import backlog_cleared
 from tests.fuzz.strategies import build, collect, messages, timestamps
 
 CASES = 400
@@ -170,7 +170,7 @@ async def test_hostile_entries_in_every_input_stream(
         for case, entry_id in zip(sample, ids, strict=True):
             injected.setdefault(keyspace.stream(case.event_type.name), []).append(entry_id.decode())
         deadline = asyncio.get_running_loop().time() + WITHIN_S
-        while not await backlog_cleared(aredis, keyspace, actors):
+        while not await backlog_cleared(aredis, runtime.runners):
             assert not task.done(), "the runtime stopped"
             assert asyncio.get_running_loop().time() < deadline, "the domains stalled"
             await asyncio.sleep(0.05)

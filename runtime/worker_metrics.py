@@ -23,6 +23,7 @@ from runtime.core.metrics import HistogramSample, MetricFamily, Sample
 _log = get_logger("runtime.worker_metrics")
 
 SCRAPE_TIMEOUT_S = 1.0
+_OWN_PREFIXES = ("process_", "python_")
 
 
 def write_port(path: Path, port: int) -> None:
@@ -64,7 +65,9 @@ class WorkerMetrics:
         except OSError as exc:
             _log.info("worker_metrics_unavailable", worker=index, url=url, error=str(exc))
             return []
-        return families_from_text(text)
+        # The process and platform families are each endpoint's own (the supervisor serves
+        # its process's): a worker's would repeat their names in one scrape.
+        return [f for f in families_from_text(text) if not f.name.startswith(_OWN_PREFIXES)]
 
     def snapshot(self) -> list[MetricFamily]:
         merged: dict[str, MetricFamily] = {family.name: family for family in self._own()}

@@ -467,7 +467,8 @@ class DeliveryLoop:
             event_id = envelope.event_id
             if event_id in done or event_id in recent:
                 commit.ack(delivery)
-                skipped[envelope.event_type] = skipped.get(envelope.event_type, 0) + 1
+                event_type = envelope.event_type
+                skipped[event_type] = skipped.get(event_type, 0) + 1
                 continue
             done.add(event_id)  # a duplicate later in this batch is skipped too
             await self._handle(commit, delivery, envelope, latency)
@@ -528,8 +529,8 @@ class DeliveryLoop:
                     commit.indexed.append(envelope)
             commit.ack(delivery)
             commit.processed.append(envelope.event_id)
-            self._remember(envelope.event_id)
-            commit.consumed[event_type] = commit.consumed.get(event_type, 0) + 1
+            consumed = commit.consumed
+            consumed[event_type] = consumed.get(event_type, 0) + 1
             return
 
     async def _redeliver(
@@ -563,10 +564,13 @@ class DeliveryLoop:
             "redeliver", lambda: self.subscription.redeliver(delivery)
         )
 
-    def _remember(self, event_id: str) -> None:
+    def _remember(self, event_ids: list[str]) -> None:
+        """Keep the ids of a committed batch in memory (a duplicate in flight is skipped
+        without a lookup); the oldest go once there are more than ``recent_ids``."""
         recent = self._recent
-        recent[event_id] = None
-        if len(recent) > self.config.recent_ids:
+        recent.update(dict.fromkeys(event_ids))
+        excess = len(recent) - self.config.recent_ids
+        for _ in range(max(0, excess)):
             recent.popitem(last=False)
 
     def _dead_letter(
@@ -607,6 +611,7 @@ class DeliveryLoop:
         store = self._traced_commit or self.committer.commit
         await self._with_reconnect("commit", lambda: store(commit))
         self.subscription.acknowledged(commit.acks)
+        self._remember(commit.processed)
         metrics = self.metrics
         for event_type, n in commit.consumed.items():
             metrics.consumed.labels(self.domain, event_type).inc(n)

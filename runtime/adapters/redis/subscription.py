@@ -195,9 +195,11 @@ class RedisSubscription:
         return True
 
     def acknowledged(self, acks: dict[str, list[bytes]]) -> None:
+        # A commit acknowledges a stream's entries in the order they were fetched, which is
+        # stream order: the last is the newest.
         last = self._last_acked
         for stream, ids in acks.items():
-            newest = max(ids, key=entry_order)
+            newest = ids[-1]
             known = last.get(stream)
             if known is None or entry_order(newest) > entry_order(known):
                 last[stream] = newest

@@ -4,8 +4,9 @@
 1,000 samples/s, without pausing it); it ends when the process exits. ``python -m
 bench._pyspy FILE EVENTS [TOP]`` turns one such file into a table of microseconds per event
 by function: *self* (the function itself running) and *total* (it or anything it called).
-py-spy counts only samples where the process was running (no idle), so a sample is about
-1 ms of CPU.
+py-spy leaves out idle samples but counts those where the process was runnable and waiting
+for a core, so on a shared machine give the process's measured CPU per event: the samples
+are then scaled to it.
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ from pathlib import Path
 RATE = 1_000
 
 
-def attach(pid: int, path: Path) -> subprocess.Popen[bytes]:
-    """Start sampling ``pid`` into ``path``; raises when py-spy is not installed."""
+def attach(pid: int, path: Path, *, native: bool = False) -> subprocess.Popen[bytes]:
+    """Start sampling ``pid`` into ``path`` (with C frames when ``native``); raises when
+    py-spy is not installed."""
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if not Path(spy).exists():
         raise FileNotFoundError("--profile needs py-spy: pip install py-spy (into .venv)")
@@ -35,9 +37,9 @@ def attach(pid: int, path: Path) -> subprocess.Popen[bytes]:
             "--format",
             "raw",
             "--function",
-            "--nonblocking",
             "--output",
             str(path),
+            "--native" if native else "--nonblocking",
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -70,11 +72,19 @@ def per_event(path: Path, events: int) -> tuple[int, Counter[str], Counter[str]]
     return samples, own, total
 
 
-def table(path: Path, events: int, top: int = 15) -> str:
+def table(path: Path, events: int, cpu_us: float | None = None, top: int = 15) -> str:
+    """The busiest functions by total and by self time, in µs per event. With ``cpu_us``
+    (the process's measured CPU per event) the samples are scaled to it: on a busy machine
+    py-spy also counts time a runnable process waited for a core, which inflates every
+    function alike."""
     samples, own, total = per_event(path, events)
     us = 1e6 / RATE / events
+    raw = samples * us
+    if cpu_us is not None and samples:
+        us = cpu_us / samples
     lines = [
-        f"{path.name}: {samples} samples = {samples * us:.2f} µs/event over {events} events",
+        f"{path.name}: {samples} samples, {raw:.2f} µs/event sampled"
+        + (f", scaled to the measured {cpu_us:.2f} µs/event" if cpu_us is not None else ""),
         f"{'self µs/ev':>10} {'total µs/ev':>11}  function",
     ]
     for name, count in total.most_common(top + 10)[: top + 10]:
@@ -87,6 +97,11 @@ def table(path: Path, events: int, top: int = 15) -> str:
 
 if __name__ == "__main__":
     if len(sys.argv) < 3:
-        print("usage: python -m bench._pyspy FILE EVENTS [TOP]", file=sys.stderr)
+        print("usage: python -m bench._pyspy FILE EVENTS [CPU_US_PER_EVENT [TOP]]", file=sys.stderr)
         raise SystemExit(2)
-    print(table(Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]) if len(sys.argv) > 3 else 15))
+    cpu = float(sys.argv[3]) if len(sys.argv) > 3 else None
+    print(
+        table(
+            Path(sys.argv[1]), int(sys.argv[2]), cpu, int(sys.argv[4]) if len(sys.argv) > 4 else 15
+        )
+    )

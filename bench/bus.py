@@ -25,10 +25,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import multiprocessing as mp
 import os
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -96,8 +98,17 @@ class BenchSink(Actor):
             self.latencies.append(time.time() - (sealed.seconds + sealed.nanos / 1e9))
 
 
+GC_TUNING = "BENCH_GC_FREEZE"  # set by the coordinator ("1" or "0"), never by the caller
+NATIVE_PROFILE = "BENCH_PROFILE_NATIVE"  # likewise
+
+
 async def _ready_and_go(ready: Any, go: Any) -> None:
     """Tell the coordinator this process is set up, then wait for its go."""
+    if os.environ.get(GC_TUNING) == "1":
+        # --gc-freeze: what the runtime could do once its start-up is done (measured here).
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(50_000, 50, 100)
     ready.put("ready")
     await asyncio.to_thread(go.wait)
 
@@ -365,12 +376,16 @@ def _progress(message: str) -> None:
 
 
 def measure_redis(args: argparse.Namespace) -> dict[str, Any]:
-    """One run of every measurement on a private redis-server."""
-    server = start_redis_server()
-    try:
-        return _measure_all(server.url, args)
-    finally:
-        server.stop()
+    """One run of every measurement on a private redis-server (over TCP on loopback, or over
+    a unix socket with ``--unix-socket``)."""
+    with tempfile.TemporaryDirectory(prefix="bench-bus-") as folder:
+        socket = f"{folder}/redis.sock"
+        extra = ("--unixsocket", socket, "--unixsocketperm", "700") if args.unix_socket else ()
+        server = start_redis_server(extra_args=extra)
+        try:
+            return _measure_all(f"unix://{socket}" if args.unix_socket else server.url, args)
+        finally:
+            server.stop()
 
 
 def _measure_all(url: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -444,6 +459,21 @@ def run(argv: list[str]) -> dict[str, Any]:
         help="py-spy profiles of producer and consumer into DIR (read: python -m bench._pyspy)",
     )
     parser.add_argument(
+        "--native",
+        action="store_true",
+        help="with --profile: C frames too (py-spy --native; pauses the process per sample)",
+    )
+    parser.add_argument(
+        "--unix-socket",
+        action="store_true",
+        help="every process talks to redis-server over a unix socket instead of TCP loopback",
+    )
+    parser.add_argument(
+        "--gc-freeze",
+        action="store_true",
+        help="benchmark processes freeze the GC after start-up and collect less often",
+    )
+    parser.add_argument(
         "--quick",
         action="store_true",
         help="publish_many only and a 0.5 s latency run (a smoke run: the JSON shape, not speed)",
@@ -455,6 +485,8 @@ def run(argv: list[str]) -> dict[str, Any]:
             f"{args.events}, {args.rate}, {args.latency_seconds}"
         )
     args.apis = PRODUCER_APIS[:1] if args.quick else PRODUCER_APIS
+    os.environ[GC_TUNING] = "1" if args.gc_freeze else "0"  # inherited by the processes
+    os.environ[NATIVE_PROFILE] = "1" if args.native else "0"
     if args.quick:
         args.latency_seconds = min(args.latency_seconds, 0.5)
     before = load_average_1m()
@@ -467,6 +499,8 @@ def run(argv: list[str]) -> dict[str, Any]:
     result = repeated(args.repeat, once)
     result.update(
         engine=args.engine,
+        gc_freeze=args.gc_freeze,
+        connection="unix socket" if args.unix_socket else "tcp loopback",
         events=args.events,
         payload_bytes=len(payload_tick().SerializeToString()),
         cpus=os.cpu_count(),

@@ -25,7 +25,9 @@ import argparse
 import asyncio
 import multiprocessing as mp
 import os
+import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -39,6 +41,7 @@ import redis.asyncio as aioredis
 from quantum.events.v1.envelope_pb2 import Envelope
 from redis.exceptions import ResponseError
 
+from bench import _pyspy
 from bench._common import (
     load_average_1m,
     percentile,
@@ -190,10 +193,19 @@ def _per_tick(before: dict[str, float], after: dict[str, float], ticks: int) -> 
     return {name: round(value, 1) for name, value in per.items()}
 
 
-async def throughput(url: str, ticks: int, state_dir: Path) -> dict[str, Any]:
+async def throughput(
+    url: str, ticks: int, state_dir: Path, profile: Path | None = None
+) -> dict[str, Any]:
     pipeline = Pipeline(url, f"bench-throughput-{time.monotonic_ns()}", state_dir / "tp")
     await pipeline.start()
+    spies: list[subprocess.Popen[bytes]] = []
     try:
+        if profile is not None:
+            await asyncio.to_thread(profile.mkdir, parents=True, exist_ok=True)
+            pids = {f"worker_{i}": p.pid for i, p in enumerate(pipeline.processes)}
+            pids["coordinator"] = os.getpid()
+            spies = [_pyspy.attach(pid, profile / f"{name}.txt") for name, pid in pids.items()]
+            await asyncio.sleep(1.0)  # py-spy attached before the first tick
         feed = _feed(rate=1000.0)
         before = await _cpu_sample(pipeline)
         started = time.perf_counter()
@@ -206,6 +218,9 @@ async def throughput(url: str, ticks: int, state_dir: Path) -> dict[str, Any]:
         elapsed = time.perf_counter() - started
         after = await _cpu_sample(pipeline)
     finally:
+        for spy in spies:
+            spy.send_signal(signal.SIGINT)  # py-spy writes its file and exits
+            await asyncio.to_thread(spy.wait, 30)
         await pipeline.stop()
     by_process = _per_tick(before, after, ticks)
     return {
@@ -324,7 +339,7 @@ async def _measure(args: argparse.Namespace) -> dict[str, Any]:
         with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as folder:
             state = Path(folder)
             _progress(f"throughput: {args.ticks} ticks through six domains on 2 workers")
-            tp = await throughput(server.url, args.ticks, state)
+            tp = await throughput(server.url, args.ticks, state, args.profile)
             _progress(f"{tp['ticks_per_s']:,.0f} ticks/s, {tp['cpu_us_per_tick']} µs/tick")
             _progress(f"latency: {args.rate:.0f} ticks/s, >= {args.min_samples} positions")
             lat = await latency(server.url, args.rate, args.seconds, args.min_samples, state)
@@ -356,6 +371,12 @@ def run(argv: list[str]) -> dict[str, Any]:
     parser.add_argument("--seconds", type=float, default=10.0, help="least length of latency run")
     parser.add_argument("--min-samples", type=int, default=1_000, help="least position samples")
     parser.add_argument("--repeat", type=int, default=1, help="runs; the median is reported")
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        metavar="DIR",
+        help="py-spy profiles of every process of the throughput run into DIR",
+    )
     args = parser.parse_args(argv)
     if args.ticks < 1 or args.rate <= 0 or args.seconds <= 0 or args.min_samples < 0:
         parser.error("--ticks, --rate and --seconds must be positive, --min-samples not negative")

@@ -3,6 +3,7 @@ other processes, the machine's load, and the ready/go handshake of benchmark pro
 
 from __future__ import annotations
 
+import gc
 import os
 import statistics
 import time
@@ -75,6 +76,28 @@ def repeated(times: int, measure: Callable[[], dict[str, Any]]) -> dict[str, Any
     if times == 1:
         return runs[0]
     return {**median_of(runs), "repeat": times, "runs": runs}
+
+
+class GcClock:
+    """Adds up the wall time the garbage collector runs in this process, from creation to
+    ``stop`` (a collection is CPU work: this is part of the process's CPU time)."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self._began = 0.0
+        gc.callbacks.append(self._on_gc)
+
+    def _on_gc(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._began = time.perf_counter()
+        else:
+            self.seconds += time.perf_counter() - self._began
+
+    def stop(self) -> float:
+        """Stop counting; the seconds spent in collections so far."""
+        if self._on_gc in gc.callbacks:
+            gc.callbacks.remove(self._on_gc)
+        return self.seconds
 
 
 def wait_for(ready: Any, count: int, timeout_s: float = 120.0) -> None:

@@ -20,9 +20,8 @@ from pathlib import Path
 RATE = 1_000
 
 
-def attach(pid: int, path: Path, *, native: bool = False) -> subprocess.Popen[bytes]:
-    """Start sampling ``pid`` into ``path`` (with C frames when ``native``); raises when
-    py-spy is not installed."""
+def attach(pid: int, path: Path) -> subprocess.Popen[bytes]:
+    """Start sampling ``pid`` into ``path``; raises when py-spy is not installed."""
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if not Path(spy).exists():
         raise FileNotFoundError("--profile needs py-spy: pip install py-spy (into .venv)")
@@ -39,7 +38,7 @@ def attach(pid: int, path: Path, *, native: bool = False) -> subprocess.Popen[by
             "--function",
             "--output",
             str(path),
-            "--native" if native else "--nonblocking",
+            "--nonblocking",
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

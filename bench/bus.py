@@ -41,6 +41,7 @@ from redis.exceptions import ResponseError
 
 from bench import _pyspy
 from bench._common import (
+    GcClock,
     load_average_1m,
     percentile,
     redis_commands,
@@ -99,11 +100,11 @@ class BenchSink(Actor):
 
 
 GC_TUNING = "BENCH_GC_FREEZE"  # set by the coordinator ("1" or "0"), never by the caller
-NATIVE_PROFILE = "BENCH_PROFILE_NATIVE"  # likewise
 
 
-async def _ready_and_go(ready: Any, go: Any) -> None:
-    """Tell the coordinator this process is set up, then wait for its go."""
+async def _ready_and_go(ready: Any, go: Any) -> GcClock:
+    """Tell the coordinator this process is set up, then wait for its go; from then on the
+    returned clock adds up the time the garbage collector runs."""
     if os.environ.get(GC_TUNING) == "1":
         # --gc-freeze: what the runtime could do once its start-up is done (measured here).
         gc.collect()
@@ -111,6 +112,7 @@ async def _ready_and_go(ready: Any, go: Any) -> None:
         gc.set_threshold(50_000, 50, 100)
     ready.put("ready")
     await asyncio.to_thread(go.wait)
+    return GcClock()
 
 
 # -- the bare redis-py baseline --------------------------------------------------------------
@@ -124,7 +126,7 @@ def _baseline_producer(url: str, events: int, ready: Any, go: Any, result: Any) 
         client = aioredis.Redis.from_url(url)
         await client.ping()
         data = b"x" * PAYLOAD_BYTES
-        await _ready_and_go(ready, go)
+        gc_clock = await _ready_and_go(ready, go)
         cpu = time.process_time()
         sent = 0
         while sent < events:
@@ -136,7 +138,7 @@ def _baseline_producer(url: str, events: int, ready: Any, go: Any, result: Any) 
                     )
                 await pipe.execute()
             sent += n
-        result.put(("producer", time.time(), time.process_time() - cpu, []))
+        result.put(("producer", time.time(), time.process_time() - cpu, [], gc_clock.stop()))
         await client.aclose()
 
     asyncio.run(main())
@@ -149,7 +151,7 @@ def _baseline_consumer(url: str, events: int, ready: Any, go: Any, result: Any) 
     async def main() -> None:
         client = aioredis.Redis.from_url(url)
         await client.ping()
-        await _ready_and_go(ready, go)
+        gc_clock = await _ready_and_go(ready, go)
         cpu = time.process_time()
         seen = 0
         while seen < events:
@@ -161,7 +163,7 @@ def _baseline_consumer(url: str, events: int, ready: Any, go: Any, result: Any) 
             entries = reply[0][1]
             await client.xack(BASELINE_STREAM, "g", *[entry_id for entry_id, _ in entries])
             seen += len(entries)
-        result.put(("consumer", time.time(), time.process_time() - cpu, []))
+        result.put(("consumer", time.time(), time.process_time() - cpu, [], gc_clock.stop()))
         await client.aclose()
 
     asyncio.run(main())
@@ -189,13 +191,13 @@ def _runtime_producer(
         )
         tick = payload_tick()
         await bus.publish_many([tick])  # connected, caches warm: not counted
-        await _ready_and_go(ready, go)
+        gc_clock = await _ready_and_go(ready, go)
         cpu = time.process_time()
         if rate > 0:
             await _paced(bus, tick, events - 1, rate)
         else:
             await _as_fast_as_possible(bus, tick, events - 1, api)
-        result.put(("producer", time.time(), time.process_time() - cpu, []))
+        result.put(("producer", time.time(), time.process_time() - cpu, [], gc_clock.stop()))
         await bus.close()
         await client.aclose()
 
@@ -258,18 +260,19 @@ def _runtime_consumer(
         stream = keyspace.stream("market.tick")
         while not await _has_group(client, stream):  # noqa: ASYNC110 (polls Redis)
             await asyncio.sleep(0.01)
-        await _ready_and_go(ready, go)
+        gc_clock = await _ready_and_go(ready, go)
         cpu = time.process_time()
         await actor.reached.wait()  # all handled; now wait for the last acknowledgement
         while metrics.consumed.value(BenchSink.name, "market.tick") < events:  # noqa: ASYNC110
             await asyncio.sleep(0.0002)
         finished = time.time()
         cpu = time.process_time() - cpu
+        gc_s = gc_clock.stop()
         await runner.stop()
         await task
         await bus.close()
         await client.aclose()
-        result.put(("consumer", finished, cpu, actor.latencies))
+        result.put(("consumer", finished, cpu, actor.latencies, gc_s))
 
     asyncio.run(main())
 
@@ -327,8 +330,8 @@ def _measure(
         for spy in spies:
             spy.wait(timeout=30)
         client.close()
-    consumed_at, consumer_cpu, latencies = reports["consumer"]
-    published_at, producer_cpu, _ = reports["producer"]
+    consumed_at, consumer_cpu, latencies, consumer_gc = reports["consumer"]
+    published_at, producer_cpu, _, producer_gc = reports["producer"]
     cpu = {
         "producer": producer_cpu / events * 1e6,
         "consumer": consumer_cpu / events * 1e6,
@@ -340,6 +343,10 @@ def _measure(
         "published_per_s": events / (published_at - started),
         "cpu_us_per_event": {name: round(value, 2) for name, value in cpu.items()},
         "redis_commands_per_event": commands,
+        "gc_us_per_event": {
+            "producer": round(producer_gc / events * 1e6, 2),
+            "consumer": round(consumer_gc / events * 1e6, 2),
+        },
         "latencies": latencies,
     }
 
@@ -395,6 +402,7 @@ def _measure_all(url: str, args: argparse.Namespace) -> dict[str, Any]:
         "baseline_events_per_s": round(base["events_per_s"]),
         "baseline_cpu_us_per_event": base["cpu_us_per_event"],
         "baseline_redis_commands_per_event": base["redis_commands_per_event"],
+        "baseline_gc_us_per_event": base["gc_us_per_event"],
     }
     by_api: dict[str, Any] = {}
     for api in args.apis:
@@ -405,6 +413,7 @@ def _measure_all(url: str, args: argparse.Namespace) -> dict[str, Any]:
             "published_per_s": round(ours["published_per_s"]),
             "cpu_us_per_event": ours["cpu_us_per_event"],
             "redis_commands_per_event": ours["redis_commands_per_event"],
+            "gc_us_per_event": ours["gc_us_per_event"],
         }
     headline = by_api[args.apis[0]]
     result["events_per_s"] = headline["events_per_s"]
@@ -459,11 +468,6 @@ def run(argv: list[str]) -> dict[str, Any]:
         help="py-spy profiles of producer and consumer into DIR (read: python -m bench._pyspy)",
     )
     parser.add_argument(
-        "--native",
-        action="store_true",
-        help="with --profile: C frames too (py-spy --native; pauses the process per sample)",
-    )
-    parser.add_argument(
         "--unix-socket",
         action="store_true",
         help="every process talks to redis-server over a unix socket instead of TCP loopback",
@@ -486,7 +490,6 @@ def run(argv: list[str]) -> dict[str, Any]:
         )
     args.apis = PRODUCER_APIS[:1] if args.quick else PRODUCER_APIS
     os.environ[GC_TUNING] = "1" if args.gc_freeze else "0"  # inherited by the processes
-    os.environ[NATIVE_PROFILE] = "1" if args.native else "0"
     if args.quick:
         args.latency_seconds = min(args.latency_seconds, 0.5)
     before = load_average_1m()

@@ -264,8 +264,8 @@ async def latency(
         published = 0
         before = await _cpu_sample(pipeline)
         while time.monotonic() - began < seconds or len(samples) < min_samples:
-            if time.monotonic() - began > 20 * seconds:
-                break  # too few positions: report what there is
+            if time.monotonic() - began > max(20 * seconds, 600.0):
+                break  # far too few positions: report what there is
             async for batch in paced_batches(feed, speed=1.0, limit=int(rate)):
                 envelopes = [tick_envelope(tick) for tick in batch]
                 now = time.perf_counter()

@@ -41,6 +41,10 @@ def test_bench_bus_quick_prints_one_json_object_with_every_figure() -> None:
         assert abs(figures["total"] - total) < 0.05, figures
     assert result["producer_api"] == "publish_many"
     assert set(result["by_producer_api"]) == {"publish_many"}
+    assert set(result["by_producer_api"]["publish_many"]["gc_us_per_event"]) == {
+        "producer",
+        "consumer",
+    }
     assert result["p50_ms"] <= result["p99_ms"] <= result["max_ms"]
     assert result["latency_samples"] > 0
     assert result["engine"] == "redis"

@@ -193,6 +193,26 @@ def _per_tick(before: dict[str, float], after: dict[str, float], ticks: int) -> 
     return {name: round(value, 1) for name, value in per.items()}
 
 
+async def _spy_on(
+    pipeline: Pipeline, profile: Path | None, phase: str
+) -> list[subprocess.Popen[bytes]]:
+    """py-spy on every process of the pipeline, into ``profile/<phase>-<process>.txt``."""
+    if profile is None:
+        return []
+    await asyncio.to_thread(profile.mkdir, parents=True, exist_ok=True)
+    pids = {f"worker_{i}": p.pid for i, p in enumerate(pipeline.processes)}
+    pids["coordinator"] = os.getpid()
+    spies = [_pyspy.attach(pid, profile / f"{phase}-{name}.txt") for name, pid in pids.items()]
+    await asyncio.sleep(1.0)  # py-spy attached before the first tick
+    return spies
+
+
+async def _stop_spies(spies: list[subprocess.Popen[bytes]]) -> None:
+    for spy in spies:
+        spy.send_signal(signal.SIGINT)  # py-spy writes its file and exits
+        await asyncio.to_thread(spy.wait, 30)
+
+
 async def throughput(
     url: str, ticks: int, state_dir: Path, profile: Path | None = None
 ) -> dict[str, Any]:
@@ -200,12 +220,7 @@ async def throughput(
     await pipeline.start()
     spies: list[subprocess.Popen[bytes]] = []
     try:
-        if profile is not None:
-            await asyncio.to_thread(profile.mkdir, parents=True, exist_ok=True)
-            pids = {f"worker_{i}": p.pid for i, p in enumerate(pipeline.processes)}
-            pids["coordinator"] = os.getpid()
-            spies = [_pyspy.attach(pid, profile / f"{name}.txt") for name, pid in pids.items()]
-            await asyncio.sleep(1.0)  # py-spy attached before the first tick
+        spies = await _spy_on(pipeline, profile, "throughput")
         feed = _feed(rate=1000.0)
         before = await _cpu_sample(pipeline)
         started = time.perf_counter()
@@ -218,9 +233,7 @@ async def throughput(
         elapsed = time.perf_counter() - started
         after = await _cpu_sample(pipeline)
     finally:
-        for spy in spies:
-            spy.send_signal(signal.SIGINT)  # py-spy writes its file and exits
-            await asyncio.to_thread(spy.wait, 30)
+        await _stop_spies(spies)
         await pipeline.stop()
     by_process = _per_tick(before, after, ticks)
     return {
@@ -231,7 +244,12 @@ async def throughput(
 
 
 async def latency(
-    url: str, rate: float, seconds: float, min_samples: int, state_dir: Path
+    url: str,
+    rate: float,
+    seconds: float,
+    min_samples: int,
+    state_dir: Path,
+    profile: Path | None = None,
 ) -> dict[str, Any]:
     pipeline = Pipeline(url, f"bench-latency-{time.monotonic_ns()}", state_dir / "lat")
     await pipeline.start()
@@ -256,7 +274,9 @@ async def latency(
         finally:
             await reader.aclose()
 
+    spies: list[subprocess.Popen[bytes]] = []
     try:
+        spies = await _spy_on(pipeline, profile, "latency")
         watcher = asyncio.create_task(watch_positions())
         await asyncio.sleep(0.2)  # the watcher's first XREAD is in place
         feed = _feed(rate=rate)
@@ -279,6 +299,7 @@ async def latency(
         stop.set()
         await watcher
     finally:
+        await _stop_spies(spies)
         await pipeline.stop()
     return {
         "samples": samples,
@@ -342,7 +363,9 @@ async def _measure(args: argparse.Namespace) -> dict[str, Any]:
             tp = await throughput(server.url, args.ticks, state, args.profile)
             _progress(f"{tp['ticks_per_s']:,.0f} ticks/s, {tp['cpu_us_per_tick']} µs/tick")
             _progress(f"latency: {args.rate:.0f} ticks/s, >= {args.min_samples} positions")
-            lat = await latency(server.url, args.rate, args.seconds, args.min_samples, state)
+            lat = await latency(
+                server.url, args.rate, args.seconds, args.min_samples, state, args.profile
+            )
             _progress("in process: the same domains chained, no transport")
             base = await in_process(server.url, args.ticks, state)
     finally:
@@ -375,7 +398,7 @@ def run(argv: list[str]) -> dict[str, Any]:
         "--profile",
         type=Path,
         metavar="DIR",
-        help="py-spy profiles of every process of the throughput run into DIR",
+        help="py-spy profiles of every process of the throughput and latency runs into DIR",
     )
     args = parser.parse_args(argv)
     if args.ticks < 1 or args.rate <= 0 or args.seconds <= 0 or args.min_samples < 0:

@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
-import multiprocessing as mp
 import os
 import statistics
 import sys
@@ -39,16 +37,9 @@ from typing import Any
 from quantum.events.v1.market_pb2 import MarketTick
 from redis.exceptions import ResponseError
 
-from bench import _pyspy
-from bench._common import (
-    GcClock,
-    load_average_1m,
-    percentile,
-    redis_commands,
-    redis_cpu_s,
-    repeated,
-    wait_for,
-)
+from bench._baseline import CHUNK, PAYLOAD_BYTES, measure_baseline
+from bench._common import load_average_1m, percentile, repeated
+from bench._pair import GC_TUNING, measure_pair, ready_and_go
 from runtime.adapters.redis.bus import EventBus
 from runtime.adapters.redis.host import install_uvloop
 from runtime.adapters.redis.runner import DomainRunner, RunnerConfig
@@ -58,9 +49,6 @@ from runtime.core.logs import configure_logging
 from runtime.core.metrics import RuntimeMetrics
 from runtime.core.redis_server import start_redis_server
 
-PAYLOAD_BYTES = 200
-BASELINE_STREAM = "bench:baseline"
-CHUNK = 1_000  # events per producer batch (the baseline's pipeline length)
 IN_FLIGHT = 4  # producer batches awaiting Redis at a time
 PRODUCER_APIS = ("publish_many", "publish_nowait", "publish")
 
@@ -99,76 +87,6 @@ class BenchSink(Actor):
             self.latencies.append(time.time() - (sealed.seconds + sealed.nanos / 1e9))
 
 
-GC_TUNING = "BENCH_GC_FREEZE"  # set by the coordinator ("1" or "0"), never by the caller
-
-
-async def _ready_and_go(ready: Any, go: Any) -> GcClock:
-    """Tell the coordinator this process is set up, then wait for its go; from then on the
-    returned clock adds up the time the garbage collector runs."""
-    if os.environ.get(GC_TUNING) == "1":
-        # --gc-freeze: what the runtime could do once its start-up is done (measured here).
-        gc.collect()
-        gc.freeze()
-        gc.set_threshold(50_000, 50, 100)
-    ready.put("ready")
-    await asyncio.to_thread(go.wait)
-    return GcClock()
-
-
-# -- the bare redis-py baseline --------------------------------------------------------------
-
-
-def _baseline_producer(url: str, events: int, ready: Any, go: Any, result: Any) -> None:
-    install_uvloop()
-    import redis.asyncio as aioredis
-
-    async def main() -> None:
-        client = aioredis.Redis.from_url(url)
-        await client.ping()
-        data = b"x" * PAYLOAD_BYTES
-        gc_clock = await _ready_and_go(ready, go)
-        cpu = time.process_time()
-        sent = 0
-        while sent < events:
-            n = min(CHUNK, events - sent)
-            async with client.pipeline(transaction=False) as pipe:
-                for _ in range(n):
-                    pipe.xadd(
-                        BASELINE_STREAM, {b"payload": data}, maxlen=1_000_000, approximate=True
-                    )
-                await pipe.execute()
-            sent += n
-        result.put(("producer", time.time(), time.process_time() - cpu, [], gc_clock.stop()))
-        await client.aclose()
-
-    asyncio.run(main())
-
-
-def _baseline_consumer(url: str, events: int, ready: Any, go: Any, result: Any) -> None:
-    install_uvloop()
-    import redis.asyncio as aioredis
-
-    async def main() -> None:
-        client = aioredis.Redis.from_url(url)
-        await client.ping()
-        gc_clock = await _ready_and_go(ready, go)
-        cpu = time.process_time()
-        seen = 0
-        while seen < events:
-            reply: Any = await client.xreadgroup(
-                "g", "c", {BASELINE_STREAM: ">"}, count=CHUNK, block=1_000
-            )
-            if not reply:
-                continue
-            entries = reply[0][1]
-            await client.xack(BASELINE_STREAM, "g", *[entry_id for entry_id, _ in entries])
-            seen += len(entries)
-        result.put(("consumer", time.time(), time.process_time() - cpu, [], gc_clock.stop()))
-        await client.aclose()
-
-    asyncio.run(main())
-
-
 # -- the runtime -----------------------------------------------------------------------------
 
 
@@ -191,7 +109,7 @@ def _runtime_producer(
         )
         tick = payload_tick()
         await bus.publish_many([tick])  # connected, caches warm: not counted
-        gc_clock = await _ready_and_go(ready, go)
+        gc_clock = await ready_and_go(ready, go)
         cpu = time.process_time()
         if rate > 0:
             await _paced(bus, tick, events - 1, rate)
@@ -260,7 +178,7 @@ def _runtime_consumer(
         stream = keyspace.stream("market.tick")
         while not await _has_group(client, stream):  # noqa: ASYNC110 (polls Redis)
             await asyncio.sleep(0.01)
-        gc_clock = await _ready_and_go(ready, go)
+        gc_clock = await ready_and_go(ready, go)
         cpu = time.process_time()
         await actor.reached.wait()  # all handled; now wait for the last acknowledgement
         while metrics.consumed.value(BenchSink.name, "market.tick") < events:  # noqa: ASYNC110
@@ -284,90 +202,11 @@ async def _has_group(client: Any, stream: str) -> bool:
         return False
 
 
-def _measure(
-    url: str,
-    events: int,
-    producer: Callable[..., None],
-    producer_args: tuple[Any, ...],
-    consumer: Callable[..., None],
-    consumer_args: tuple[Any, ...],
-    profile: Path | None = None,
-) -> dict[str, Any]:
-    """Run one producer and one consumer process from a common go; their figures."""
-    import redis
-
-    client = redis.Redis.from_url(url)
-    ctx = mp.get_context("spawn")
-    ready, go, result = ctx.Queue(), ctx.Event(), ctx.Queue()
-    processes = [
-        ctx.Process(target=consumer, args=(*consumer_args, ready, go, result)),
-        ctx.Process(target=producer, args=(*producer_args, ready, go, result)),
-    ]
-    for process in processes:
-        process.start()
-    spies: list[Any] = []
-    try:
-        wait_for(ready, 2)
-        if profile is not None:
-            for process, role in zip(processes, ("consumer", "producer"), strict=True):
-                assert process.pid is not None
-                spies.append(
-                    _pyspy.attach(process.pid, profile.with_name(f"{profile.name}-{role}.txt"))
-                )
-            time.sleep(1.0)  # py-spy attached before the go
-        client.config_resetstat()
-        server_cpu = redis_cpu_s(client)
-        started = time.time()
-        go.set()
-        reports = {name: rest for name, *rest in (result.get(timeout=600) for _ in processes)}
-        server_cpu = redis_cpu_s(client) - server_cpu
-        commands = redis_commands(client, events)
-    finally:
-        for process in processes:
-            process.join(timeout=30)
-            if process.is_alive():
-                process.kill()
-        for spy in spies:
-            spy.wait(timeout=30)
-        client.close()
-    consumed_at, consumer_cpu, latencies, consumer_gc = reports["consumer"]
-    published_at, producer_cpu, _, producer_gc = reports["producer"]
-    cpu = {
-        "producer": producer_cpu / events * 1e6,
-        "consumer": consumer_cpu / events * 1e6,
-        "redis": server_cpu / events * 1e6,
-    }
-    cpu["total"] = sum(cpu.values())
-    return {
-        "events_per_s": events / (consumed_at - started),
-        "published_per_s": events / (published_at - started),
-        "cpu_us_per_event": {name: round(value, 2) for name, value in cpu.items()},
-        "redis_commands_per_event": commands,
-        "gc_us_per_event": {
-            "producer": round(producer_gc / events * 1e6, 2),
-            "consumer": round(consumer_gc / events * 1e6, 2),
-        },
-        "latencies": latencies,
-    }
-
-
-def measure_baseline(url: str, events: int, profile: Path | None = None) -> dict[str, Any]:
-    import redis
-
-    client = redis.Redis.from_url(url)
-    client.delete(BASELINE_STREAM)
-    client.xgroup_create(BASELINE_STREAM, "g", id="0", mkstream=True)
-    client.close()
-    return _measure(
-        url, events, _baseline_producer, (url, events), _baseline_consumer, (url, events), profile
-    )
-
-
 def measure_runtime(
     url: str, events: int, api: str, rate: int = 0, profile: Path | None = None
 ) -> dict[str, Any]:
     namespace = f"bench-{os.getpid()}-{api}-{rate}-{time.monotonic_ns()}"
-    return _measure(
+    return measure_pair(
         url,
         events,
         _runtime_producer,

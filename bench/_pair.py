@@ -16,6 +16,7 @@ from bench import _pyspy
 from bench._common import GcClock, redis_commands, redis_cpu_s, wait_for
 
 GC_TUNING = "BENCH_GC_FREEZE"  # set by the coordinator ("1" or "0"), never by the caller
+PROTOTYPE = "BENCH_PROTOTYPE"  # likewise: apply bench._prototype in the processes
 
 
 async def ready_and_go(ready: Any, go: Any) -> GcClock:
@@ -26,6 +27,10 @@ async def ready_and_go(ready: Any, go: Any) -> GcClock:
         gc.collect()
         gc.freeze()
         gc.set_threshold(50_000, 50, 100)
+    if os.environ.get(PROTOTYPE) == "1":
+        from bench import _prototype
+
+        _prototype.apply()
     ready.put("ready")
     await asyncio.to_thread(go.wait)
     return GcClock()

@@ -4,9 +4,7 @@ every ``bench bus`` measurement runs on."""
 from __future__ import annotations
 
 import asyncio
-import gc
 import multiprocessing as mp
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -14,23 +12,15 @@ from typing import Any
 
 from bench import _pyspy
 from bench._common import GcClock, redis_commands, redis_cpu_s, wait_for
-
-GC_TUNING = "BENCH_GC_FREEZE"  # set by the coordinator ("1" or "0"), never by the caller
-PROTOTYPE = "BENCH_PROTOTYPE"  # likewise: apply bench._prototype in the processes
+from runtime.core.host import tune_gc
 
 
 async def ready_and_go(ready: Any, go: Any) -> GcClock:
     """Tell the coordinator this process is set up, then wait for its go; from then on the
     returned clock adds up the time the garbage collector runs."""
-    if os.environ.get(GC_TUNING) == "1":
-        # --gc-freeze: what the runtime could do once its start-up is done (measured here).
-        gc.collect()
-        gc.freeze()
-        gc.set_threshold(50_000, 50, 100)
-    if os.environ.get(PROTOTYPE) == "1":
-        from bench import _prototype
-
-        _prototype.apply()
+    # The runtime's own GC setting (runtime.core.host.tune_gc, as its hosts do), in the
+    # baseline's processes too: both sides are measured as they would run.
+    tune_gc()
     ready.put("ready")
     await asyncio.to_thread(go.wait)
     return GcClock()

@@ -39,7 +39,7 @@ from redis.exceptions import ResponseError
 
 from bench._baseline import CHUNK, PAYLOAD_BYTES, measure_baseline
 from bench._common import load_average_1m, percentile, repeated
-from bench._pair import GC_TUNING, PROTOTYPE, measure_pair, ready_and_go
+from bench._pair import measure_pair, ready_and_go
 from runtime.adapters.redis.bus import EventBus
 from runtime.adapters.redis.host import install_uvloop
 from runtime.adapters.redis.runner import DomainRunner, RunnerConfig
@@ -312,16 +312,6 @@ def run(argv: list[str]) -> dict[str, Any]:
         help="every process talks to redis-server over a unix socket instead of TCP loopback",
     )
     parser.add_argument(
-        "--gc-freeze",
-        action="store_true",
-        help="benchmark processes freeze the GC after start-up and collect less often",
-    )
-    parser.add_argument(
-        "--prototype",
-        action="store_true",
-        help="apply the suggested hot-path changes (bench/_prototype.py) in every process",
-    )
-    parser.add_argument(
         "--quick",
         action="store_true",
         help="publish_many only and a 0.5 s latency run (a smoke run: the JSON shape, not speed)",
@@ -333,8 +323,6 @@ def run(argv: list[str]) -> dict[str, Any]:
             f"{args.events}, {args.rate}, {args.latency_seconds}"
         )
     args.apis = PRODUCER_APIS[:1] if args.quick else PRODUCER_APIS
-    os.environ[GC_TUNING] = "1" if args.gc_freeze else "0"  # inherited by the processes
-    os.environ[PROTOTYPE] = "1" if args.prototype else "0"
     if args.quick:
         args.latency_seconds = min(args.latency_seconds, 0.5)
     before = load_average_1m()
@@ -347,8 +335,7 @@ def run(argv: list[str]) -> dict[str, Any]:
     result = repeated(args.repeat, once)
     result.update(
         engine=args.engine,
-        gc_freeze=args.gc_freeze,
-        prototype=args.prototype,
+        gc_tuning="runtime.core.host.tune_gc in every process (baseline too)",
         connection="unix socket" if args.unix_socket else "tcp loopback",
         events=args.events,
         payload_bytes=len(payload_tick().SerializeToString()),

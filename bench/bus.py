@@ -1,46 +1,56 @@
-"""``python -m bench bus``: the event bus and runner, end to end, against a bare redis-py loop.
+"""``python -m bench bus``: the event bus and the delivery loop, end to end, against a bare
+redis-py loop measured in the same run.
 
-Three measurements on one private redis-server (started here, stopped after):
+Measurements, each with its own producer and consumer processes (as in production, so the
+figures include the contention for the machine's cores with Redis itself):
 
-- ``baseline_events_per_s``: a producer process XADDs 200-byte payloads in pipelines of 1,000
-  and a consumer process reads them with XREADGROUP COUNT 1000 and acknowledges each read
-  with one XACK — no envelope, no handler, no guarantees. The floor of what Redis and
-  redis-py allow on this machine.
-- ``events_per_s``: the same shape through the runtime: a producer process publishes with
-  ``EventBus.publish`` (concurrent calls, auto-batched), a consumer process runs a
-  ``DomainRunner`` with a one-handler domain; from the first publish to the last
-  acknowledgement (processed marks and all).
-- ``p50_ms`` / ``p99_ms``: publish-to-handler latency at a fixed offered load (default
-  10,000 events/s): the producer publishes on a 1 ms schedule, the handler measures the time
-  since the envelope was sealed.
+- baseline: the producer XADDs 200-byte payloads in pipelines of 1,000; the consumer reads
+  them with XREADGROUP COUNT 1000 and acknowledges each read with one XACK — no envelope, no
+  handler, no guarantee. What Redis and redis-py allow on this machine.
+- the runtime, once per producer API: ``publish_many`` (batches of 1,000: the batch-first
+  API, the headline ``events_per_s``), ``publish_nowait`` (a future per event, no
+  coroutine) and plain concurrent ``publish`` calls. The consumer runs a ``DomainRunner``
+  with a one-handler domain; from the go signal to the last acknowledgement (outputs,
+  acknowledgements and processed marks committed).
+- latency: ``publish_nowait`` on a 1 ms schedule at a fixed offered load (default 10,000
+  events/s); the handler measures the time since the envelope was sealed.
 
-Producer and consumer run in separate processes, as in production, so the numbers include
-the contention for this machine's cores with Redis itself.
+CPU per event is reported per process (producer, consumer, redis-server from INFO CPU) and
+in total: on a shared machine it is the figure to trust; wall-clock rates swing with load.
+``--engine`` names the transport (only ``redis`` so far: the in-memory engine, when it lands,
+adds one entry to ``ENGINES``); ``--repeat N`` reports the median of N runs and every run.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import multiprocessing as mp
 import os
 import statistics
 import sys
+import tempfile
 import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from quantum.events.v1.market_pb2 import MarketTick
+from redis.exceptions import ResponseError
 
+from bench._baseline import CHUNK, PAYLOAD_BYTES, measure_baseline
+from bench._common import load_average_1m, percentile, repeated
+from bench._pair import measure_pair, ready_and_go
 from runtime.adapters.redis.bus import EventBus
 from runtime.adapters.redis.host import install_uvloop
 from runtime.adapters.redis.runner import DomainRunner, RunnerConfig
 from runtime.core.actor import Actor, HandlerContext, handles
 from runtime.core.keys import Keyspace
+from runtime.core.logs import configure_logging
 from runtime.core.metrics import RuntimeMetrics
 from runtime.core.redis_server import start_redis_server
 
-PAYLOAD_BYTES = 200
-STREAM = "bench:baseline"
+IN_FLIGHT = 4  # producer batches awaiting Redis at a time
+PRODUCER_APIS = ("publish_many", "publish_nowait", "publish")
 
 
 def payload_tick(sequence: int = 1) -> MarketTick:
@@ -74,104 +84,17 @@ class BenchSink(Actor):
             self.reached.set()
         if self.measure:
             sealed = ctx.envelope.occurred_at
-            sealed_s = sealed.seconds + sealed.nanos / 1e9
-            self.latencies.append(time.time() - sealed_s)
-
-
-# -- the bare redis-py baseline --------------------------------------------------------------
-
-
-def _baseline_producer(url: str, events: int, start_at: float, result: Any) -> None:
-    install_uvloop()
-    import redis.asyncio as aioredis
-
-    async def main() -> None:
-        client = aioredis.Redis.from_url(url)
-        data = b"x" * PAYLOAD_BYTES
-        await asyncio.sleep(max(0.0, start_at - time.time()))
-        cpu = time.process_time()
-        sent = 0
-        while sent < events:
-            n = min(1_000, events - sent)
-            async with client.pipeline(transaction=False) as pipe:
-                for _ in range(n):
-                    pipe.xadd(STREAM, {b"payload": data}, maxlen=1_000_000, approximate=True)
-                await pipe.execute()
-            sent += n
-        result.put(("producer", (time.time(), time.process_time() - cpu)))
-        await client.aclose()
-
-    asyncio.run(main())
-
-
-def _baseline_consumer(url: str, events: int, result: Any) -> None:
-    install_uvloop()
-    import redis.asyncio as aioredis
-
-    async def main() -> None:
-        client = aioredis.Redis.from_url(url)
-        await client.ping()
-        cpu = time.process_time()
-        seen = 0
-        first = 0.0
-        while seen < events:
-            reply = await client.xreadgroup("g", "c", {STREAM: ">"}, count=1_000, block=1_000)
-            if not reply:
-                continue
-            entries = reply[0][1]
-            if not first:
-                first = time.time()
-            await client.xack(STREAM, "g", *[entry_id for entry_id, _ in entries])
-            seen += len(entries)
-        result.put(("consumer", (time.time(), time.process_time() - cpu)))
-        await client.aclose()
-
-    asyncio.run(main())
-
-
-def _redis_cpu_s(client: Any) -> float:
-    info = client.info("cpu")
-    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
-
-
-def measure_baseline(url: str, events: int) -> dict[str, float]:
-    import redis
-
-    client = redis.Redis.from_url(url)
-    client.delete(STREAM)
-    client.xgroup_create(STREAM, "g", id="0", mkstream=True)
-    ctx = mp.get_context("spawn")
-    result = ctx.Queue()
-    start_at = time.time() + 1.5  # both processes imported and connected by then
-    consumer = ctx.Process(target=_baseline_consumer, args=(url, events, result))
-    producer = ctx.Process(target=_baseline_producer, args=(url, events, start_at, result))
-    consumer.start()
-    producer.start()
-    redis_cpu = _redis_cpu_s(client)
-    reports = dict(result.get(timeout=600) for _ in range(2))
-    redis_cpu = _redis_cpu_s(client) - redis_cpu
-    producer.join()
-    consumer.join()
-    finished, consumer_cpu = reports["consumer"]
-    _, producer_cpu = reports["producer"]
-    client.delete(STREAM)
-    client.close()
-    return {
-        "events_per_s": events / (finished - start_at),
-        "producer_cpu_us": producer_cpu / events * 1e6,
-        "consumer_cpu_us": consumer_cpu / events * 1e6,
-        "redis_cpu_us": redis_cpu / events * 1e6,
-    }
+            self.latencies.append(time.time() - (sealed.seconds + sealed.nanos / 1e9))
 
 
 # -- the runtime -----------------------------------------------------------------------------
 
 
 def _runtime_producer(
-    url: str, namespace: str, events: int, start_at: float, rate: int, result: Any
+    url: str, namespace: str, events: int, api: str, rate: int, ready: Any, go: Any, result: Any
 ) -> None:
-    """Publish ``events`` ticks: as fast as possible with concurrent ``publish`` calls (rate
-    0) or ``publish_many`` batches (rate -1), or at ``rate`` per second."""
+    """Publish ``events`` ticks through ``api``: as fast as it goes, or at ``rate`` per second
+    with ``publish_nowait`` on a 1 ms schedule."""
     install_uvloop()
     import redis.asyncio as aioredis
 
@@ -185,51 +108,55 @@ def _runtime_producer(
             metrics=RuntimeMetrics(),
         )
         tick = payload_tick()
-        await asyncio.sleep(max(0.0, start_at - time.time()))
+        await bus.publish_many([tick])  # connected, caches warm: not counted
+        gc_clock = await ready_and_go(ready, go)
         cpu = time.process_time()
-        if rate < 0:
-            # Batches of 1,000 through publish_many, up to 4 batches awaiting Redis at a time.
-            batches: set[asyncio.Future[Any]] = set()
-            for start in range(0, events, 1_000):
-                if len(batches) >= 4:
-                    _, batches = await asyncio.wait(batches, return_when=asyncio.FIRST_COMPLETED)
-                n = min(1_000, events - start)
-                batches.add(
-                    asyncio.ensure_future(bus.publish_many([tick] * n, partition_key="BTCUSDT"))
-                )
-            await asyncio.gather(*batches)
-        elif rate == 0:
-            # Concurrent publish calls in chunks of 1,000, up to 4 chunks awaiting Redis.
-            chunks: set[asyncio.Future[Any]] = set()
-            for start in range(0, events, 1_000):
-                if len(chunks) >= 4:
-                    _, chunks = await asyncio.wait(chunks, return_when=asyncio.FIRST_COMPLETED)
-                n = min(1_000, events - start)
-                chunks.add(
-                    asyncio.gather(*(bus.publish(tick, partition_key="BTCUSDT") for _ in range(n)))
-                )
-            await asyncio.gather(*chunks)
+        if rate > 0:
+            await _paced(bus, tick, events - 1, rate)
         else:
-            began = time.perf_counter()
-            sent = 0
-            pending: set[asyncio.Task[Any]] = set()
-            while sent < events:
-                due = min(events, int((time.perf_counter() - began) * rate) + 1)
-                for _ in range(due - sent):
-                    task = asyncio.ensure_future(bus.publish(tick, partition_key="BTCUSDT"))
-                    pending.add(task)
-                    task.add_done_callback(pending.discard)
-                sent = due
-                await asyncio.sleep(0.001)
-            await asyncio.gather(*pending)
-        result.put(("producer", (time.time(), time.process_time() - cpu)))
+            await _as_fast_as_possible(bus, tick, events - 1, api)
+        result.put(("producer", time.time(), time.process_time() - cpu, [], gc_clock.stop()))
         await bus.close()
         await client.aclose()
 
     asyncio.run(main())
 
 
-def _runtime_consumer(url: str, namespace: str, events: int, measure: bool, result: Any) -> None:
+async def _as_fast_as_possible(bus: EventBus, tick: MarketTick, events: int, api: str) -> None:
+    """Chunks of CHUNK events, up to IN_FLIGHT chunks awaiting Redis at a time."""
+    in_flight: set[asyncio.Future[Any]] = set()
+    for start in range(0, events, CHUNK):
+        if len(in_flight) >= IN_FLIGHT:
+            _, in_flight = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+        n = min(CHUNK, events - start)
+        chunk: asyncio.Future[Any]
+        if api == "publish_many":
+            chunk = asyncio.ensure_future(bus.publish_many([tick] * n, partition_key="BTCUSDT"))
+        elif api == "publish_nowait":
+            futures = [bus.publish_nowait(tick, partition_key="BTCUSDT") for _ in range(n)]
+            chunk = asyncio.gather(*futures)
+        else:
+            chunk = asyncio.gather(*(bus.publish(tick, partition_key="BTCUSDT") for _ in range(n)))
+        in_flight.add(chunk)
+    await asyncio.gather(*in_flight)
+
+
+async def _paced(bus: EventBus, tick: MarketTick, events: int, rate: int) -> None:
+    began = time.perf_counter()
+    sent = 0
+    futures: list[asyncio.Future[list[str]]] = []
+    while sent < events:
+        due = min(events, int((time.perf_counter() - began) * rate) + 1)
+        futures += [bus.publish_nowait(tick, partition_key="BTCUSDT") for _ in range(due - sent)]
+        sent = due
+        await asyncio.sleep(0.001)
+    await asyncio.gather(*futures)
+
+
+def _runtime_consumer(
+    url: str, namespace: str, events: int, measure: bool, ready: Any, go: Any, result: Any
+) -> None:
+    configure_logging("WARNING")
     install_uvloop()
     import redis.asyncio as aioredis
 
@@ -244,124 +171,182 @@ def _runtime_consumer(url: str, namespace: str, events: int, measure: bool, resu
             client,
             keyspace,
             bus,
-            RunnerConfig(consumer_name="bench", batch_size=1_000, block_ms=100),
+            RunnerConfig(consumer_name="bench", batch_size=CHUNK, block_ms=100),
             metrics=metrics,
         )
         task = asyncio.create_task(runner.run())
+        stream = keyspace.stream("market.tick")
+        while not await _has_group(client, stream):  # noqa: ASYNC110 (polls Redis)
+            await asyncio.sleep(0.01)
+        gc_clock = await ready_and_go(ready, go)
         cpu = time.process_time()
         await actor.reached.wait()  # all handled; now wait for the last acknowledgement
         while metrics.consumed.value(BenchSink.name, "market.tick") < events:  # noqa: ASYNC110
             await asyncio.sleep(0.0002)
         finished = time.time()
         cpu = time.process_time() - cpu
+        gc_s = gc_clock.stop()
         await runner.stop()
         await task
         await bus.close()
         await client.aclose()
-        result.put(("consumer", (finished, actor.latencies, cpu)))
+        result.put(("consumer", finished, cpu, actor.latencies, gc_s))
 
     asyncio.run(main())
 
 
-def measure_runtime(url: str, events: int, rate: int) -> tuple[dict[str, float], list[float]]:
-    """Run producer and consumer processes.
+async def _has_group(client: Any, stream: str) -> bool:
+    try:
+        return bool(await client.xinfo_groups(stream))
+    except ResponseError:  # no stream yet
+        return False
 
-    Returns figures — end-to-end events per second, the producer's own publish rate (when it
-    is close to the first, publishing is the bottleneck), CPU microseconds per event of
-    producer, consumer and redis-server — and the handler latencies in seconds.
-    """
-    import redis
 
-    client = redis.Redis.from_url(url)
-    namespace = f"bench-{os.getpid()}-{rate}"
-    ctx = mp.get_context("spawn")
-    result = ctx.Queue()
-    start_at = time.time() + 2.0
-    consumer = ctx.Process(
-        target=_runtime_consumer, args=(url, namespace, events, rate > 0, result)
+def measure_runtime(
+    url: str, events: int, api: str, rate: int = 0, profile: Path | None = None
+) -> dict[str, Any]:
+    namespace = f"bench-{os.getpid()}-{api}-{rate}-{time.monotonic_ns()}"
+    return measure_pair(
+        url,
+        events,
+        _runtime_producer,
+        (url, namespace, events, api, rate),
+        _runtime_consumer,
+        (url, namespace, events, rate > 0),
+        profile,
     )
-    producer = ctx.Process(
-        target=_runtime_producer, args=(url, namespace, events, start_at, rate, result)
-    )
-    consumer.start()
-    producer.start()
-    redis_cpu = _redis_cpu_s(client)
-    reports = dict(result.get(timeout=600) for _ in range(2))
-    redis_cpu = _redis_cpu_s(client) - redis_cpu
-    producer.join()
-    consumer.join()
-    client.close()
-    finished, latencies, consumer_cpu = reports["consumer"]
-    published, producer_cpu = reports["producer"]
-    figures = {
-        "events_per_s": events / (finished - start_at),
-        "producer_publish_per_s": events / (published - start_at),
-        "producer_cpu_us": producer_cpu / events * 1e6,
-        "consumer_cpu_us": consumer_cpu / events * 1e6,
-        "redis_cpu_us": redis_cpu / events * 1e6,
+
+
+def _progress(message: str) -> None:
+    print(f"bench bus: {message}", file=sys.stderr, flush=True)
+
+
+def measure_redis(args: argparse.Namespace) -> dict[str, Any]:
+    """One run of every measurement on a private redis-server (over TCP on loopback, or over
+    a unix socket with ``--unix-socket``)."""
+    with tempfile.TemporaryDirectory(prefix="bench-bus-") as folder:
+        socket = f"{folder}/redis.sock"
+        extra = ("--unixsocket", socket, "--unixsocketperm", "700") if args.unix_socket else ()
+        server = start_redis_server(extra_args=extra)
+        try:
+            return _measure_all(f"unix://{socket}" if args.unix_socket else server.url, args)
+        finally:
+            server.stop()
+
+
+def _measure_all(url: str, args: argparse.Namespace) -> dict[str, Any]:
+    base = measure_baseline(url, args.events, _profile_path(args, "baseline"))
+    _progress(f"baseline {base['events_per_s']:,.0f} events/s")
+    result: dict[str, Any] = {
+        "baseline_events_per_s": round(base["events_per_s"]),
+        "baseline_cpu_us_per_event": base["cpu_us_per_event"],
+        "baseline_redis_commands_per_event": base["redis_commands_per_event"],
+        "baseline_gc_us_per_event": base["gc_us_per_event"],
     }
-    return figures, latencies
+    by_api: dict[str, Any] = {}
+    for api in args.apis:
+        ours = measure_runtime(url, args.events, api, profile=_profile_path(args, api))
+        _progress(f"{api} {ours['events_per_s']:,.0f} events/s")
+        by_api[api] = {
+            "events_per_s": round(ours["events_per_s"]),
+            "published_per_s": round(ours["published_per_s"]),
+            "cpu_us_per_event": ours["cpu_us_per_event"],
+            "redis_commands_per_event": ours["redis_commands_per_event"],
+            "gc_us_per_event": ours["gc_us_per_event"],
+        }
+    headline = by_api[args.apis[0]]
+    result["events_per_s"] = headline["events_per_s"]
+    result["cpu_us_per_event"] = headline["cpu_us_per_event"]
+    result["producer_api"] = args.apis[0]
+    result["by_producer_api"] = by_api
+    result["ratio_to_baseline"] = round(headline["events_per_s"] / base["events_per_s"], 3)
+    result["cpu_ratio_to_baseline"] = round(
+        headline["cpu_us_per_event"]["total"] / base["cpu_us_per_event"]["total"], 3
+    )
+    latency_events = max(2, int(args.rate * args.latency_seconds))
+    paced = measure_runtime(
+        url, latency_events, "publish_nowait", rate=args.rate, profile=_profile_path(args, "paced")
+    )
+    # The first second warms up connections and caches: left out when there is more.
+    steady = paced["latencies"][args.rate :] or paced["latencies"]
+    result.update(
+        p50_ms=round(statistics.median(steady) * 1000, 3),
+        p99_ms=round(percentile(steady, 0.99) * 1000, 3),
+        max_ms=round(max(steady) * 1000, 3),
+        offered_load_per_s=args.rate,
+        latency_samples=len(steady),
+        latency_cpu_us_per_event=paced["cpu_us_per_event"],
+        load_average_1m=load_average_1m(),
+    )
+    return result
 
 
-def _cpu(figures: dict[str, float]) -> dict[str, float]:
-    """CPU time per event by process: what the work costs, whatever else the machine runs."""
-    return {name: round(figures[f"{name}_cpu_us"], 2) for name in ("producer", "consumer", "redis")}
+def _profile_path(args: argparse.Namespace, label: str) -> Path | None:
+    """Where py-spy writes the profiles of one measurement (``--profile DIR``), if asked."""
+    if args.profile is None:
+        return None
+    folder: Path = args.profile
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / f"run{args.run_index}-{label}"
 
 
-def _percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+ENGINES: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {"redis": measure_redis}
 
 
 def run(argv: list[str]) -> dict[str, Any]:
     parser = argparse.ArgumentParser(prog="python -m bench bus")
+    parser.add_argument("--engine", choices=sorted(ENGINES), default="redis")
     parser.add_argument("--events", type=int, default=200_000, help="events per throughput run")
-    parser.add_argument("--rate", type=int, default=10_000, help="offered load for latency")
+    parser.add_argument("--rate", type=int, default=10_000, help="offered events/s for latency")
     parser.add_argument("--latency-seconds", type=float, default=3.0)
+    parser.add_argument("--repeat", type=int, default=1, help="runs; the median is reported")
     parser.add_argument(
-        "--only", choices=("baseline", "throughput", "latency"), help="run one measurement"
+        "--profile",
+        type=Path,
+        metavar="DIR",
+        help="py-spy profiles of producer and consumer into DIR (read: python -m bench._pyspy)",
+    )
+    parser.add_argument(
+        "--unix-socket",
+        action="store_true",
+        help="every process talks to redis-server over a unix socket instead of TCP loopback",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="publish_many only and a 0.5 s latency run (a smoke run: the JSON shape, not speed)",
     )
     args = parser.parse_args(argv)
-    wanted = {args.only} if args.only else {"baseline", "throughput", "latency"}
-    server = start_redis_server()
-    try:
-        print(f"bench bus: redis-server on port {server.port}", file=sys.stderr)
-        result: dict[str, Any] = {}
-        if "baseline" in wanted:
-            base = measure_baseline(server.url, args.events)
-            print(f"bench bus: baseline {base['events_per_s']:,.0f} events/s", file=sys.stderr)
-            result["baseline_events_per_s"] = round(base["events_per_s"])
-            result["baseline_cpu_us_per_event"] = _cpu(base)
-        if "throughput" in wanted:
-            ours, _ = measure_runtime(server.url, args.events, rate=0)
-            print(f"bench bus: runtime {ours['events_per_s']:,.0f} events/s", file=sys.stderr)
-            result["events_per_s"] = round(ours["events_per_s"])
-            result["producer_publish_per_s"] = round(ours["producer_publish_per_s"])
-            result["cpu_us_per_event"] = _cpu(ours)
-            many, _ = measure_runtime(server.url, args.events, rate=-1)
-            print(f"bench bus: publish_many {many['events_per_s']:,.0f} events/s", file=sys.stderr)
-            result["events_per_s_publish_many"] = round(many["events_per_s"])
-            result["cpu_us_per_event_publish_many"] = _cpu(many)
-        if "baseline" in wanted and "throughput" in wanted:
-            result["ratio_to_baseline"] = round(ours["events_per_s"] / base["events_per_s"], 3)
-        if "latency" in wanted:
-            latency_events = int(args.rate * args.latency_seconds)
-            _, latencies = measure_runtime(server.url, latency_events, rate=args.rate)
-            # The first second warms up connections and caches: leave it out.
-            steady = latencies[args.rate :] or latencies
-            result.update(
-                p50_ms=round(statistics.median(steady) * 1000, 3),
-                p99_ms=round(_percentile(steady, 0.99) * 1000, 3),
-                max_ms=round(max(steady) * 1000, 3),
-                offered_load_per_s=args.rate,
-                latency_samples=len(steady),
-            )
-    finally:
-        server.stop()
+    if args.events < CHUNK or args.rate < 1 or args.latency_seconds <= 0:
+        parser.error(
+            f"--events must be at least {CHUNK}, --rate and --latency-seconds positive; got "
+            f"{args.events}, {args.rate}, {args.latency_seconds}"
+        )
+    args.apis = PRODUCER_APIS[:1] if args.quick else PRODUCER_APIS
+    if args.quick:
+        args.latency_seconds = min(args.latency_seconds, 0.5)
+    before = load_average_1m()
+    args.run_index = -1
+
+    def once() -> dict[str, Any]:
+        args.run_index += 1
+        return ENGINES[args.engine](args)
+
+    result = repeated(args.repeat, once)
     result.update(
+        engine=args.engine,
+        gc_tuning="runtime.core.host.tune_gc in every process (baseline too)",
+        connection="unix socket" if args.unix_socket else "tcp loopback",
         events=args.events,
         payload_bytes=len(payload_tick().SerializeToString()),
         cpus=os.cpu_count(),
-        load_average_1m=round(os.getloadavg()[0], 2),
+        load_average_1m_before=before,
+        load_average_1m=load_average_1m(),
+        targets={
+            "events_per_s_over_baseline": 1.2,
+            "cpu_us_per_event_total_over_baseline": 1.0,
+            "events_per_s_idle": 50_000,
+            "p99_ms_idle": 2.0,
+        },
     )
     return result

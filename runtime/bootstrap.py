@@ -35,7 +35,7 @@ from control_plane.server import ControlPlane, config_from_args
 from control_plane.server import main as control_plane_main
 from runtime import report
 from runtime.adapters.redis.bus import EventBus, PublishTimeout
-from runtime.adapters.redis.host import Runtime, default_consumer_name, install_uvloop
+from runtime.adapters.redis.host import Runtime, default_consumer_name, install_uvloop, tune_gc
 from runtime.adapters.redis.runner import RunnerConfig
 from runtime.core import otel
 from runtime.core.actor import Actor
@@ -312,6 +312,7 @@ async def _host_domains(args: argparse.Namespace, services: _Services) -> int:
     partitioned = replace(config, partition=partition, partitions=partitions)
     configs = {name: partitioned for name in hosted if name in PARTITIONABLE}
     runtime = Runtime(actors, redis, keyspace, bus, config, configs=configs)
+    tune_gc()  # start-up is done: what it made is frozen out of collections
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

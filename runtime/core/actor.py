@@ -24,7 +24,7 @@ import inspect
 import typing
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar, TypeVar
 
 from google.protobuf.message import Message
@@ -40,6 +40,7 @@ from runtime.core.registry import EventRegistry, EventType, default_registry
 F = TypeVar("F", bound=Callable[..., Any])
 
 _HANDLER_MARK = "__quantum_handler__"
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def handles(method: F) -> F:
@@ -92,7 +93,8 @@ class HandlerContext:
     @property
     def occurred_at(self) -> datetime:
         """The input's event time: the clock domain code reasons with (replays give the same)."""
-        return self.envelope.occurred_at.ToDatetime(tzinfo=UTC)
+        at = self.envelope.occurred_at  # in range: checked at decode
+        return _EPOCH + timedelta(seconds=at.seconds, microseconds=at.nanos // 1000)
 
     def emit(
         self,

@@ -42,7 +42,7 @@ import zlib
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TypeVar, cast
 
 from quantum.events.v1.envelope_pb2 import Envelope
 
@@ -459,6 +459,8 @@ class DeliveryLoop:
         commit = batch.commit
         done = batch.done
         recent = self._recent
+        dispatch = self._dispatch
+        clock = time.perf_counter
         skipped: dict[str, int] = {}
         latency: dict[str, list[float]] = {}
         for delivery in batch.ready:
@@ -467,10 +469,23 @@ class DeliveryLoop:
             event_id = envelope.event_id
             if event_id in done or event_id in recent:
                 commit.ack(delivery)
-                skipped[envelope.event_type] = skipped.get(envelope.event_type, 0) + 1
+                event_type = envelope.event_type
+                skipped[event_type] = skipped.get(event_type, 0) + 1
                 continue
             done.add(event_id)  # a duplicate later in this batch is skipped too
-            await self._handle(commit, delivery, envelope, latency)
+            # The common case inline: a sync handler that succeeds costs no coroutine. An
+            # async handler, or any failure, takes the full path (retries, dead letters).
+            started = clock()
+            try:
+                outputs = dispatch(envelope)
+            except Exception as exc:
+                await self._handle(commit, delivery, envelope, latency, started, failed=exc)
+            else:
+                if type(outputs) is list:
+                    self._record(commit, delivery, envelope, outputs, clock() - started, latency)
+                    continue
+                running = cast(Awaitable[list[Envelope]], outputs)  # an async handler's
+                await self._handle(commit, delivery, envelope, latency, started, running=running)
             if self._abandoned:
                 break
         await self._commit(commit)
@@ -482,21 +497,62 @@ class DeliveryLoop:
             for elapsed in samples:
                 child.observe(elapsed)
 
+    @staticmethod
+    def _record(
+        commit: Commit,
+        delivery: Delivery,
+        envelope: Envelope,
+        outputs: list[Envelope],
+        elapsed: float,
+        latency: dict[str, list[float]],
+    ) -> None:
+        """Note a handled entry in the batch's commit."""
+        event_type = envelope.event_type
+        samples = latency.get(event_type)
+        if samples is None:
+            latency[event_type] = [elapsed]
+        else:
+            samples.append(elapsed)
+        if outputs:
+            commit.outputs.extend(outputs)
+            if not envelope.causation_id:  # a root: no earlier commit indexed it
+                commit.indexed.append(envelope)
+        ids = commit.acks.get(delivery.stream)
+        if ids is None:
+            commit.acks[delivery.stream] = [delivery.entry_id]
+        else:
+            ids.append(delivery.entry_id)
+        commit.processed.append(envelope.event_id)
+        consumed = commit.consumed
+        consumed[event_type] = consumed.get(event_type, 0) + 1
+
     async def _handle(
         self,
         commit: Commit,
         delivery: Delivery,
         envelope: Envelope,
         latency: dict[str, list[float]],
+        started: float,
+        *,
+        failed: Exception | None = None,
+        running: Awaitable[list[Envelope]] | None = None,
     ) -> None:
-        """Run the handler of one entry, retrying in place; record the result in ``commit``."""
+        """The full path of one entry: finish its first attempt (an async handler ``running``,
+        or the exception it ``failed`` with), retry transient failures in place, dead-letter
+        permanent ones and the exhausted; record the result in ``commit``."""
         while True:
             try:
-                started = time.perf_counter()
-                outputs = self._dispatch(envelope)
-                if not isinstance(outputs, list):  # an async handler
-                    outputs = await outputs
+                if failed is not None:
+                    raise failed
+                if running is None:
+                    started = time.perf_counter()
+                    result = self._dispatch(envelope)
+                    running = None if isinstance(result, list) else result
+                    outputs = result if isinstance(result, list) else await result
+                else:
+                    outputs = await running
             except Exception as exc:
+                failed = running = None
                 if is_permanent(exc):  # no retry can fix it: dead-lettered at once
                     self._dead_letter(commit, delivery, reason_of(exc), exc)
                     return
@@ -515,21 +571,9 @@ class DeliveryLoop:
                 if not await self._redeliver(commit, delivery, envelope, exc):
                     return
                 continue
-            elapsed = time.perf_counter() - started
-            event_type = envelope.event_type
-            samples = latency.get(event_type)
-            if samples is None:
-                latency[event_type] = [elapsed]
-            else:
-                samples.append(elapsed)
-            if outputs:
-                commit.outputs.extend(outputs)
-                if not envelope.causation_id:  # a root: no earlier commit indexed it
-                    commit.indexed.append(envelope)
-            commit.ack(delivery)
-            commit.processed.append(envelope.event_id)
-            self._remember(envelope.event_id)
-            commit.consumed[event_type] = commit.consumed.get(event_type, 0) + 1
+            self._record(
+                commit, delivery, envelope, outputs, time.perf_counter() - started, latency
+            )
             return
 
     async def _redeliver(
@@ -563,10 +607,13 @@ class DeliveryLoop:
             "redeliver", lambda: self.subscription.redeliver(delivery)
         )
 
-    def _remember(self, event_id: str) -> None:
+    def _remember(self, event_ids: list[str]) -> None:
+        """Keep the ids of a committed batch in memory (a duplicate in flight is skipped
+        without a lookup); the oldest go once there are more than ``recent_ids``."""
         recent = self._recent
-        recent[event_id] = None
-        if len(recent) > self.config.recent_ids:
+        recent.update(dict.fromkeys(event_ids))
+        excess = len(recent) - self.config.recent_ids
+        for _ in range(max(0, excess)):
             recent.popitem(last=False)
 
     def _dead_letter(
@@ -607,6 +654,7 @@ class DeliveryLoop:
         store = self._traced_commit or self.committer.commit
         await self._with_reconnect("commit", lambda: store(commit))
         self.subscription.acknowledged(commit.acks)
+        self._remember(commit.processed)
         metrics = self.metrics
         for event_type, n in commit.consumed.items():
             metrics.consumed.labels(self.domain, event_type).inc(n)

@@ -43,9 +43,13 @@ def _encode(value: int, length: int) -> str:
     return "".join(reversed(chars))
 
 
+_prefix_ms = -1
+_prefix = ""
+
+
 def new_event_id(now_ms: int | None = None) -> str:
     """A new unique, time-ordered event id; ids made in one millisecond still sort in order."""
-    global _last_ms, _last_rand
+    global _last_ms, _last_rand, _prefix_ms, _prefix
     ms = int(time.time() * 1000) if now_ms is None else now_ms
     with _lock:
         if ms <= _last_ms:
@@ -55,7 +59,23 @@ def new_event_id(now_ms: int | None = None) -> str:
             _last_ms = ms
             _last_rand = _rng.getrandbits(79)  # headroom so increments never overflow 80 bits
         rand = _last_rand
-    return _encode(ms, _TIME_CHARS) + _encode(rand, _ULID_LEN - _TIME_CHARS)
+        if ms != _prefix_ms:  # the time part changes once a millisecond: encoded once
+            _prefix_ms, _prefix = ms, _encode(ms, _TIME_CHARS)
+        prefix = _prefix
+    pairs = _PAIRS
+    # The 16 random characters as 8 pairs of 10 bits, most significant first.
+    return prefix + "".join(
+        [
+            pairs[(rand >> 70) & 1023],
+            pairs[(rand >> 60) & 1023],
+            pairs[(rand >> 50) & 1023],
+            pairs[(rand >> 40) & 1023],
+            pairs[(rand >> 30) & 1023],
+            pairs[(rand >> 20) & 1023],
+            pairs[(rand >> 10) & 1023],
+            pairs[rand & 1023],
+        ]
+    )
 
 
 def event_id_time_ms(event_id: str) -> int:
@@ -94,9 +114,12 @@ def new_span_id() -> str:
 
 def derive_span_id(event_id: str) -> str:
     """The span id of the event with this id: deterministic, so a replay yields the same spans."""
-    digest = hashlib.blake2b(event_id.encode(), digest_size=8).digest()
-    value = int.from_bytes(digest, "big") or 1
-    return f"{value:016x}"
+    digest = hashlib.blake2b(event_id.encode(), digest_size=8).hexdigest()
+    return digest if digest != _ZERO_SPAN else _ONE_SPAN  # W3C: a span id is never all zero
+
+
+_ZERO_SPAN = "0" * 16
+_ONE_SPAN = "0" * 15 + "1"
 
 
 def keyed_event_id(at_ms: int, key: str) -> str:

@@ -81,14 +81,28 @@ class TraceContext:
         )
 
 
-_current: contextvars.ContextVar[TraceContext | None] = contextvars.ContextVar(
+class _HasTrace(Protocol):
+    @property
+    def trace_id(self) -> str: ...
+    @property
+    def span_id(self) -> str: ...
+    @property
+    def parent_span_id(self) -> str: ...
+
+
+# A TraceContext, or (while a handler runs) the event's envelope itself: most handlers never
+# ask for their trace, so it is made only when someone does (a log line, an emit).
+_current: contextvars.ContextVar[TraceContext | _HasTrace | None] = contextvars.ContextVar(
     "quantum_trace_context", default=None
 )
 
 
 def current() -> TraceContext | None:
     """The trace context the calling code runs in, or None outside any trace."""
-    return _current.get()
+    value = _current.get()
+    if value is None or type(value) is TraceContext:
+        return value
+    return trusted(value.trace_id, value.span_id, value.parent_span_id)
 
 
 def new_trace() -> TraceContext:
@@ -133,30 +147,38 @@ def use(ctx: TraceContext) -> Iterator[TraceContext]:
 class _EventToken:
     __slots__ = ("otel", "var")
 
-    def __init__(self, var: contextvars.Token[TraceContext | None], otel: object) -> None:
+    def __init__(
+        self, var: contextvars.Token[TraceContext | _HasTrace | None], otel: object
+    ) -> None:
         self.var = var
         self.otel = otel
 
 
-def enter_event(envelope: _HasTrace) -> _EventToken:
+EventToken = contextvars.Token[TraceContext | _HasTrace | None] | _EventToken
+
+
+def enter_event(envelope: _HasTrace) -> EventToken:
     """Enter the span of a decoded event (its ids were validated at decode); ``leave`` exits.
 
-    The hot path of every handler call: a context variable set, and the OpenTelemetry
-    context only when an exporter is configured.
+    The hot path of every handler call: one context variable set (the envelope itself; the
+    TraceContext is made only if asked for), and the OpenTelemetry context only when an
+    exporter is configured.
     """
+    if not _otel_bridge:
+        return _current.set(envelope)
     ctx = trusted(envelope.trace_id, envelope.span_id, envelope.parent_span_id)
-    otel_token: object = None
-    if _otel_bridge:
-        otel_token = otel_context.attach(
-            otel_trace.set_span_in_context(otel_trace.NonRecordingSpan(ctx._otel_span_context()))
-        )
+    otel_token = otel_context.attach(
+        otel_trace.set_span_in_context(otel_trace.NonRecordingSpan(ctx._otel_span_context()))
+    )
     return _EventToken(_current.set(ctx), otel_token)
 
 
-def leave(token: _EventToken) -> None:
-    if token.otel is not None:
+def leave(token: EventToken) -> None:
+    if type(token) is _EventToken:
         otel_context.detach(token.otel)  # type: ignore[arg-type]
-    _current.reset(token.var)
+        _current.reset(token.var)
+    else:
+        _current.reset(token)  # type: ignore[arg-type]
 
 
 def trusted(trace_id: str, span_id: str, parent_span_id: str = "") -> TraceContext:
@@ -167,15 +189,6 @@ def trusted(trace_id: str, span_id: str, parent_span_id: str = "") -> TraceConte
     object.__setattr__(ctx, "parent_span_id", parent_span_id)
     object.__setattr__(ctx, "sampled", True)
     return ctx
-
-
-class _HasTrace(Protocol):
-    @property
-    def trace_id(self) -> str: ...
-    @property
-    def span_id(self) -> str: ...
-    @property
-    def parent_span_id(self) -> str: ...
 
 
 @contextmanager

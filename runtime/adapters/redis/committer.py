@@ -33,7 +33,7 @@ from runtime.adapters.redis.resp import RespConnection, pack
 from runtime.adapters.redis.retention import StreamRetention
 from runtime.adapters.redis.streams import StreamNames
 from runtime.core.dead_letters import DLQ_MAXLEN
-from runtime.core.keys import Keyspace, processed_mark
+from runtime.core.keys import PROCESSED_BUCKET_CHARS, Keyspace
 from runtime.core.logs import get_logger
 from runtime.core.trace_index import DEFAULT_MAX_TRACES, DEFAULT_TRACE_TTL_S
 from runtime.core.transport import Backpressure, Commit, Lease, LeaseLost
@@ -251,17 +251,15 @@ class RedisCommitter:
         for stream, ids in commit.acks.items():
             parts.append(pack(b"XACK", stream, group, *ids))
         buckets: dict[str, list[str]] = {}
-        bucket = self.keyspace.processed_bucket
-        domain = self.domain
-        for event_id in commit.processed:
-            key = bucket(domain, event_id)
-            marks = buckets.get(key)
-            mark = processed_mark(event_id)
+        cut = PROCESSED_BUCKET_CHARS
+        for event_id in commit.processed:  # the mark is the id less the bucket's prefix
+            marks = buckets.get(event_id[:cut])
             if marks is None:
-                buckets[key] = [mark]
+                buckets[event_id[:cut]] = [event_id[cut:]]
             else:
-                marks.append(mark)
-        for key, marks in buckets.items():
+                marks.append(event_id[cut:])
+        for head, marks in buckets.items():
+            key = self.keyspace.processed_bucket(self.domain, head)
             parts.append(pack(b"SADD", key, *marks))
             parts.append(pack(b"EXPIRE", key, self._processed_ttl))
         if commit.state is not None:

@@ -19,11 +19,11 @@ from runtime.adapters.redis.bus import EventBus
 from runtime.adapters.redis.runner import DomainRunner
 from runtime.core.actor import Actor
 from runtime.core.delivery import RunnerConfig
-from runtime.core.host import default_consumer_name, install_uvloop
+from runtime.core.host import default_consumer_name, install_uvloop, tune_gc
 from runtime.core.keys import Keyspace
 from runtime.core.logs import get_logger
 
-__all__ = ["Runtime", "default_consumer_name", "install_uvloop", "run_actors"]
+__all__ = ["Runtime", "default_consumer_name", "install_uvloop", "run_actors", "tune_gc"]
 
 _log = get_logger("runtime.host")
 
@@ -100,6 +100,7 @@ async def run_actors(
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, _on_signal, runtime, sig)
             handled.append(sig)
+    tune_gc()
     try:
         if on_ready is not None:
             on_ready(runtime)

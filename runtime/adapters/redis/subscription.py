@@ -18,7 +18,7 @@ from runtime.adapters.redis.errors import is_missing_group, is_transient
 from runtime.adapters.redis.resp import RespConnection
 from runtime.adapters.redis.streams import ENVELOPE_FIELD
 from runtime.core.delivery import entry_order, merge_by_time
-from runtime.core.keys import Keyspace, processed_mark
+from runtime.core.keys import PROCESSED_BUCKET_CHARS, Keyspace
 from runtime.core.logs import get_logger
 from runtime.core.transport import Delivery, GroupPosition
 
@@ -152,17 +152,21 @@ class RedisSubscription:
         return True
 
     async def processed(self, event_ids: Sequence[str]) -> set[str]:
+        # Grouped by bucket (the id's first characters): one SMISMEMBER per bucket.
         buckets: dict[str, list[str]] = {}
-        bucket = self.keyspace.processed_bucket
+        cut = PROCESSED_BUCKET_CHARS
         for event_id in event_ids:
-            key = bucket(self.domain, event_id)
-            ids = buckets.get(key)
+            ids = buckets.get(event_id[:cut])
             if ids is None:
-                buckets[key] = [event_id]
+                buckets[event_id[:cut]] = [event_id]
             else:
                 ids.append(event_id)
+        bucket = self.keyspace.processed_bucket
         replies = await self._conn.pipeline(
-            [("SMISMEMBER", key, *map(processed_mark, ids)) for key, ids in buckets.items()]
+            [
+                ("SMISMEMBER", bucket(self.domain, ids[0]), *[i[cut:] for i in ids])
+                for ids in buckets.values()
+            ]
         )
         found: set[str] = set()
         for ids, flags in zip(buckets.values(), replies, strict=True):
@@ -195,9 +199,11 @@ class RedisSubscription:
         return True
 
     def acknowledged(self, acks: dict[str, list[bytes]]) -> None:
+        # A commit acknowledges a stream's entries in the order they were fetched, which is
+        # stream order: the last is the newest.
         last = self._last_acked
         for stream, ids in acks.items():
-            newest = max(ids, key=entry_order)
+            newest = ids[-1]
             known = last.get(stream)
             if known is None or entry_order(newest) > entry_order(known):
                 last[stream] = newest

@@ -50,13 +50,13 @@ from bench._common import (
 )
 from runtime.adapters.redis.bus import EventBus
 from runtime.adapters.redis.host import install_uvloop, run_actors
+from runtime.adapters.redis.policy_store import PolicyStore
 from runtime.adapters.redis.runner import RunnerConfig
 from runtime.bootstrap import actor_factories, drain
 from runtime.core.actor import Actor, deliver
 from runtime.core.envelope import decode_envelope
 from runtime.core.keys import Keyspace
 from runtime.core.logs import configure_logging
-from runtime.core.policy.store import PolicyStore
 from runtime.core.redis_server import start_redis_server
 from runtime.domains.market_data import SimulatedFeed, paced_batches, tick_envelope
 

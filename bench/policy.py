@@ -28,9 +28,9 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from runtime.adapters.redis.policy_store import PolicyStore
 from runtime.core.keys import Keyspace
 from runtime.core.logs import configure_logging
-from runtime.core.policy import PolicyStore
 from runtime.core.redis_server import start_redis_server
 
 TARGETS = {"read_ns": 1000.0, "write_p99_ms": 2.0, "propagate_p99_ms": 10.0}

@@ -40,7 +40,7 @@ _TOP_LEVEL = frozenset({"reason", "changed_by", "update_mask", "page_size", "exp
 
 
 class PolicyBackend(Protocol):
-    """What the servicer needs of the PolicyStore (runtime.core.policy.store.PolicyStore)."""
+    """What the servicer needs of the PolicyStore (runtime.adapters.redis.policy_store)."""
 
     def get_policy(self) -> Policy: ...
 

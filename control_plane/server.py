@@ -65,12 +65,12 @@ from control_plane.runtime_servicer import RuntimeServicer
 from control_plane.span_interceptor import SpanPerCall
 from control_plane.trace_servicer import TraceServicer
 from runtime.adapters.redis.bus import EventBus
+from runtime.adapters.redis.policy_store import PolicyStore
 from runtime.core import otel
 from runtime.core.actor import Actor
 from runtime.core.keys import Keyspace
 from runtime.core.logs import add_logging_arguments, get_logger
 from runtime.core.policy.status import PolicyHealth
-from runtime.core.policy.store import PolicyStore
 from runtime.core.registry import EventRegistry, default_registry
 
 log = get_logger("control_plane.server")

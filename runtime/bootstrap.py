@@ -36,6 +36,7 @@ from control_plane.server import main as control_plane_main
 from runtime import report
 from runtime.adapters.redis.bus import EventBus, PublishTimeout
 from runtime.adapters.redis.host import Runtime, default_consumer_name, install_uvloop, tune_gc
+from runtime.adapters.redis.policy_store import PolicyStore
 from runtime.adapters.redis.runner import RunnerConfig
 from runtime.core import otel
 from runtime.core.actor import Actor
@@ -45,7 +46,6 @@ from runtime.core.metrics import runtime_metrics
 from runtime.core.policy import RiskMode, TradingState
 from runtime.core.policy.model import Policy
 from runtime.core.policy.ports import PolicyReader, PolicyWriter
-from runtime.core.policy.store import PolicyStore
 from runtime.core.redis_server import RedisServerNotFound, redis_url
 from runtime.core.upcasting import EMIT_VERSIONS_ENV, process_emit_versions
 from runtime.domains.ai_engine import AiEngine

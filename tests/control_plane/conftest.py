@@ -16,10 +16,10 @@ from control_plane.auth import Role, TokenTable
 from control_plane.config import ControlPlaneConfig, TlsConfig
 from control_plane.server import ControlPlane
 from runtime.adapters.redis.bus import EventBus
+from runtime.adapters.redis.policy_store import PolicyStore
 from runtime.core.actor import Actor
 from runtime.core.keys import Keyspace
 from runtime.core.metrics import RuntimeMetrics
-from runtime.core.policy.store import PolicyStore
 from tests.process.actors import TickCounter
 
 Metadata = tuple[tuple[str, str], ...]

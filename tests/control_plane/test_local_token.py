@@ -23,8 +23,8 @@ from clients.wire_errors import details_of
 from control_plane.auth import TokenTable
 from control_plane.config import ControlPlaneConfig
 from control_plane.server import ControlPlane
+from runtime.adapters.redis.policy_store import PolicyStore
 from runtime.core.keys import Keyspace
-from runtime.core.policy.store import PolicyStore
 from tests.control_plane.test_quantumctl import quantumctl
 from tests.process.actors import TickCounter
 

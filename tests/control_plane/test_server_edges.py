@@ -21,10 +21,10 @@ from quantum.events.v1 import policy_pb2
 from clients.control_client import ControlClient, TlsOptions
 from control_plane.config import ConfigError, ControlPlaneConfig, TlsConfig
 from control_plane.server import ControlPlane
+from runtime.adapters.redis.policy_store import PolicyStore
 from runtime.core import tracing
 from runtime.core.envelope import decode_envelope
 from runtime.core.keys import Keyspace
-from runtime.core.policy.store import PolicyStore
 from runtime.core.redis_server import free_port
 from tests.control_plane.conftest import Harness, start_harness, stop_harness
 from tests.control_plane.support import wait_until

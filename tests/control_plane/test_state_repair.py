@@ -19,11 +19,11 @@ from quantum.events.v1.common_pb2 import Side
 from quantum.events.v1.portfolio_pb2 import PnlUpdated, PositionOpened
 
 from clients.wire_errors import details_of
+from runtime.adapters.redis.policy_store import PolicyStore
 from runtime.adapters.redis.runner import state_key
 from runtime.core.envelope import seal
 from runtime.core.keys import Keyspace
 from runtime.core.policy.model import Policy
-from runtime.core.policy.store import PolicyStore
 from runtime.domains.risk_safety import RiskSafety
 from tests.control_plane.conftest import Harness, start_harness, stop_harness
 from tests.control_plane.test_quantumctl import json_lines, quantumctl

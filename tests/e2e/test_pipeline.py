@@ -23,11 +23,11 @@ from quantum.events.v1.risk_pb2 import RejectReason
 
 from runtime.adapters.redis.bus import ENVELOPE_FIELD, EventBus
 from runtime.adapters.redis.host import Runtime
+from runtime.adapters.redis.policy_store import PolicyStore
 from runtime.adapters.redis.runner import RunnerConfig
 from runtime.core.envelope import decode_envelope, open_payload, timestamp
 from runtime.core.keys import Keyspace
 from runtime.core.policy import RiskMode, TradingState
-from runtime.core.policy.store import PolicyStore
 from runtime.domains.ai_engine import AiEngine, EmaCrossoverModel
 from runtime.domains.analytics import Analytics
 from runtime.domains.execution import Execution, PaperExchange

@@ -9,12 +9,12 @@ from pathlib import Path
 import redis.asyncio as aioredis
 from quantum.events.v1.portfolio_pb2 import PnlUpdated
 
+from runtime.adapters.redis.policy_store import PolicyStore
 from runtime.bootstrap import ReplayPolicy, actor_factories
 from runtime.core.actor import deliver
 from runtime.core.envelope import seal
 from runtime.core.keys import Keyspace
 from runtime.core.policy import RiskMode, TradingState
-from runtime.core.policy.store import PolicyStore
 
 
 async def test_replayed_drawdown_leaves_the_live_policy_alone(

@@ -30,12 +30,12 @@ from quantum.events.v1.envelope_pb2 import Envelope
 
 from runtime.adapters.redis.bus import ENVELOPE_FIELD, EventBus
 from runtime.adapters.redis.host import Runtime
+from runtime.adapters.redis.policy_store import PolicyStore
 from runtime.adapters.redis.runner import RunnerConfig, state_key
 from runtime.core.actor import Actor
 from runtime.core.envelope import seal
 from runtime.core.keys import Keyspace
 from runtime.core.metrics import RuntimeMetrics
-from runtime.core.policy.store import PolicyStore
 from runtime.core.registry import EventType, default_registry
 from runtime.domains.ai_engine import AiEngine
 from runtime.domains.analytics import Analytics

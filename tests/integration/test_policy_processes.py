@@ -13,8 +13,9 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
+from runtime.adapters.redis.policy_store import PolicyStore
 from runtime.core.keys import Keyspace
-from runtime.core.policy import PolicyStore, RiskMode, TradingState
+from runtime.core.policy import RiskMode, TradingState
 
 AGENT = Path(__file__).resolve().parents[1] / "process" / "policy_agent.py"
 READ_TIMEOUT_S = 30.0

@@ -17,12 +17,12 @@ from quantum.events.v2 import ai_pb2 as ai_v2
 from redis.exceptions import NoPermissionError
 
 from runtime.adapters.redis.bus import EventBus
+from runtime.adapters.redis.policy_store import PolicyStore
 from runtime.adapters.redis.runner import DomainRunner, RunnerConfig, state_key
 from runtime.bootstrap import domain_streams
 from runtime.core.envelope import seal
 from runtime.core.keys import Keyspace
 from runtime.core.metrics import RuntimeMetrics
-from runtime.core.policy.store import PolicyStore
 from runtime.core.redis_server import RedisServer, free_port, start_redis_server
 from runtime.domains.risk_safety import RiskSafety
 from runtime.redis_acl import acl_file

@@ -21,9 +21,10 @@ from pathlib import Path
 
 import redis.asyncio as aioredis
 
+from runtime.adapters.redis.policy_store import PolicyStore
 from runtime.core.keys import Keyspace
 from runtime.core.logs import configure_logging
-from runtime.core.policy import PolicyStore, VersionConflict
+from runtime.core.policy import VersionConflict
 
 
 def say(message: object) -> None:

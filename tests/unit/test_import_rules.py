@@ -72,3 +72,14 @@ def test_the_backtest_importing_the_redis_engine_fails(tmp_path: Path) -> None:
     assert result.returncode != 0
     assert "The backtest is a composition root on the in-memory engine" in result.stdout
     assert "BROKEN" in result.stdout
+
+
+def test_the_engine_room_importing_a_broker_client_or_an_adapter_fails(tmp_path: Path) -> None:
+    _copy_tree(tmp_path)
+    (tmp_path / "runtime/core/leak.py").write_text("import redis\n")
+    (tmp_path / "runtime/core/leak2.py").write_text("import runtime.adapters.redis.resp\n")
+    result = _lint(tmp_path)
+    assert result.returncode != 0
+    assert "The engine room (runtime.core) speaks no broker" in result.stdout
+    assert "runtime.core.leak -> redis" in result.stdout
+    assert "runtime.core.leak2 -> runtime.adapters.redis.resp" in result.stdout

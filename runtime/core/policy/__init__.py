@@ -1,7 +1,8 @@
-"""The PolicyStore: the versioned risk policy in Redis, its cache, history and snapshots.
+"""The policy: the versioned risk configuration, its changes, history and snapshots.
 
 Domains are given a ``PolicyReader`` (and analytics a ``PolicyWriter``); the composition
-root builds the one ``PolicyStore`` that implements both.
+root builds the one store that implements both: ``runtime.adapters.redis.policy_store``'s
+``PolicyStore`` (Redis), or ``runtime.core.policy.memory.InMemoryPolicy`` (backtests).
 """
 
 from runtime.core.policy.changes import FIELD_PATHS, apply_changes, changed_fields
@@ -19,7 +20,6 @@ from runtime.core.policy.history import PolicyChangeRecord, record_from_proto, r
 from runtime.core.policy.model import ModeLimits, Policy, RiskMode, TradingState
 from runtime.core.policy.ports import PolicyReader, PolicyWriter
 from runtime.core.policy.status import PolicyHealth, PolicyStoreStatus
-from runtime.core.policy.store import PolicyStore
 from runtime.core.policy.validation import check_policy, policy_violations
 
 __all__ = [
@@ -33,7 +33,6 @@ __all__ = [
     "PolicyError",
     "PolicyHealth",
     "PolicyReader",
-    "PolicyStore",
     "PolicyStoreStatus",
     "PolicyUnavailable",
     "PolicyValidationError",

@@ -30,6 +30,7 @@ from quantum.events.v1 import policy_pb2
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from runtime.adapters.redis.policy_scripts import WRITE_POLICY
 from runtime.core.envelope import EnvelopeError, decode_envelope, open_payload, seal
 from runtime.core.keys import Keyspace
 from runtime.core.logs import get_logger
@@ -47,7 +48,6 @@ from runtime.core.policy.errors import (
 from runtime.core.policy.history import PolicyChangeRecord, record_from_proto
 from runtime.core.policy.metrics import policy_metrics
 from runtime.core.policy.model import Policy, RiskMode, TradingState
-from runtime.core.policy.scripts import WRITE_POLICY
 from runtime.core.policy.snapshot import SnapshotFile
 from runtime.core.policy.status import PolicyHealth, PolicyStoreStatus
 from runtime.core.registry import EventRegistry, default_registry

@@ -14,10 +14,10 @@ import pytest
 import redis.asyncio as aioredis
 from structlog.testing import capture_logs
 
+from runtime.adapters.redis.policy_store import PolicyStore
 from runtime.core.keys import Keyspace
 from runtime.core.policy import (
     PolicyHealth,
-    PolicyStore,
     PolicyUnavailable,
     RiskMode,
     SnapshotCorrupted,

@@ -13,6 +13,7 @@ import pytest
 import redis.asyncio as aioredis
 from quantum.events.v1 import policy_pb2
 
+from runtime.adapters.redis.policy_store import PolicyStore
 from runtime.core import tracing
 from runtime.core.envelope import decode_envelope, open_payload
 from runtime.core.keys import Keyspace
@@ -21,7 +22,6 @@ from runtime.core.policy import (
     Policy,
     PolicyHealth,
     PolicyReader,
-    PolicyStore,
     PolicyValidationError,
     PolicyWriter,
     RiskMode,

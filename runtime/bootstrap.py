@@ -35,7 +35,9 @@ from control_plane.server import ControlPlane, config_from_args
 from control_plane.server import main as control_plane_main
 from runtime import report
 from runtime.adapters.redis.bus import EventBus, PublishTimeout
+from runtime.adapters.redis.committer import RedisCommitter
 from runtime.adapters.redis.host import Runtime, default_consumer_name, install_uvloop
+from runtime.adapters.redis.retention import RetentionPolicy
 from runtime.adapters.redis.runner import RunnerConfig
 from runtime.core import otel
 from runtime.core.actor import Actor
@@ -215,7 +217,10 @@ async def _services(
     await _check_credentials(redis)
     state_dir = Path(args.state_dir)
     store = PolicyStore(redis, space.keyspace, state_dir=state_dir)
-    bus = EventBus(redis, space.keyspace, producer="runtime")
+    retention = RetentionPolicy(
+        retain=args.retain, backpressure_timeout_s=args.backpressure_timeout
+    )
+    bus = EventBus(redis, space.keyspace, producer="runtime", retention=retention)
     plane: ControlPlane | None = None
     worker_metrics: MetricsEndpoint | None = None
     tally: report.RejectionTally | None = None
@@ -308,10 +313,17 @@ async def _host_domains(args: argparse.Namespace, services: _Services) -> int:
     hosted = [name for name in args.domains if name != FEED_DOMAIN]
     actors = [factories[name]() for name in hosted]
     partition, partitions = args.partition
-    config = RunnerConfig(args.consumer_name or default_consumer_name())
+    config = RunnerConfig(
+        args.consumer_name or default_consumer_name(),
+        lease_ttl_ms=args.lease_ttl,
+        processed_ttl_s=args.dedupe_horizon,
+    )
     partitioned = replace(config, partition=partition, partitions=partitions)
     configs = {name: partitioned for name in hosted if name in PARTITIONABLE}
     runtime = Runtime(actors, redis, keyspace, bus, config, configs=configs)
+    for runner in runtime.runners:  # the trace index's bound (Runtime does not take it)
+        if isinstance(runner.committer, RedisCommitter):
+            runner.committer.max_traces = args.max_traces
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import redis
 from quantum.events.v1.envelope_pb2 import Envelope
@@ -124,12 +125,20 @@ def stream_envelopes(client: redis.Redis, keyspace: Keyspace, event_type: str) -
     retry after a lost reply may append an event twice: same event id, skipped by consumers)."""
     seen: set[str] = set()
     envelopes: list[Envelope] = []
-    for _, fields in client.xrange(keyspace.stream(event_type)):
-        envelope = Envelope.FromString(fields[ENVELOPE_FIELD])
+    entries: list[Any] = client.xrange(keyspace.stream(event_type)) or []
+    for _, fields in entries:
+        envelope = entry_envelope(fields)
         if envelope.event_id not in seen:
             seen.add(envelope.event_id)
             envelopes.append(envelope)
     return envelopes
+
+
+def entry_envelope(fields: Any) -> Envelope:
+    """The envelope of one stream entry (its fields as redis-py returns them)."""
+    data = fields[ENVELOPE_FIELD]
+    assert isinstance(data, bytes), f"not an event entry: {fields!r}"
+    return Envelope.FromString(data)
 
 
 def unfinished_groups(client: redis.Redis, keyspace: Keyspace) -> dict[str, tuple[int, int]]:

@@ -30,6 +30,7 @@ from collections import Counter, defaultdict
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -46,6 +47,7 @@ from runtime.domains.market_data import CsvFeed
 from tests.process.pipeline import (
     RunProcess,
     dead_letters,
+    entry_envelope,
     last_prices,
     quantum_run,
     saved_state,
@@ -118,9 +120,9 @@ class Chaos:
     def _feed_argv(self) -> list[str]:
         """The feed's command, resuming after the last tick on the stream."""
         skip = 0
-        last = self.client.xrevrange(self.keyspace.stream("market.tick"), count=1)
+        last: list[Any] = self.client.xrevrange(self.keyspace.stream("market.tick"), count=1) or []
         if last:
-            tick = MarketTick.FromString(Envelope.FromString(last[0][1][b"envelope"]).payload)
+            tick = MarketTick.FromString(entry_envelope(last[0][1]).payload)
             skip = self.rows[(tick.symbol, tick.sequence)] + 1
         return [*self.processes[FEED].argv, "--feed-skip", str(skip)]
 

@@ -232,6 +232,8 @@ def test_kills_and_redis_restarts_change_nothing(redis_server: RedisServer, tmp_
         MarketTick.FromString(e.payload) for e in stream_envelopes(client, keyspace, "market.tick")
     ]
     published = Counter((tick.symbol, tick.sequence) for tick in ticks)
+    entries = int(client.xlen(keyspace.stream("market.tick")))
+    print(f"chaos: {entries} tick entries for {len(ticks)} ticks (the rest: retried publishes)")
     assert len(published) == TICKS, "the feed skipped ticks"
     assert max(published.values()) == 1, "the feed published a tick twice"
 

@@ -13,12 +13,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import os
 import shutil
 import signal
 import sys
 import tempfile
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import redis.asyncio as aioredis
+from quantum.events.v1.market_pb2 import MarketTick
 from redis.exceptions import AuthenticationError, NoPermissionError, RedisError
 
 from control_plane.auth import TokenConfigError
@@ -34,12 +36,14 @@ from control_plane.metrics_http import MetricsEndpoint, RuntimeCollector, Snapsh
 from control_plane.server import ControlPlane, config_from_args
 from control_plane.server import main as control_plane_main
 from runtime import report
-from runtime.adapters.redis.bus import EventBus, PublishTimeout
+from runtime.adapters.redis.bus import ENVELOPE_FIELD, EventBus, PublishTimeout
 from runtime.adapters.redis.host import Runtime, default_consumer_name, install_uvloop, tune_gc
 from runtime.adapters.redis.policy_store import PolicyStore
+from runtime.adapters.redis.retention import RetentionPolicy
 from runtime.adapters.redis.runner import RunnerConfig
 from runtime.core import otel
 from runtime.core.actor import Actor
+from runtime.core.envelope import decode_envelope
 from runtime.core.keys import Keyspace
 from runtime.core.logs import configure_logging, get_logger
 from runtime.core.metrics import runtime_metrics
@@ -215,7 +219,10 @@ async def _services(
     await _check_credentials(redis)
     state_dir = Path(args.state_dir)
     store = PolicyStore(redis, space.keyspace, state_dir=state_dir)
-    bus = EventBus(redis, space.keyspace, producer="runtime")
+    retention = RetentionPolicy(
+        retain=args.retain, backpressure_timeout_s=args.backpressure_timeout
+    )
+    bus = EventBus(redis, space.keyspace, producer="runtime", retention=retention)
     plane: ControlPlane | None = None
     worker_metrics: MetricsEndpoint | None = None
     tally: report.RejectionTally | None = None
@@ -308,10 +315,16 @@ async def _host_domains(args: argparse.Namespace, services: _Services) -> int:
     hosted = [name for name in args.domains if name != FEED_DOMAIN]
     actors = [factories[name]() for name in hosted]
     partition, partitions = args.partition
-    config = RunnerConfig(args.consumer_name or default_consumer_name())
+    config = RunnerConfig(
+        args.consumer_name or default_consumer_name(),
+        lease_ttl_ms=args.lease_ttl,
+        processed_ttl_s=args.dedupe_horizon,
+    )
     partitioned = replace(config, partition=partition, partitions=partitions)
     configs = {name: partitioned for name in hosted if name in PARTITIONABLE}
-    runtime = Runtime(actors, redis, keyspace, bus, config, configs=configs)
+    runtime = Runtime(
+        actors, redis, keyspace, bus, config, configs=configs, max_traces=args.max_traces
+    )
     tune_gc()  # start-up is done: what it made is frozen out of collections
 
     stop = asyncio.Event()
@@ -412,7 +425,12 @@ async def _supervise(
                 now = await report.stream_position(
                     services.redis, services.space.keyspace, TICK_STREAM
                 )
-                skip = now.entries_added - ticks_before
+                skip = await feed_resume_point(
+                    services.redis,
+                    services.space.keyspace,
+                    feed_ticks(args, start),
+                    now.entries_added - ticks_before,
+                )
             return command.argv(worker.index, worker.domains, feed_skip=skip)
 
         supervisor = Supervisor(groups, argv, ends_run=lambda worker: FEED_DOMAIN in worker.domains)
@@ -435,6 +453,28 @@ async def _supervise(
     if services.summary is not None:
         print(services.summary.render(), flush=True)
     return exit_code
+
+
+async def feed_resume_point(
+    redis: aioredis.Redis, keyspace: Keyspace, ticks: Iterable[MarketTick], appended: int
+) -> int:
+    """How many of the feed's ``ticks`` a restarted feed skips: up to the last tick on the
+    stream, found by its symbol and sequence among the first ``appended`` (the entries this
+    run added). Not ``appended`` itself: a publish retried after a lost reply (Redis restarted
+    under it) appends a tick twice, and the feed would then skip one tick per duplicate."""
+    if appended <= 0:
+        return 0
+    entries: list[tuple[bytes, dict[bytes, bytes]]] = await redis.xrevrange(  # type: ignore[assignment]
+        keyspace.stream(TICK_STREAM), count=1
+    )
+    if not entries:
+        return 0
+    last = MarketTick.FromString(decode_envelope(entries[0][1][ENVELOPE_FIELD]).payload)
+    for position, tick in enumerate(itertools.islice(ticks, appended)):
+        if (tick.symbol, tick.sequence) == (last.symbol, last.sequence):
+            return position + 1
+    log.warning("feed_resume_point_not_found", symbol=last.symbol, sequence=last.sequence)
+    return appended
 
 
 def run(args: argparse.Namespace) -> int:

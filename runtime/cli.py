@@ -11,21 +11,32 @@ plane) and ``runtime.backtest``.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
 from control_plane.server import add_server_arguments
+from runtime.adapters.redis.retention import DEFAULT_BACKPRESSURE_TIMEOUT_S, DEFAULT_RETAIN
 from runtime.core.decimals import DecimalError, parse_decimal
+from runtime.core.delivery import RunnerConfig
 from runtime.core.keys import Keyspace
 from runtime.core.logs import add_logging_arguments
+from runtime.core.trace_index import DEFAULT_MAX_TRACES
 from runtime.worker_layout import FLOW_ORDER
 
 DOMAINS = FLOW_ORDER
 DEFAULT_SYMBOLS = ("BTC-USD", "ETH-USD", "SOL-USD")
+_RUNNER_DEFAULTS = RunnerConfig("defaults")
+DEFAULT_LEASE_TTL_MS = _RUNNER_DEFAULTS.lease_ttl_ms
+LEASE_TTL_MS_RANGE = (100, 3_600_000)  # RunnerConfig refuses under 100 ms
+DEFAULT_DEDUPE_HORIZON_S = _RUNNER_DEFAULTS.processed_ttl_s
+DEDUPE_HORIZON_S_RANGE = (1, 30 * 86_400)
+MAX_RETAIN = 10_000_000
+MAX_TRACES = 10_000_000
 
 
 def _domains(value: str) -> tuple[str, ...]:
@@ -74,6 +85,40 @@ def _count(value: str) -> int:
     if number < 0:
         raise argparse.ArgumentTypeError(f"{value!r} must be 0 or more")
     return number
+
+
+def _bounded_int(low: int, high: int, unit: str) -> Callable[[str], int]:
+    """A whole number in ``low..high`` (``unit`` names it in the error)."""
+
+    def parse(value: str) -> int:
+        try:
+            number = int(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{value!r} is not a whole number of {unit}") from None
+        if not low <= number <= high:
+            raise argparse.ArgumentTypeError(
+                f"{value!r} is out of range: give {low:,} to {high:,} {unit}"
+            )
+        return number
+
+    return parse
+
+
+def _bounded_seconds(low: float, high: float) -> Callable[[str], float]:
+    """A finite number of seconds in ``low..high``."""
+
+    def parse(value: str) -> float:
+        try:
+            number = float(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{value!r} is not a number of seconds") from None
+        if not math.isfinite(number) or not low <= number <= high:
+            raise argparse.ArgumentTypeError(
+                f"{value!r} is out of range: give {low:g} to {high:g} seconds"
+            )
+        return number
+
+    return parse
 
 
 def _namespace(value: str) -> str:
@@ -190,6 +235,52 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_engine_arguments(run: argparse.ArgumentParser) -> None:
+    """How the engine room is tuned: takeover, dedupe, retention, trace index, backpressure.
+    The README's "Sizing Redis" says how they set Redis's memory."""
+    engine = run.add_argument_group("delivery, retention and memory")
+    engine.add_argument(
+        "--lease-ttl",
+        type=_bounded_int(LEASE_TTL_MS_RANGE[0], LEASE_TTL_MS_RANGE[1], "ms"),
+        default=DEFAULT_LEASE_TTL_MS,
+        metavar="MS",
+        help="a partition owner's lease: a dead owner's partition is taken over this long "
+        f"after its last renewal (default: {DEFAULT_LEASE_TTL_MS})",
+    )
+    engine.add_argument(
+        "--dedupe-horizon",
+        type=_bounded_int(DEDUPE_HORIZON_S_RANGE[0], DEDUPE_HORIZON_S_RANGE[1], "seconds"),
+        default=DEFAULT_DEDUPE_HORIZON_S,
+        metavar="S",
+        help="how long a processed-event mark is kept, i.e. how late a duplicate may arrive "
+        f"and still be skipped (default: {DEFAULT_DEDUPE_HORIZON_S})",
+    )
+    engine.add_argument(
+        "--retain",
+        type=_bounded_int(1, MAX_RETAIN, "entries"),
+        default=DEFAULT_RETAIN,
+        metavar="N",
+        help="history entries kept per stream beyond what a consumer group still needs "
+        f"(default: {DEFAULT_RETAIN})",
+    )
+    engine.add_argument(
+        "--max-traces",
+        type=_bounded_int(1, MAX_TRACES, "traces"),
+        default=DEFAULT_MAX_TRACES,
+        metavar="N",
+        help=f"traces kept in the trace index, the oldest dropped first (default: "
+        f"{DEFAULT_MAX_TRACES})",
+    )
+    engine.add_argument(
+        "--backpressure-timeout",
+        type=_bounded_seconds(0.1, 86_400.0),
+        default=DEFAULT_BACKPRESSURE_TIMEOUT_S,
+        metavar="S",
+        help="how long a publish waits for a full stream's slowest consumer group before it "
+        f"fails with a Backpressure error (default: {DEFAULT_BACKPRESSURE_TIMEOUT_S:g})",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="quantum", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -257,6 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="this process's consumer name in every group (default: host-pid); a process "
         "restarted under the same name takes back its unacknowledged entries at once",
     )
+    _add_engine_arguments(run)
     # Set by the --workers supervisor for its children; not for people.
     run.add_argument("--supervised", action="store_true", help=argparse.SUPPRESS)
     run.add_argument("--feed-start", type=_instant, default=None, help=argparse.SUPPRESS)

@@ -73,6 +73,16 @@ class WorkerCommand:
             str(args.equity),
             "--partition",
             f"{partition}/{partitions}",
+            "--lease-ttl",
+            str(args.lease_ttl),
+            "--dedupe-horizon",
+            str(args.dedupe_horizon),
+            "--retain",
+            str(args.retain),
+            "--max-traces",
+            str(args.max_traces),
+            "--backpressure-timeout",
+            repr(args.backpressure_timeout),
         ]
         if self._metrics_port_file is not None:
             argv += ["--metrics-port-file", str(self._metrics_port_file(index))]

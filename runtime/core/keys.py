@@ -10,7 +10,10 @@ import re
 from dataclasses import dataclass
 
 _NAMESPACE_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
-PROCESSED_BUCKET_CHARS = 6
+# A processed-marks set holds the ids that share their first 7 characters: a ULID's time with
+# 15 bits of milliseconds dropped, about 33 seconds of events, so a set expires soon after
+# the dedupe horizon instead of holding a long bucket alive.
+PROCESSED_BUCKET_CHARS = 7
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,9 +66,8 @@ class Keyspace:
         return f"{self.namespace}:state:{self.group(domain, partition, partitions)}"
 
     def processed_bucket(self, domain: str, event_id: str) -> str:
-        """The set holding the processed mark of ``event_id`` (about 17 minutes of ids each:
-        the first 6 characters of a ULID are its time with 30 bits of milliseconds dropped).
-        The mark itself is the rest of the id (``processed_mark``)."""
+        """The set holding the processed mark of ``event_id`` (about 33 seconds of ids each:
+        ``PROCESSED_BUCKET_CHARS``). The mark itself is the rest of the id."""
         return f"{self.processed(domain)}:{event_id[:PROCESSED_BUCKET_CHARS]}"
 
     def trace_registry(self) -> str:

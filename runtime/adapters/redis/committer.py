@@ -21,6 +21,7 @@ On a single Redis every key lives on one node; Redis Cluster splits the commit b
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Any
 
@@ -101,6 +102,7 @@ class RedisCommitter:
         self._trace_registry = keyspace.trace_registry()
         self._trace_ttl_s = trace_ttl_s
         self._pruned_at = 0.0
+        self._indexed_since_prune = 0
         self.domain = domain
         self.state_key = state_key
         self.lease_key = lease_key
@@ -139,7 +141,10 @@ class RedisCommitter:
             await self._exec(packed, count)
         else:
             await self._fenced(packed, count, lease)
-        if commit.outputs and time.monotonic() - self._pruned_at >= TRACE_PRUNE_INTERVAL_S:
+        if commit.outputs and (
+            self._indexed_since_prune >= max(1, self.max_traces // 10)
+            or time.monotonic() - self._pruned_at >= TRACE_PRUNE_INTERVAL_S
+        ):
             await self._prune_traces()
 
     async def _fenced(self, packed: bytes, count: int, lease: Lease) -> None:
@@ -167,6 +172,7 @@ class RedisCommitter:
         """Keep the trace index within its bounds: at most ``max_traces`` traces (the oldest
         go first) and none older than its time to live (those keys expired by themselves)."""
         self._pruned_at = time.monotonic()
+        self._indexed_since_prune = 0
         registry = self._trace_registry
         cutoff = time.time() * 1000 - self._trace_ttl_s * 1000
         await self.redis.zremrangebyscore(registry, "-inf", cutoff)
@@ -241,6 +247,7 @@ class RedisCommitter:
         if traces:
             now = str(time.time_ns() // 1_000_000).encode()
             registry: list[bytes | str] = [b"ZADD", self._trace_registry, b"NX"]
+            self._indexed_since_prune += len(traces)
             for trace_id, items in traces.items():
                 key = trace_key(trace_id)
                 parts.append(pack(b"RPUSH", key, *items))
@@ -274,6 +281,10 @@ class RedisCommitter:
         return is_transient(exc)
 
     async def close(self) -> None:
+        """Prune the trace index a last time (it stays within its bound after a stop)."""
+        if self._indexed_since_prune:
+            with contextlib.suppress(Exception):  # Redis away at stop: the next owner prunes
+                await self._prune_traces()
         await self._conn.close()
 
 

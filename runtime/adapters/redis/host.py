@@ -22,6 +22,7 @@ from runtime.core.delivery import RunnerConfig
 from runtime.core.host import default_consumer_name, install_uvloop, tune_gc
 from runtime.core.keys import Keyspace
 from runtime.core.logs import get_logger
+from runtime.core.trace_index import DEFAULT_MAX_TRACES
 
 __all__ = ["Runtime", "default_consumer_name", "install_uvloop", "run_actors", "tune_gc"]
 
@@ -40,12 +41,20 @@ class Runtime:
         config: RunnerConfig | None = None,
         *,
         configs: dict[str, RunnerConfig] | None = None,
+        max_traces: int = DEFAULT_MAX_TRACES,
     ) -> None:
         base = config or RunnerConfig(consumer_name=default_consumer_name())
         per_domain = configs or {}
         self.bus = bus
         self.runners = [
-            DomainRunner(actor, redis, keyspace, bus, per_domain.get(actor.name, base))
+            DomainRunner(
+                actor,
+                redis,
+                keyspace,
+                bus,
+                per_domain.get(actor.name, base),
+                max_traces=max_traces,
+            )
             for actor in actors
         ]
         self._stop_requested: asyncio.Event | None = None

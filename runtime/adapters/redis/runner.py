@@ -17,6 +17,7 @@ from runtime.core.delivery import DeliveryLoop, RunnerConfig, entry_order, parti
 from runtime.core.keys import Keyspace
 from runtime.core.metrics import RuntimeMetrics
 from runtime.core.registry import EventRegistry, default_registry
+from runtime.core.trace_index import DEFAULT_MAX_TRACES
 
 __all__ = [
     "DomainRunner",
@@ -41,6 +42,7 @@ class DomainRunner(DeliveryLoop):
         *,
         registry: EventRegistry | None = None,
         metrics: RuntimeMetrics | None = None,
+        max_traces: int = DEFAULT_MAX_TRACES,
     ) -> None:
         registry = registry or default_registry()
         if not actor.name:
@@ -73,6 +75,7 @@ class DomainRunner(DeliveryLoop):
             state_key=state_key(keyspace, actor.name, config.partition, config.partitions),
             lease_key=keyspace.lease(actor.name, config.partition, config.partitions),
             processed_ttl_s=config.processed_ttl_s,
+            max_traces=max_traces,
         )
         super().__init__(
             actor,

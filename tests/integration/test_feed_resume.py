@@ -1,0 +1,45 @@
+"""Where a restarted feed resumes: after the last tick on the stream, however many times a
+publisher's retry appended a tick."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import redis.asyncio as aioredis
+from quantum.events.v1.market_pb2 import MarketTick
+
+from runtime.adapters.redis.bus import ENVELOPE_FIELD
+from runtime.bootstrap import feed_resume_point
+from runtime.core.keys import Keyspace
+from runtime.domains.market_data import CsvFeed, tick_envelope
+from tests.process.pipeline import write_feed
+
+
+async def _append(
+    redis: aioredis.Redis, keyspace: Keyspace, feed: list[MarketTick], rows: list[int]
+) -> None:
+    envelopes = [tick_envelope(tick) for tick in feed]
+    for row in rows:  # the same envelope again = a retried publish
+        await redis.xadd(
+            keyspace.stream("market.tick"), {ENVELOPE_FIELD: envelopes[row].SerializeToString()}
+        )
+
+
+async def test_a_tick_appended_twice_does_not_make_the_feed_skip_one(
+    aredis: aioredis.Redis, keyspace: Keyspace, tmp_path: Path
+) -> None:
+    path = tmp_path / "feed.csv"
+    write_feed(path, 20, seed=1)
+    feed = list(CsvFeed(path))
+    await _append(aredis, keyspace, feed, [0, 1, 2, 3, 3, 4])  # tick 3 twice: 6 entries
+    assert await feed_resume_point(aredis, keyspace, CsvFeed(path), appended=6) == 5
+
+
+async def test_without_duplicates_it_resumes_after_every_appended_tick(
+    aredis: aioredis.Redis, keyspace: Keyspace, tmp_path: Path
+) -> None:
+    path = tmp_path / "feed.csv"
+    write_feed(path, 20, seed=1)
+    assert await feed_resume_point(aredis, keyspace, CsvFeed(path), appended=0) == 0
+    await _append(aredis, keyspace, list(CsvFeed(path)), list(range(9)))
+    assert await feed_resume_point(aredis, keyspace, CsvFeed(path), appended=9) == 9

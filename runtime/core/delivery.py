@@ -171,7 +171,8 @@ class DeliveryLoop:
         self._lease: Lease | None = None
         self._lease_lost = False
         self._initial_state: bytes | None = None
-        self._held: list[_Batch] = []  # fetched and not yet committed: kept alive
+        self._held: list[_Batch] = []  # fetched and not yet committed
+        self._last_acked: dict[str, bytes] = {}  # per stream: where a recreated group starts
         self._recent: OrderedDict[str, None] = OrderedDict()  # ids handled lately
         self._stopping = False
         self._stop_requested = asyncio.Event()
@@ -374,7 +375,7 @@ class DeliveryLoop:
                     raise
                 except Exception as exc:
                     if not self.subscription.is_transient(exc):
-                        if await self.subscription.recreate(exc):
+                        if await self._recreate_groups(exc):
                             continue
                         raise
                     if self._stopping:
@@ -389,6 +390,25 @@ class DeliveryLoop:
                 prefetch.cancel()
                 with contextlib.suppress(BaseException):
                     await prefetch
+
+    async def _recreate_groups(self, error: BaseException) -> bool:
+        """A group deleted under a running consumer: recreate it after the last entry this
+        loop acknowledged; True when ``error`` was that."""
+        recreated = await self.subscription.recreate(error, self._last_acked)
+        if recreated is None:
+            return False
+        for stream, start in recreated:
+            _log.warning(
+                "consumer_group_recreated",
+                domain=self.domain,
+                group=self.group,
+                stream=stream,
+                from_id=start.decode(),
+                error=str(error),
+                hint="the group was deleted under a running consumer; entries after the last "
+                "acknowledged one are read again, those already processed are skipped",
+            )
+        return True
 
     async def _drop(self, task: asyncio.Task[_Batch]) -> None:
         """Let a prefetch finish (a fetch returns within block_ms) and forget its batch."""
@@ -653,7 +673,13 @@ class DeliveryLoop:
         commit.lease = self._lease
         store = self._traced_commit or self.committer.commit
         await self._with_reconnect("commit", lambda: store(commit))
-        self.subscription.acknowledged(commit.acks)
+        last = self._last_acked
+        for stream, ids in commit.acks.items():
+            # A commit acknowledges a stream's entries in the order they were fetched, which
+            # is stream order: the last is the newest.
+            known = last.get(stream)
+            if known is None or entry_order(ids[-1]) > entry_order(known):
+                last[stream] = ids[-1]
         self._remember(commit.processed)
         metrics = self.metrics
         for event_type, n in commit.consumed.items():

@@ -25,7 +25,7 @@ Which guarantee each piece carries:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -177,13 +177,12 @@ class Subscription(Protocol):
         """Which of these event ids some earlier commit of this domain marked processed."""
         ...
 
-    async def recreate(self, error: BaseException) -> bool:
-        """If ``error`` says a group is gone, recreate it after the last acknowledged entry
-        and return True; otherwise False."""
-        ...
-
-    def acknowledged(self, acks: dict[str, list[bytes]]) -> None:
-        """Note the entries a commit acknowledged (where a recreated group restarts)."""
+    async def recreate(
+        self, error: BaseException, after: Mapping[str, bytes]
+    ) -> list[tuple[str, bytes]] | None:
+        """If ``error`` says a group is gone, recreate it on each stream after the entry
+        ``after`` names (the last one acknowledged; the group's start when none) and return
+        the (stream, position) pairs recreated; None when ``error`` is something else."""
         ...
 
     def is_transient(self, exc: BaseException) -> bool: ...

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from runtime.adapters.memory.broker import (
     MemoryBroker,
@@ -11,7 +11,7 @@ from runtime.adapters.memory.broker import (
     MissingGroup,
     event_time_of,
 )
-from runtime.core.delivery import entry_order, merge_by_time
+from runtime.core.delivery import merge_by_time
 from runtime.core.logs import get_logger
 from runtime.core.transport import Commit, Delivery, GroupPosition, Lease, LeaseLost
 
@@ -68,7 +68,6 @@ class MemorySubscription:
         self.consumer = consumer
         self._streams = list(streams)
         self.start_id = start_id
-        self._last_acked: dict[str, bytes] = {}
 
     @property
     def streams(self) -> Sequence[str]:
@@ -141,31 +140,17 @@ class MemorySubscription:
             return set()
         return {event_id for event_id in event_ids if event_id in marks}
 
-    async def recreate(self, error: BaseException) -> bool:
+    async def recreate(
+        self, error: BaseException, after: Mapping[str, bytes]
+    ) -> list[tuple[str, bytes]] | None:
         if not isinstance(error, MissingGroup):
-            return False
+            return None
+        recreated: list[tuple[str, bytes]] = []
         for stream in self._streams:
-            start = self._last_acked.get(stream, self.start_id.encode())
+            start = after.get(stream, self.start_id.encode())
             if self.broker.create_group(stream, self.group, start):
-                _log.warning(
-                    "consumer_group_recreated",
-                    domain=self.domain,
-                    group=self.group,
-                    stream=stream,
-                    from_id=start.decode(),
-                    error=str(error),
-                    hint="the group was deleted under a running consumer; entries after the "
-                    "last acknowledged one are read again, those already processed are skipped",
-                )
-        return True
-
-    def acknowledged(self, acks: dict[str, list[bytes]]) -> None:
-        last = self._last_acked
-        for stream, ids in acks.items():
-            newest = max(ids, key=entry_order)
-            known = last.get(stream)
-            if known is None or entry_order(newest) > entry_order(known):
-                last[stream] = newest
+                recreated.append((stream, start))
+        return recreated
 
     def is_transient(self, exc: BaseException) -> bool:
         return is_transient(exc)

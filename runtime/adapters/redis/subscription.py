@@ -7,7 +7,7 @@ management) through redis-py.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import hiredis
@@ -57,7 +57,6 @@ class RedisSubscription:
         self._streams = list(streams)
         self.start_id = start_id
         self._conn = RespConnection.of(redis)
-        self._last_acked: dict[str, bytes] = {}
         self._group_b = group.encode()
         self._consumer_b = consumer.encode()
 
@@ -175,38 +174,22 @@ class RedisSubscription:
             found.update(i for i, flag in zip(ids, flags, strict=True) if flag)
         return found
 
-    async def recreate(self, error: BaseException) -> bool:
+    async def recreate(
+        self, error: BaseException, after: Mapping[str, bytes]
+    ) -> list[tuple[str, bytes]] | None:
         if not is_missing_group(error):
-            return False
+            return None
+        recreated: list[tuple[str, bytes]] = []
         for stream in self._streams:
-            start = self._last_acked.get(stream, self.start_id.encode())
+            start = after.get(stream, self.start_id.encode())
             try:
                 await self.redis.xgroup_create(stream, self.group, id=start, mkstream=True)
             except ResponseError as exc:
                 if "BUSYGROUP" in str(exc):
                     continue
                 raise
-            _log.warning(
-                "consumer_group_recreated",
-                domain=self.domain,
-                group=self.group,
-                stream=stream,
-                from_id=start.decode(),
-                error=str(error),
-                hint="the group was deleted under a running consumer; entries after the last "
-                "acknowledged one are read again, those already processed are skipped",
-            )
-        return True
-
-    def acknowledged(self, acks: dict[str, list[bytes]]) -> None:
-        # A commit acknowledges a stream's entries in the order they were fetched, which is
-        # stream order: the last is the newest.
-        last = self._last_acked
-        for stream, ids in acks.items():
-            newest = ids[-1]
-            known = last.get(stream)
-            if known is None or entry_order(newest) > entry_order(known):
-                last[stream] = newest
+            recreated.append((stream, start))
+        return recreated
 
     async def positions(self) -> list[GroupPosition]:
         """Pending and lag of this group on each stream (XINFO GROUPS)."""

@@ -52,13 +52,14 @@ from runtime.adapters.redis.bus import EventBus
 from runtime.adapters.redis.host import install_uvloop, run_actors
 from runtime.adapters.redis.policy_store import PolicyStore
 from runtime.adapters.redis.runner import RunnerConfig
-from runtime.bootstrap import actor_factories, drain
+from runtime.bootstrap import actor_factories
 from runtime.core.actor import Actor, deliver
 from runtime.core.envelope import decode_envelope
 from runtime.core.keys import Keyspace
 from runtime.core.logs import configure_logging
 from runtime.core.redis_server import start_redis_server
 from runtime.domains.market_data import SimulatedFeed, paced_batches, tick_envelope
+from runtime.drain import drain, groups_of
 
 SYMBOLS = ("BTC-USD", "ETH-USD", "SOL-USD")
 EQUITY = Decimal(100_000)
@@ -161,7 +162,8 @@ class Pipeline:
         return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
     async def drained(self) -> None:
-        if not await drain(self.redis, self.keyspace, self.actors, timeout_s=600):
+        owned = groups_of(self.keyspace, self.actors)
+        if not await drain(self.redis, owned, timeout_s=600):
             raise TimeoutError("the pipeline did not drain within ten minutes")
 
     async def stop(self) -> None:

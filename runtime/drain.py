@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Protocol, cast
 
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
+from runtime.core.actor import Actor
 from runtime.core.delivery import entry_order
+from runtime.core.keys import Keyspace
 
 DRAIN_TIMEOUT_S = 10.0
 
@@ -22,6 +25,24 @@ class Owned(Protocol):
 
     @property
     def streams(self) -> Sequence[str]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class GroupStreams:
+    """A group and its streams, for a caller that knows them without running the loops."""
+
+    group: str
+    streams: Sequence[str]
+
+
+def groups_of(keyspace: Keyspace, actors: Sequence[Actor]) -> list[GroupStreams]:
+    """The plain (unpartitioned) group of each actor, with the streams it reads."""
+    return [
+        GroupStreams(
+            keyspace.group(actor.name), [keyspace.stream(t.name) for t in actor.consumes()]
+        )
+        for actor in actors
+    ]
 
 
 async def backlog_cleared(redis: aioredis.Redis, owned: Sequence[Owned]) -> bool:

@@ -25,7 +25,14 @@ from quantum.control.v1.runtime_service_pb2 import (
     HealthStatus,
 )
 
-from control_plane.domains import RUNNING_WITHIN_S, STALE_AFTER_S, DomainInspector
+from control_plane.domains import (
+    RUNNING_WITHIN_S,
+    STALE_AFTER_S,
+    DomainInspector,
+    domain_of_group,
+)
+from control_plane.stuck_groups import StuckGroup, StuckGroupWatch
+from runtime.adapters.redis.retention import DEFAULT_STUCK_AFTER_S
 from runtime.core.envelope import timestamp
 from runtime.core.logs import get_logger
 from runtime.core.metrics import RuntimeMetrics, runtime_metrics
@@ -154,6 +161,7 @@ class SystemHealth:
         disk_path: Path = Path("/"),
         cache_s: float = CACHE_S,
         metrics: RuntimeMetrics | None = None,
+        stuck_after_s: float = DEFAULT_STUCK_AFTER_S,
     ) -> None:
         self._metrics = metrics or runtime_metrics()
         self._redis = redis
@@ -162,6 +170,7 @@ class SystemHealth:
         self._postgres_dsn = postgres_dsn
         self._disk_path = disk_path
         self._cache_s = cache_s
+        self._stuck = StuckGroupWatch(stuck_after_s)
         self._cached: tuple[float, GetSystemHealthResponse] | None = None
         self._inflight: asyncio.Task[GetSystemHealthResponse] | None = None
         psutil.cpu_percent(interval=None)  # the first reading is meaningless; prime it
@@ -221,6 +230,9 @@ class SystemHealth:
             figures = await self._inspector.figures()
         except Exception as exc:
             return [component("domains", DEGRADED, f"cannot read the consumer groups: {exc}")]
+        stuck: dict[str, list[StuckGroup]] = {}
+        for group in self._stuck.update(g for d in figures for g in d.info.groups):
+            stuck.setdefault(domain_of_group(group.group), []).append(group)
         result = []
         for domain in figures:
             age = domain.heartbeat_age_s
@@ -234,6 +246,17 @@ class SystemHealth:
                 result.append(component(name, CRITICAL, f"last heartbeat {age:.0f} s ago", values))
             elif age > RUNNING_WITHIN_S:
                 result.append(component(name, DEGRADED, f"last heartbeat {age:.0f} s ago", values))
+            elif domain.info.name in stuck:
+                first = stuck[domain.info.name][0]
+                result.append(
+                    component(
+                        name,
+                        DEGRADED,
+                        f"group {first.group} on {first.stream} has not moved for "
+                        f"{first.still_for_s:.0f} s while {first.behind} entries behind",
+                        values,
+                    )
+                )
             elif domain.lag > LAG_DEGRADED:
                 result.append(
                     component(

@@ -537,11 +537,7 @@ class DeliveryLoop:
             commit.outputs.extend(outputs)
             if not envelope.causation_id:  # a root: no earlier commit indexed it
                 commit.indexed.append(envelope)
-        ids = commit.acks.get(delivery.stream)
-        if ids is None:
-            commit.acks[delivery.stream] = [delivery.entry_id]
-        else:
-            ids.append(delivery.entry_id)
+        commit.ack(delivery)
         commit.processed.append(envelope.event_id)
         consumed = commit.consumed
         consumed[event_type] = consumed.get(event_type, 0) + 1

@@ -109,6 +109,19 @@ def partition_of(partition_key: str, partitions: int) -> int:
     return zlib.crc32(partition_key.encode()) % partitions
 
 
+def input_streams(
+    actor: Actor, stream_of: Callable[[str], str], registry: EventRegistry | None = None
+) -> list[str]:
+    """The streams an actor reads, named by its engine (``stream_of`` event type), sorted;
+    refuses an actor with no name or no handlers, before any engine object is built."""
+    if not actor.name:
+        raise ValueError(f"{type(actor).__name__}.name is empty; every actor needs a name")
+    streams = sorted({stream_of(t.name) for t in type(actor).consumes(registry)})
+    if not streams:
+        raise ValueError(f"{type(actor).__name__} has no @handles methods; nothing to consume")
+    return streams
+
+
 def entry_order(entry_id: bytes | str) -> tuple[int, int]:
     """A stream entry id (``<ms>-<seq>``) as a sortable pair."""
     raw = entry_id.encode() if isinstance(entry_id, str) else entry_id

@@ -11,7 +11,7 @@ from runtime.adapters.memory.subscription import (
 )
 from runtime.core.actor import Actor
 from runtime.core.backoff import Backoff
-from runtime.core.delivery import DeliveryLoop, RunnerConfig
+from runtime.core.delivery import DeliveryLoop, RunnerConfig, input_streams
 from runtime.core.metrics import RuntimeMetrics
 from runtime.core.publisher import Publisher
 from runtime.core.registry import EventRegistry, default_registry
@@ -62,11 +62,7 @@ class MemoryRunner(DeliveryLoop):
         metrics: RuntimeMetrics | None = None,
     ) -> None:
         registry = registry or default_registry()
-        if not actor.name:
-            raise ValueError(f"{type(actor).__name__}.name is empty; every actor needs a name")
-        streams = sorted({broker.stream_of(t.name) for t in type(actor).consumes(registry)})
-        if not streams:
-            raise ValueError(f"{type(actor).__name__} has no @handles methods; nothing to consume")
+        streams = input_streams(actor, broker.stream_of, registry)
         group = group_name(broker, actor.name, config.partition, config.partitions)
         self.broker = broker
         # One consumer name per partition slot, as on Redis: a new owner reads what its

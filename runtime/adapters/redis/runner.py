@@ -13,7 +13,13 @@ from runtime.adapters.redis.bus import EventBus
 from runtime.adapters.redis.committer import RedisCommitter
 from runtime.adapters.redis.subscription import RedisSubscription, group_name, state_key
 from runtime.core.actor import Actor
-from runtime.core.delivery import DeliveryLoop, RunnerConfig, entry_order, partition_of
+from runtime.core.delivery import (
+    DeliveryLoop,
+    RunnerConfig,
+    entry_order,
+    input_streams,
+    partition_of,
+)
 from runtime.core.keys import Keyspace
 from runtime.core.metrics import RuntimeMetrics
 from runtime.core.registry import EventRegistry, default_registry
@@ -45,11 +51,7 @@ class DomainRunner(DeliveryLoop):
         max_traces: int = DEFAULT_MAX_TRACES,
     ) -> None:
         registry = registry or default_registry()
-        if not actor.name:
-            raise ValueError(f"{type(actor).__name__}.name is empty; every actor needs a name")
-        streams = sorted({keyspace.stream(t.name) for t in type(actor).consumes(registry)})
-        if not streams:
-            raise ValueError(f"{type(actor).__name__} has no @handles methods; nothing to consume")
+        streams = input_streams(actor, keyspace.stream, registry)
         group = group_name(keyspace, actor.name, config.partition, config.partitions)
         self.redis = redis
         self.keyspace = keyspace

@@ -62,29 +62,27 @@ def _positive_float(value: str) -> float:
         number = float(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
+    if not math.isfinite(number):
+        raise argparse.ArgumentTypeError(f"{value!r} must be a finite number")
     if number <= 0:
         raise argparse.ArgumentTypeError(f"{value!r} must be greater than 0")
     return number
 
 
-def _positive_int(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"{value!r} must be at least 1")
-    return number
+def _whole_number(minimum: int) -> Callable[[str], int]:
+    """A whole number of at least ``minimum``."""
+    floor = "must be 0 or more" if minimum == 0 else f"must be at least {minimum}"
 
+    def parse(value: str) -> int:
+        try:
+            number = int(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
+        if number < minimum:
+            raise argparse.ArgumentTypeError(f"{value!r} {floor}")
+        return number
 
-def _count(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
-    if number < 0:
-        raise argparse.ArgumentTypeError(f"{value!r} must be 0 or more")
-    return number
+    return parse
 
 
 def _bounded_int(low: int, high: int, unit: str) -> Callable[[str], int]:
@@ -295,7 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--workers",
-        type=_positive_int,
+        type=_whole_number(1),
         default=None,
         help="spread the domains over N supervised processes (default: one per CPU core, at "
         "most one per domain; 1 when --domains or --partition lays the processes out)",
@@ -352,7 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
     # Set by the --workers supervisor for its children; not for people.
     run.add_argument("--supervised", action="store_true", help=argparse.SUPPRESS)
     run.add_argument("--feed-start", type=_instant, default=None, help=argparse.SUPPRESS)
-    run.add_argument("--feed-skip", type=_count, default=0, help=argparse.SUPPRESS)
+    run.add_argument("--feed-skip", type=_whole_number(0), default=0, help=argparse.SUPPRESS)
     run.add_argument("--metrics-port-file", type=Path, default=None, help=argparse.SUPPRESS)
 
     add_server_arguments(run)

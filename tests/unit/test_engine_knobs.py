@@ -35,6 +35,13 @@ def test_defaults_are_the_engine_rooms() -> None:
         ("--backpressure-timeout", "nan", "0.1 to 86400 seconds"),
         ("--backpressure-timeout", "inf", "0.1 to 86400 seconds"),
         ("--backpressure-timeout", "0", "0.1 to 86400 seconds"),
+        ("--rate", "nan", "must be a finite number"),
+        ("--duration", "inf", "must be a finite number"),
+        ("--speed", "nan", "must be a finite number"),
+        ("--rate", "0", "must be greater than 0"),
+        ("--workers", "0", "must be at least 1"),
+        ("--workers", "two", "not a whole number"),
+        ("--feed-skip", "-1", "must be 0 or more"),
     ],
 )
 def test_bad_values_get_a_clear_error(

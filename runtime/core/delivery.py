@@ -38,7 +38,6 @@ import asyncio
 import contextlib
 import os
 import time
-import zlib
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -54,6 +53,7 @@ from runtime.core.envelope import EnvelopeError, decode_envelope
 from runtime.core.failures import is_permanent, reason_of
 from runtime.core.logs import get_logger
 from runtime.core.metrics import RuntimeMetrics, runtime_metrics
+from runtime.core.partitioning import UNPARTITIONED, Partitioning, partition_of
 from runtime.core.registry import EventRegistry, default_registry
 from runtime.core.transport import Commit, Committer, Delivery, Lease, LeaseLost, Subscription
 
@@ -102,21 +102,27 @@ class RunnerConfig:
             raise ValueError(f"lease_ttl_ms must be at least 100 ms; got {self.lease_ttl_ms}")
 
 
-def partition_of(partition_key: str, partitions: int) -> int:
-    """Which partition owns a key: stable across processes and Python versions."""
-    if partitions == 1:
-        return 0
-    return zlib.crc32(partition_key.encode()) % partitions
-
-
 def input_streams(
-    actor: Actor, stream_of: Callable[[str], str], registry: EventRegistry | None = None
+    actor: Actor,
+    stream_of: Callable[[str], str],
+    registry: EventRegistry | None = None,
+    *,
+    partitioning: Partitioning = UNPARTITIONED,
+    partition: int = 0,
+    partitions: int = 1,
 ) -> list[str]:
-    """The streams an actor reads, named by its engine (``stream_of`` event type), sorted;
-    refuses an actor with no name or no handlers, before any engine object is built."""
+    """The streams an actor reads, named by its engine (``stream_of`` topic), sorted: of each
+    type it handles, the topics this partition of the domain reads (``partitioning``); refuses
+    an actor with no name or no handlers, before any engine object is built."""
     if not actor.name:
         raise ValueError(f"{type(actor).__name__}.name is empty; every actor needs a name")
-    streams = sorted({stream_of(t.name) for t in type(actor).consumes(registry)})
+    streams = sorted(
+        {
+            stream_of(topic)
+            for t in type(actor).consumes(registry)
+            for topic in partitioning.topics_read_by(t.name, partition, partitions)
+        }
+    )
     if not streams:
         raise ValueError(f"{type(actor).__name__} has no @handles methods; nothing to consume")
     return streams

@@ -29,6 +29,7 @@ from runtime.core.backoff import Backoff
 from runtime.core.envelope import seal
 from runtime.core.logs import get_logger
 from runtime.core.metrics import RuntimeMetrics, runtime_metrics
+from runtime.core.partitioning import UNPARTITIONED, Partitioning
 from runtime.core.registry import EventRegistry, default_registry
 from runtime.core.transport import EventLog
 
@@ -64,12 +65,19 @@ class _Waiter:
 class _Queued:
     """One envelope waiting for its append."""
 
-    __slots__ = ("data", "event_type", "index", "trace_id", "waiter")
+    __slots__ = ("data", "event_type", "index", "topic", "trace_id", "waiter")
 
     def __init__(
-        self, event_type: str, trace_id: str, data: bytes, waiter: _Waiter, index: int
+        self,
+        event_type: str,
+        topic: str,
+        trace_id: str,
+        data: bytes,
+        waiter: _Waiter,
+        index: int,
     ) -> None:
         self.event_type = event_type
+        self.topic = topic  # the partition of the type's log it goes to
         self.trace_id = trace_id  # for the batch span, when spans are exported
         self.data = data
         self.waiter = waiter
@@ -90,12 +98,14 @@ class Publisher:
         linger_ms: float = 0.0,
         backoff: Backoff | None = None,
         metrics: RuntimeMetrics | None = None,
+        partitioning: Partitioning | None = None,
     ) -> None:
         if max_buffer < 1 or max_batch < 1:
             raise ValueError("max_buffer and max_batch must be at least 1")
         if not 0.0 <= linger_ms <= 1.0:
             raise ValueError(f"linger_ms must be between 0 and 1 ms; got {linger_ms}")
         self.log = log
+        self.partitioning = partitioning or UNPARTITIONED
         self.producer = producer
         self.registry = registry or default_registry()
         self.max_buffer = max_buffer
@@ -288,10 +298,12 @@ class Publisher:
         loop = asyncio.get_running_loop()
         waiter = _Waiter(loop.create_future(), len(envelopes))
         append = self._queue.append
+        topic = self.partitioning.topic
         for index, envelope in enumerate(envelopes):
             append(
                 _Queued(
                     envelope.event_type,
+                    topic(envelope.event_type, envelope.partition_key),
                     envelope.trace_id,
                     envelope.SerializeToString(),
                     waiter,
@@ -351,7 +363,7 @@ class Publisher:
             self._progress.set()
 
     async def _send(self, batch: list[_Queued]) -> list[str]:
-        return await self.log.append([(item.event_type, item.data) for item in batch])
+        return await self.log.append([(item.topic, item.data) for item in batch])
 
     def _resolve(self, batch: list[_Queued], ids: list[str]) -> None:
         counts: dict[str, int] = {}

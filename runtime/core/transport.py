@@ -134,8 +134,9 @@ class EventLog(Protocol):
     """Appends envelopes durably: when ``append`` returns, every one of them is stored."""
 
     async def append(self, records: Sequence[tuple[str, bytes]]) -> list[str]:
-        """Store (event type, serialized envelope) records in order, each on its type's
-        stream; return their entry ids."""
+        """Store (topic, serialized envelope) records in order, each on its topic's stream
+        (a topic is one partition of an event type's log: ``runtime.core.partitioning``);
+        return their entry ids."""
         ...
 
     def is_transient(self, exc: BaseException) -> bool:

@@ -29,6 +29,7 @@ from quantum.events.v1.envelope_pb2 import Envelope
 from runtime.core.dead_letters import DeadLetter
 from runtime.core.delivery import entry_order
 from runtime.core.keys import Keyspace
+from runtime.core.partitioning import UNPARTITIONED, Partitioning
 from runtime.core.transport import Commit, Delivery, Lease
 
 if TYPE_CHECKING:
@@ -115,8 +116,10 @@ class MemoryBroker:
         *,
         logical: bool = False,
         clock: Callable[[], float] = time.monotonic,
+        partitioning: Partitioning | None = None,
     ) -> None:
         self.keyspace = keyspace or Keyspace("memory")
+        self.partitioning = partitioning or UNPARTITIONED
         self.clock = clock
         self._streams: dict[str, _Stream] = {}
         self._log: list[tuple[str, StoredEntry]] = []  # every append of every stream, in order
@@ -152,8 +155,14 @@ class MemoryBroker:
 
     # -- the log ------------------------------------------------------------------------------
 
-    def stream_of(self, event_type: str) -> str:
-        return self.keyspace.stream(event_type)
+    def stream_of(self, topic: str) -> str:
+        """The stream of a topic (an event type, or one partition of it)."""
+        return self.keyspace.stream(topic)
+
+    def stream_of_envelope(self, envelope: Envelope) -> str:
+        """The stream an envelope goes to: its type's partition for its key."""
+        topic = self.partitioning.topic(envelope.event_type, envelope.partition_key)
+        return self.keyspace.stream(topic)
 
     def append(self, stream: str, data: bytes, at: EventTime = (0, 0)) -> bytes:
         """Store one entry at the end of ``stream``; return its id."""
@@ -345,7 +354,7 @@ class MemoryBroker:
         for stream in commit.acks:  # refuse before changing anything, as EXEC would
             self._group(stream, group)
         outputs = [
-            (self.stream_of(envelope.event_type), envelope.SerializeToString(), envelope)
+            (self.stream_of_envelope(envelope), envelope.SerializeToString(), envelope)
             for envelope in commit.outputs
         ]
         traces: dict[str, list[bytes]] = {}

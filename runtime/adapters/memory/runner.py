@@ -46,6 +46,7 @@ class MemoryBus(Publisher):
             registry=registry,
             backoff=backoff,
             metrics=metrics,
+            partitioning=broker.partitioning,
         )
 
 
@@ -62,7 +63,14 @@ class MemoryRunner(DeliveryLoop):
         metrics: RuntimeMetrics | None = None,
     ) -> None:
         registry = registry or default_registry()
-        streams = input_streams(actor, broker.stream_of, registry)
+        streams = input_streams(
+            actor,
+            broker.stream_of,
+            registry,
+            partitioning=broker.partitioning,
+            partition=config.partition,
+            partitions=config.partitions,
+        )
         group = group_name(broker, actor.name, config.partition, config.partitions)
         self.broker = broker
         # One consumer name per partition slot, as on Redis: a new owner reads what its

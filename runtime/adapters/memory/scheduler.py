@@ -153,7 +153,7 @@ class LogicalScheduler:
             envelope, self._next = self._next, None
             assert self._source is not None
             self.broker.append(  # re-enters _advance: a no-op while pulling
-                self.broker.stream_of(envelope.event_type),
+                self.broker.stream_of_envelope(envelope),
                 envelope.SerializeToString(),
                 event_time(envelope),
             )

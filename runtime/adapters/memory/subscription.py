@@ -35,11 +35,11 @@ class MemoryEventLog:
         logical = broker.scheduler is not None
         return [
             broker.append(
-                broker.stream_of(event_type),
+                broker.stream_of(topic),
                 data,
                 event_time_of(data) if logical else (0, 0),
             ).decode()
-            for event_type, data in records
+            for topic, data in records
         ]
 
     def is_transient(self, exc: BaseException) -> bool:

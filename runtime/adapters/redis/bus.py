@@ -17,6 +17,7 @@ from runtime.adapters.redis.streams import (
 from runtime.core.backoff import Backoff
 from runtime.core.keys import Keyspace
 from runtime.core.metrics import RuntimeMetrics
+from runtime.core.partitioning import Partitioning
 from runtime.core.publisher import (
     DEFAULT_MAX_BATCH,
     DEFAULT_MAX_BUFFER,
@@ -40,7 +41,8 @@ __all__ = [
 
 
 class EventBus(Publisher):
-    """Publishes events to ``<namespace>:stream:<type>`` with batching and retries.
+    """Publishes events to ``<namespace>:stream:<topic>`` with batching and retries (a topic:
+    the event type, or its partition for the event's key when the type is partitioned).
 
     ``maxlen`` (per stream: ``maxlen_per_stream``) is the length limit of a stream's unread
     backlog: at it, publishes wait for the slowest consumer group (backpressure), never
@@ -62,10 +64,16 @@ class EventBus(Publisher):
         linger_ms: float = 0.0,
         backoff: Backoff | None = None,
         metrics: RuntimeMetrics | None = None,
+        partitioning: Partitioning | None = None,
     ) -> None:
         self.redis = redis
         self.keyspace = keyspace
-        self.names = StreamNames(keyspace, maxlen=maxlen, maxlen_per_stream=maxlen_per_stream)
+        self.names = StreamNames(
+            keyspace,
+            maxlen=maxlen,
+            maxlen_per_stream=maxlen_per_stream,
+            partitioning=partitioning,
+        )
         self.retention = StreamRetention(redis, retention, metrics=metrics)
         super().__init__(
             RedisEventLog(redis, self.names, self.retention),
@@ -76,6 +84,7 @@ class EventBus(Publisher):
             linger_ms=linger_ms,
             backoff=backoff,
             metrics=metrics,
+            partitioning=partitioning,
         )
 
     @property
@@ -86,14 +95,17 @@ class EventBus(Publisher):
     @maxlen.setter
     def maxlen(self, value: int) -> None:
         self.names = StreamNames(
-            self.keyspace, maxlen=value, maxlen_per_stream=self.names.per_stream
+            self.keyspace,
+            maxlen=value,
+            maxlen_per_stream=self.names.per_stream,
+            partitioning=self.partitioning,
         )
         assert isinstance(self.log, RedisEventLog)
         self.log.names = self.names
 
-    def maxlen_of(self, event_type: str) -> int:
-        """The length limit of ``event_type``'s stream (its unread backlog's ceiling)."""
-        return self.names.of(event_type)[1]
+    def maxlen_of(self, topic: str) -> int:
+        """The length limit of a topic's stream (its unread backlog's ceiling)."""
+        return self.names.of(topic)[1]
 
     async def close(self, timeout: float | None = None) -> None:  # noqa: ASYNC109
         try:

@@ -189,7 +189,7 @@ class RedisCommitter:
     async def _room_for(self, commit: Commit) -> None:
         """Wait until every output stream has room: a runner never drops its outputs. It
         waits as long as it takes (its own inputs then back up to the feed), saying so."""
-        appends = self.names.appends(e.event_type for e in commit.outputs)
+        appends = self.names.appends(self.names.topic(e) for e in commit.outputs)
         while True:
             try:
                 await self.retention.make_room(appends)
@@ -227,12 +227,13 @@ class RedisCommitter:
     def _pack(self, commit: Commit) -> tuple[list[bytes], int]:
         parts = [_MULTI]
         xadd = self.names.xadd
+        topic = self.names.topic
         traces: dict[str, list[bytes]] = {}
         for envelope in commit.indexed:
             traces.setdefault(envelope.trace_id, []).append(envelope.SerializeToString())
         for envelope in commit.outputs:
             data = envelope.SerializeToString()
-            parts.append(xadd(envelope.event_type, data))
+            parts.append(xadd(topic(envelope), data))
             indexed = traces.get(envelope.trace_id)
             if indexed is None:
                 traces[envelope.trace_id] = [data]

@@ -51,7 +51,14 @@ class DomainRunner(DeliveryLoop):
         max_traces: int = DEFAULT_MAX_TRACES,
     ) -> None:
         registry = registry or default_registry()
-        streams = input_streams(actor, keyspace.stream, registry)
+        streams = input_streams(
+            actor,
+            keyspace.stream,
+            registry,
+            partitioning=bus.partitioning,
+            partition=config.partition,
+            partitions=config.partitions,
+        )
         group = group_name(keyspace, actor.name, config.partition, config.partitions)
         self.redis = redis
         self.keyspace = keyspace

@@ -136,7 +136,8 @@ class PolicyStore:
         trace_ttl_s: int = DEFAULT_TRACE_TTL_S,
         metrics: MetricsRegistry | None = None,
     ) -> None:
-        if redis.connection_pool.connection_kwargs.get("decode_responses"):
+        # get_connection_kwargs: a cluster client (which has no single pool) answers it too.
+        if redis.get_connection_kwargs().get("decode_responses"):
             raise ValueError(
                 "PolicyStore needs a Redis client with decode_responses=False: it stores bytes"
             )
@@ -155,7 +156,7 @@ class PolicyStore:
         self._snapshot = SnapshotFile(state_dir, keyspace.namespace)
         self._metrics = policy_metrics(metrics)
         self._script = redis.register_script(WRITE_POLICY)
-        socket_timeout = redis.connection_pool.connection_kwargs.get("socket_timeout")
+        socket_timeout = redis.get_connection_kwargs().get("socket_timeout")
         # Short blocking reads: they bound how long stop() waits for the follower.
         block_s = min(0.25, socket_timeout / 2) if socket_timeout else 0.25
         self._block_ms = max(10, int(block_s * 1000))

@@ -1,0 +1,293 @@
+"""The Redis Cluster engine on a 3-master cluster of the test's own: where keys land, a domain
+end to end, the commit order's redo safety, the policy store, and a whole-cluster crash."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import cast
+
+import pytest
+import redis.asyncio as aioredis
+from quantum.events.v1.market_pb2 import MarketTick
+
+from runtime.adapters.redis.policy_store import PolicyStore
+from runtime.adapters.redis_cluster.committer import ClusterCommitter
+from runtime.adapters.redis_cluster.engine import RedisClusterEngine
+from runtime.adapters.redis_cluster.keys import SLOTS, ClusterKeyspace, slot_of
+from runtime.adapters.redis_cluster.url import parse_cluster_url
+from runtime.core.delivery import DeliveryLoop, RunnerConfig
+from runtime.core.keys import Keyspace
+from runtime.core.partitioning import Partitioning
+from runtime.core.policy.model import RiskMode
+from runtime.core.publisher import Publisher
+from tests.conformance.harness import new_namespace
+from tests.conformance.harness_cluster import RedisClusterHarness
+from tests.process.actors import TickCounter
+
+pytestmark = pytest.mark.slow
+
+SYMBOLS = ("AAA", "BBB", "CCC", "DDD", "EEE", "FFF")
+SPLIT = Partitioning({"market.tick": 3, "portfolio.pnl.updated": 3})
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[RedisClusterHarness]:
+    harness = RedisClusterHarness()
+    yield harness
+    harness.stop()
+
+
+def open_engine(cluster: RedisClusterHarness, namespace: str) -> RedisClusterEngine:
+    engine = cluster.open(namespace, SPLIT)
+    assert isinstance(engine, RedisClusterEngine)
+    return engine
+
+
+async def publish_ticks(publisher: Publisher, per_symbol: int, first: int = 1) -> int:
+    for sequence in range(first, first + per_symbol):
+        for symbol in SYMBOLS:
+            publisher.publish_nowait(
+                MarketTick(symbol=symbol, price="100.25", sequence=sequence, source="test"),
+                partition_key=symbol,
+            )
+    await publisher.flush()
+    return per_symbol * len(SYMBOLS)
+
+
+def runners(
+    engine: RedisClusterEngine, publisher: Publisher, partitions: int, **options: object
+) -> list[DeliveryLoop]:
+    return [
+        engine.runner(
+            TickCounter(),
+            RunnerConfig(
+                consumer_name=f"test-{p}",
+                partition=p,
+                partitions=partitions,
+                block_ms=100,
+                lease_ttl_ms=1_000,
+                **options,  # type: ignore[arg-type]
+            ),
+            publisher,
+        )
+        for p in range(partitions)
+    ]
+
+
+async def outputs(engine: RedisClusterEngine) -> dict[str, int]:
+    return {t: len(await engine.read(t)) for t in SPLIT.topics("portfolio.pnl.updated")}
+
+
+async def wait_for_outputs(engine: RedisClusterEngine, total: int, timeout: float = 30.0) -> None:
+    async with asyncio.timeout(timeout):
+        while sum((await outputs(engine)).values()) < total:
+            await asyncio.sleep(0.05)
+
+
+async def counts(engine: RedisClusterEngine, partitions: int) -> dict[str, int]:
+    merged: dict[str, int] = {}
+    for p in range(partitions):
+        data = await engine.load_state(TickCounter.name, p, partitions)
+        assert data is not None
+        state = json.loads(data)
+        assert state["ooo"] == 0, "ticks of a symbol were handled out of order"
+        for symbol, n in state["counts"].items():
+            assert symbol not in merged, f"{symbol} was handled by two partitions"
+            merged[symbol] = n
+    return merged
+
+
+def test_a_cluster_url_names_its_seeds_and_credentials() -> None:
+    parsed = parse_cluster_url("redis+cluster://user:s%40cret@10.0.0.1:7000,10.0.0.2:7001")
+    assert parsed.seeds == (("10.0.0.1", 7000), ("10.0.0.2", 7001))
+    assert (parsed.username, parsed.password) == ("user", "s@cret")
+    with pytest.raises(ValueError, match="host:port"):
+        parse_cluster_url("redis+cluster://10.0.0.1")
+    with pytest.raises(ValueError, match="database 0"):
+        parse_cluster_url("redis+cluster://10.0.0.1:7000/3")
+
+
+def test_what_one_commit_touches_shares_one_slot_and_the_policy_keys_another() -> None:
+    keys = ClusterKeyspace("q", SPLIT)
+    group = keys.group("tick_counter", 1, 3)
+    partition = {
+        keys.state("tick_counter", 1, 3),
+        keys.lease("tick_counter", 1, 3),
+        keys.fencing_tokens_of(group),
+        keys.state_epoch(group),
+        keys.processed_bucket(group, "01J0000000000000000000000"),
+    }
+    assert len({slot_of(k) for k in partition}) == 1
+    unsplit = {keys.state("risk"), keys.dlq("risk"), keys.dead_lettered("risk")}
+    unsplit |= {keys.processed_bucket("risk", "01J"), keys.state_epoch("risk")}
+    assert len({slot_of(k) for k in unsplit}) == 1
+    policy = {keys.policy(), keys.policy_history(), keys.stream("policy.updated")}
+    policy |= {keys.trace("a" * 32), keys.trace_registry()}
+    assert len({slot_of(k) for k in policy}) == 1
+    assert all(k.startswith("q:") for k in partition | unsplit | policy)
+
+
+def test_the_partitions_of_a_type_take_their_share_of_the_slots() -> None:
+    keys = ClusterKeyspace("q", Partitioning({"MarketTick": 8}))
+    for k in range(8):
+        slot = slot_of(keys.stream(f"MarketTick:{k}"))
+        assert k * SLOTS // 8 <= slot < (k + 1) * SLOTS // 8
+
+
+async def test_three_partitions_land_on_three_different_masters(
+    cluster: RedisClusterHarness,
+) -> None:
+    engine = open_engine(cluster, new_namespace())
+    try:
+        await engine.router.ready()
+        nodes = {
+            engine.router.node_of(engine.keyspace.stream(topic))
+            for topic in SPLIT.topics("market.tick")
+        }
+        assert len(nodes) == 3
+        assert nodes == {f"127.0.0.1:{port}" for port in cluster.ports}
+    finally:
+        await engine.close()
+
+
+@pytest.mark.parametrize("partitions", [1, 3], ids=["one-runner-reads-3-masters", "split-3"])
+async def test_a_domain_runs_end_to_end_on_the_cluster(
+    cluster: RedisClusterHarness, partitions: int
+) -> None:
+    engine = open_engine(cluster, new_namespace())
+    publisher = engine.publisher(producer="test")
+    loops = runners(engine, publisher, partitions)
+    tasks = [asyncio.create_task(loop.run()) for loop in loops]
+    try:
+        total = await publish_ticks(publisher, 20)
+        await wait_for_outputs(engine, total)
+        await asyncio.sleep(0.3)  # a second copy of an output would show up by now
+        per_topic = await outputs(engine)
+        assert sum(per_topic.values()) == total
+        assert all(n > 0 for n in per_topic.values()), per_topic
+        assert await counts(engine, partitions) == dict.fromkeys(SYMBOLS, 20)
+        for loop in loops:
+            positions = await loop.subscription.positions()
+            assert sum(p.pending for p in positions) == 0
+    finally:
+        for loop in loops:
+            await loop.stop()
+        await asyncio.gather(*tasks)  # a runner that failed (CROSSSLOT, say) fails the test
+        await publisher.close()
+        await engine.close()
+
+
+class SimulatedCrash(Exception):
+    """The process dies right after a commit point, before acknowledging."""
+
+
+async def test_an_entry_committed_but_not_acknowledged_is_acknowledged_without_handling(
+    cluster: RedisClusterHarness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    namespace = new_namespace()
+    engine = open_engine(cluster, namespace)
+    publisher = engine.publisher(producer="test")
+    total = await publish_ticks(publisher, 5)
+    (first,) = runners(engine, publisher, 1)
+    committer = first.committer
+    assert isinstance(committer, ClusterCommitter)
+
+    async def crash(acks: dict[str, list[bytes]]) -> None:
+        raise SimulatedCrash(f"before acknowledging {sum(map(len, acks.values()))} entries")
+
+    monkeypatch.setattr(committer, "_acknowledge", crash)
+    with pytest.raises(SimulatedCrash):
+        await first.run()
+    handled = len(cast(TickCounter, first.actor).seen)
+    assert handled == total
+    assert sum(p.pending for p in await first.subscription.positions()) == total
+    assert sum((await outputs(engine)).values()) == total
+
+    second_engine = open_engine(cluster, namespace)
+    second_publisher = second_engine.publisher(producer="test")
+    (second,) = runners(second_engine, second_publisher, 1)
+    task = asyncio.create_task(second.run())
+    try:
+        async with asyncio.timeout(20):
+            while sum(p.pending for p in await second.subscription.positions()) > 0:
+                await asyncio.sleep(0.05)
+        assert cast(TickCounter, second.actor).seen == [], "a marked entry was handled again"
+        assert sum((await outputs(engine)).values()) == total
+        assert await counts(engine, 1) == dict.fromkeys(SYMBOLS, 5)
+    finally:
+        await second.stop()
+        await task
+        for closing in (publisher, second_publisher):
+            await closing.close()
+        await engine.close()
+        await second_engine.close()
+
+
+async def test_the_policy_store_writes_and_reads_on_the_cluster(
+    cluster: RedisClusterHarness, tmp_path: Path
+) -> None:
+    engine = open_engine(cluster, new_namespace())
+    store = PolicyStore(
+        cast(aioredis.Redis, engine.client), engine.keyspace, state_dir=tmp_path, staleness_s=0.2
+    )
+    other = PolicyStore(
+        cast(aioredis.Redis, engine.client),
+        engine.keyspace,
+        state_dir=tmp_path / "other",
+        staleness_s=0.2,
+    )
+    await store.start()
+    await other.start()
+    try:
+        before = store.get_policy().version
+        written = await store.switch_mode(
+            RiskMode.DEFENSIVE, changed_by="test:cluster", reason="a write on the cluster"
+        )
+        assert written.version == before + 1
+        async with asyncio.timeout(10):
+            while other.get_policy().version != written.version:
+                await asyncio.sleep(0.05)
+        assert other.get_policy().mode == RiskMode.DEFENSIVE
+        history = await other.history()
+        assert history[0].version == written.version
+    finally:
+        await store.stop()
+        await other.stop()
+        await engine.close()
+
+
+async def test_the_cluster_killed_and_restarted_mid_flow_loses_nothing(
+    cluster: RedisClusterHarness,
+) -> None:
+    engine = open_engine(cluster, new_namespace())
+    publisher = engine.publisher(producer="test")
+    loops = runners(engine, publisher, 3, reconnect_cap_ms=300)
+    tasks = [asyncio.create_task(loop.run()) for loop in loops]
+    try:
+        first = await publish_ticks(publisher, 30)
+        await asyncio.sleep(0.2)  # mid-flow: some handled, some not
+        await asyncio.to_thread(cluster.kill)
+        publishing = asyncio.create_task(publish_ticks(publisher, 30, first=31))
+        await asyncio.sleep(0.5)
+        await asyncio.to_thread(cluster.restart)
+        second = await asyncio.wait_for(publishing, 60)
+        await wait_for_outputs(engine, first + second, timeout=60)
+        await asyncio.sleep(0.3)
+        assert await counts(engine, 3) == dict.fromkeys(SYMBOLS, 60)
+        # Outputs may repeat (a commit redone after the crash), never go missing.
+        assert sum((await outputs(engine)).values()) >= first + second
+    finally:
+        for loop in loops:
+            await loop.stop()
+        await asyncio.gather(*tasks)
+        await publisher.close()
+        await engine.close()
+
+
+def test_a_plain_keyspace_becomes_the_cluster_one() -> None:
+    keyspace = ClusterKeyspace.of(Keyspace("q"), SPLIT)
+    assert keyspace.namespace == "q" and keyspace.partitioning == SPLIT
+    assert keyspace.stream("MarketTick:1") != Keyspace("q").stream("MarketTick:1")

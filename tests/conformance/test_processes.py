@@ -38,10 +38,14 @@ class Worker:
         self.args = [sys.executable, "-m", "tests.conformance.worker", url, namespace, "w1", SPEC]
         self.process: subprocess.Popen[bytes] | None = None
 
-    async def start(self) -> None:
+    def spawn(self) -> None:
         self.process = subprocess.Popen(
             self.args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
         )
+
+    async def start(self) -> None:
+        self.spawn()
+        assert self.process is not None
         assert self.process.stdout is not None
         line = await asyncio.to_thread(self.process.stdout.readline)
         assert line.strip() == b"ready", f"worker did not start: {line!r}"

@@ -119,6 +119,10 @@ async def test_a_split_domain_reads_only_its_partitions_and_keeps_its_keys(
         partitioned.runner(actor, fast(partition=p, partitions=2, consumer_name=f"c{p}"), publisher)
         for p, actor in enumerate(actors)
     ]
+    # Each reads two of the four partitions (k mod 2 == its own), never the other two.
+    read = [set(runner.subscription.streams) for runner in runners]
+    assert [len(streams) for streams in read] == [2, 2]
+    assert not read[0] & read[1]
     async with running(runners[0]), running(runners[1]):
         await publish_ticks(publisher, 30)
         await wait_until(lambda: sum(sum(a.counts.values()) for a in actors) == 240)

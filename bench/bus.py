@@ -35,19 +35,19 @@ from pathlib import Path
 from typing import Any
 
 from quantum.events.v1.market_pb2 import MarketTick
-from redis.exceptions import ResponseError
 
 from bench._baseline import CHUNK, PAYLOAD_BYTES, measure_baseline
 from bench._common import load_average_1m, percentile, repeated
 from bench._pair import measure_pair, ready_and_go
-from runtime.adapters.redis.bus import EventBus
-from runtime.adapters.redis.host import install_uvloop
-from runtime.adapters.redis.runner import DomainRunner, RunnerConfig
 from runtime.core.actor import Actor, HandlerContext, handles
+from runtime.core.delivery import RunnerConfig
+from runtime.core.host import install_uvloop
 from runtime.core.keys import Keyspace
 from runtime.core.logs import configure_logging
 from runtime.core.metrics import RuntimeMetrics
+from runtime.core.publisher import Publisher
 from runtime.core.redis_server import start_redis_server
+from runtime.engines import open_engine
 
 IN_FLIGHT = 4  # producer batches awaiting Redis at a time
 PRODUCER_APIS = ("publish_many", "publish_nowait", "publish")
@@ -96,17 +96,10 @@ def _runtime_producer(
     """Publish ``events`` ticks through ``api``: as fast as it goes, or at ``rate`` per second
     with ``publish_nowait`` on a 1 ms schedule."""
     install_uvloop()
-    import redis.asyncio as aioredis
 
     async def main() -> None:
-        client = aioredis.Redis.from_url(url)
-        bus = EventBus(
-            client,
-            Keyspace(namespace),
-            producer="market_data",
-            maxlen=2_000_000,
-            metrics=RuntimeMetrics(),
-        )
+        engine = open_engine(url, Keyspace(namespace), maxlen=2_000_000)
+        bus = engine.publisher(producer="market_data", metrics=RuntimeMetrics())
         tick = payload_tick()
         await bus.publish_many([tick])  # connected, caches warm: not counted
         gc_clock = await ready_and_go(ready, go)
@@ -117,12 +110,12 @@ def _runtime_producer(
             await _as_fast_as_possible(bus, tick, events - 1, api)
         result.put(("producer", time.time(), time.process_time() - cpu, [], gc_clock.stop()))
         await bus.close()
-        await client.aclose()
+        await engine.close()
 
     asyncio.run(main())
 
 
-async def _as_fast_as_possible(bus: EventBus, tick: MarketTick, events: int, api: str) -> None:
+async def _as_fast_as_possible(bus: Publisher, tick: MarketTick, events: int, api: str) -> None:
     """Chunks of CHUNK events, up to IN_FLIGHT chunks awaiting Redis at a time."""
     in_flight: set[asyncio.Future[Any]] = set()
     for start in range(0, events, CHUNK):
@@ -141,7 +134,7 @@ async def _as_fast_as_possible(bus: EventBus, tick: MarketTick, events: int, api
     await asyncio.gather(*in_flight)
 
 
-async def _paced(bus: EventBus, tick: MarketTick, events: int, rate: int) -> None:
+async def _paced(bus: Publisher, tick: MarketTick, events: int, rate: int) -> None:
     began = time.perf_counter()
     sent = 0
     futures: list[asyncio.Future[list[str]]] = []
@@ -158,26 +151,20 @@ def _runtime_consumer(
 ) -> None:
     configure_logging("WARNING")
     install_uvloop()
-    import redis.asyncio as aioredis
 
     async def main() -> None:
-        client = aioredis.Redis.from_url(url)
-        keyspace = Keyspace(namespace)
+        engine = open_engine(url, Keyspace(namespace), maxlen=2_000_000)
         metrics = RuntimeMetrics()
-        bus = EventBus(client, keyspace, producer=BenchSink.name, metrics=metrics)
+        bus = engine.publisher(producer=BenchSink.name, metrics=metrics)
         actor = BenchSink(events, measure=measure)
-        runner = DomainRunner(
+        runner = engine.runner(
             actor,
-            client,
-            keyspace,
-            bus,
             RunnerConfig(consumer_name="bench", batch_size=CHUNK, block_ms=100),
+            bus,
             metrics=metrics,
         )
+        await runner.subscription.open()  # its groups exist before the first event
         task = asyncio.create_task(runner.run())
-        stream = keyspace.stream("market.tick")
-        while not await _has_group(client, stream):  # noqa: ASYNC110 (polls Redis)
-            await asyncio.sleep(0.01)
         gc_clock = await ready_and_go(ready, go)
         cpu = time.process_time()
         await actor.reached.wait()  # all handled; now wait for the last acknowledgement
@@ -189,17 +176,10 @@ def _runtime_consumer(
         await runner.stop()
         await task
         await bus.close()
-        await client.aclose()
+        await engine.close()
         result.put(("consumer", finished, cpu, actor.latencies, gc_s))
 
     asyncio.run(main())
-
-
-async def _has_group(client: Any, stream: str) -> bool:
-    try:
-        return bool(await client.xinfo_groups(stream))
-    except ResponseError:  # no stream yet
-        return False
 
 
 def measure_runtime(

@@ -6,9 +6,9 @@ lands in one partition, in order; a partition runner reads only the partitions i
 adding partitions spreads reads instead of multiplying them.
 
 A *topic* names one partition of one type, the same on every engine: the type's name when it
-has one partition (``MarketTick``: the stream names of an unpartitioned system do not change)
-and ``<type>:<k>`` otherwise (``MarketTick:3``). Engines turn a topic into their own name (a
-Redis stream key, a JetStream subject).
+has one partition (``market.tick``: the stream names of an unpartitioned system do not
+change) and ``<type>:<k>`` otherwise (``market.tick:3``). Engines turn a topic into their own
+name (a Redis stream key, a JetStream subject).
 
 A domain split P ways (``RunnerConfig.partitions``) reads, of each input type with N
 partitions, those k with ``k mod P == p``; N must then be a multiple of P, so that
@@ -41,7 +41,7 @@ def topic_name(event_type: str, partition: int, partitions: int) -> str:
 
 
 def event_type_of(topic: str) -> str:
-    """The event type a topic carries (``MarketTick:3`` -> ``MarketTick``)."""
+    """The event type a topic carries (``market.tick:3`` -> ``market.tick``)."""
     return topic.split(TOPIC_SEPARATOR, 1)[0]
 
 
@@ -57,10 +57,9 @@ class Partitioning:
     def __init__(self, counts: Mapping[str, int] | None = None) -> None:
         checked: dict[str, int] = {}
         for event_type, count in (counts or {}).items():
-            if not event_type or TOPIC_SEPARATOR in event_type or "." in event_type:
+            if not event_type or TOPIC_SEPARATOR in event_type:
                 raise ValueError(
-                    f"event type {event_type!r}: a name without ':' or '.' is needed to "
-                    "partition it"
+                    f"event type {event_type!r}: a name without ':' is needed to partition it"
                 )
             if isinstance(count, bool) or not isinstance(count, int):
                 raise ValueError(f"{event_type}: partitions must be a whole number; got {count!r}")
@@ -74,7 +73,7 @@ class Partitioning:
 
     @classmethod
     def parse(cls, spec: str) -> Partitioning:
-        """``"MarketTick=4,TradeSignal=4"`` (what ``--stream-partitions`` takes); "" for none."""
+        """``"market.tick=4,ai.signal=4"`` (what ``--stream-partitions`` takes); "" for none."""
         counts: dict[str, int] = {}
         for part in (p.strip() for p in spec.split(",")):
             if not part:
@@ -84,7 +83,7 @@ class Partitioning:
             if not sep or not name or not value.isdigit() or not value.isascii():
                 raise ValueError(
                     f"partitions {part!r}: expected TYPE=N with N a whole number, "
-                    "as in MarketTick=4"
+                    "as in market.tick=4"
                 )
             if name in counts:
                 raise ValueError(f"partitions: {name} is given twice")

@@ -1,0 +1,68 @@
+"""The composition root's choice of engine: one URL names the broker (DESIGN section 4).
+
+- ``redis://``, ``rediss://``, ``unix://``: one Redis server (``runtime.adapters.redis``);
+- ``memory://``: the in-memory engine of this process (tests, backtests).
+
+Everything above the engine (domains, delivery loop, publisher, host) is the same code on
+each; only this choice and the partition counts change between deployments.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+from runtime.core.engine import Engine
+from runtime.core.keys import Keyspace
+from runtime.core.partitioning import Partitioning
+
+REDIS_SCHEMES = ("redis", "rediss", "unix")
+SCHEMES = (*REDIS_SCHEMES, "memory")
+
+
+class UnknownEngine(ValueError):
+    """A URL no engine answers to."""
+
+
+def engine_kind(url: str) -> str:
+    """Which engine a URL selects: "redis" or "memory"; UnknownEngine otherwise."""
+    scheme = urlsplit(url).scheme.lower()
+    if scheme in REDIS_SCHEMES:
+        return "redis"
+    if scheme == "memory":
+        return "memory"
+    raise UnknownEngine(
+        f"no engine for {url.split('://', 1)[0]!r} URLs; use one of "
+        + ", ".join(f"{s}://" for s in SCHEMES)
+    )
+
+
+def open_engine(
+    url: str,
+    keyspace: Keyspace,
+    *,
+    partitioning: Partitioning | None = None,
+    maxlen: int | None = None,
+    retain: int | None = None,
+) -> Engine:
+    """The engine ``url`` names, with its own client (closed by ``Engine.close``).
+
+    ``maxlen`` bounds a stream's unread backlog (publishers wait at it) and ``retain`` how
+    many read entries are kept, on engines that have them.
+    """
+    kind = engine_kind(url)
+    if kind == "memory":
+        from runtime.adapters.memory.broker import MemoryBroker
+        from runtime.adapters.memory.engine import MemoryEngine
+
+        return MemoryEngine(MemoryBroker(keyspace, partitioning=partitioning))
+    from runtime.adapters.redis.bus import DEFAULT_MAXLEN
+    from runtime.adapters.redis.engine import RedisEngine
+    from runtime.adapters.redis.retention import RetentionPolicy
+
+    return RedisEngine.from_url(
+        url,
+        keyspace,
+        partitioning=partitioning,
+        maxlen=maxlen or DEFAULT_MAXLEN,
+        retention=None if retain is None else RetentionPolicy(retain=retain),
+    )

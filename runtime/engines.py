@@ -1,6 +1,8 @@
 """The composition root's choice of engine: one URL names the broker (DESIGN section 4).
 
 - ``redis://``, ``rediss://``, ``unix://``: one Redis server (``runtime.adapters.redis``);
+- ``redis+cluster://host:port[,host:port...]``: a Redis Cluster, from any of its nodes
+  (``runtime.adapters.redis_cluster``);
 - ``memory://``: the in-memory engine of this process (tests, backtests).
 
 Everything above the engine (domains, delivery loop, publisher, host) is the same code on
@@ -16,7 +18,8 @@ from runtime.core.keys import Keyspace
 from runtime.core.partitioning import Partitioning
 
 REDIS_SCHEMES = ("redis", "rediss", "unix")
-SCHEMES = (*REDIS_SCHEMES, "memory")
+CLUSTER_SCHEME = "redis+cluster"
+SCHEMES = (*REDIS_SCHEMES, CLUSTER_SCHEME, "memory")
 
 
 class UnknownEngine(ValueError):
@@ -24,10 +27,13 @@ class UnknownEngine(ValueError):
 
 
 def engine_kind(url: str) -> str:
-    """Which engine a URL selects: "redis" or "memory"; UnknownEngine otherwise."""
+    """Which engine a URL selects: "redis", "redis_cluster" or "memory"; UnknownEngine
+    otherwise."""
     scheme = urlsplit(url).scheme.lower()
     if scheme in REDIS_SCHEMES:
         return "redis"
+    if scheme == CLUSTER_SCHEME:
+        return "redis_cluster"
     if scheme == "memory":
         return "memory"
     raise UnknownEngine(
@@ -59,6 +65,16 @@ def open_engine(
     from runtime.adapters.redis.engine import RedisEngine
     from runtime.adapters.redis.retention import RetentionPolicy
 
+    if kind == "redis_cluster":
+        from runtime.adapters.redis_cluster.engine import RedisClusterEngine
+
+        return RedisClusterEngine.from_url(
+            url,
+            keyspace,
+            partitioning=partitioning,
+            maxlen=maxlen or DEFAULT_MAXLEN,
+            retention=None if retain is None else RetentionPolicy(retain=retain),
+        )
     return RedisEngine.from_url(
         url,
         keyspace,

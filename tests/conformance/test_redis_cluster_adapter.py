@@ -29,7 +29,7 @@ from tests.process.actors import TickCounter
 
 pytestmark = pytest.mark.slow
 
-SYMBOLS = ("AAA", "BBB", "CCC", "DDD", "EEE", "FFF")
+SYMBOLS = ("S0", "S1", "S2", "S3", "S5", "S7")  # crc32 mod 3: 0, 0, 2, 2, 2, 1
 SPLIT = Partitioning({"market.tick": 3, "portfolio.pnl.updated": 3})
 
 

@@ -81,9 +81,9 @@ async def outputs(engine: RedisClusterEngine) -> dict[str, int]:
     return {t: len(await engine.read(t)) for t in SPLIT.topics("portfolio.pnl.updated")}
 
 
-async def wait_for_outputs(engine: RedisClusterEngine, total: int, timeout: float = 30.0) -> None:
-    async with asyncio.timeout(timeout):
-        while sum((await outputs(engine)).values()) < total:
+async def wait_for_outputs(engine: RedisClusterEngine, total: int, within_s: float = 30) -> None:
+    async with asyncio.timeout(within_s):
+        while sum((await outputs(engine)).values()) < total:  # noqa: ASYNC110
             await asyncio.sleep(0.05)
 
 
@@ -212,7 +212,7 @@ async def test_an_entry_committed_but_not_acknowledged_is_acknowledged_without_h
     task = asyncio.create_task(second.run())
     try:
         async with asyncio.timeout(20):
-            while sum(p.pending for p in await second.subscription.positions()) > 0:
+            while sum(p.pending for p in await second.subscription.positions()) > 0:  # noqa: ASYNC110
                 await asyncio.sleep(0.05)
         assert cast(TickCounter, second.actor).seen == [], "a marked entry was handled again"
         assert sum((await outputs(engine)).values()) == total
@@ -248,7 +248,7 @@ async def test_the_policy_store_writes_and_reads_on_the_cluster(
         )
         assert written.version == before + 1
         async with asyncio.timeout(10):
-            while other.get_policy().version != written.version:
+            while other.get_policy().version != written.version:  # noqa: ASYNC110
                 await asyncio.sleep(0.05)
         assert other.get_policy().mode == RiskMode.DEFENSIVE
         history = await other.history()
@@ -274,7 +274,7 @@ async def test_the_cluster_killed_and_restarted_mid_flow_loses_nothing(
         await asyncio.sleep(0.5)
         await asyncio.to_thread(cluster.restart)
         second = await asyncio.wait_for(publishing, 60)
-        await wait_for_outputs(engine, first + second, timeout=60)
+        await wait_for_outputs(engine, first + second, within_s=60)
         await asyncio.sleep(0.3)
         assert await counts(engine, 3) == dict.fromkeys(SYMBOLS, 60)
         # Outputs may repeat (a commit redone after the crash), never go missing.
@@ -289,5 +289,6 @@ async def test_the_cluster_killed_and_restarted_mid_flow_loses_nothing(
 
 def test_a_plain_keyspace_becomes_the_cluster_one() -> None:
     keyspace = ClusterKeyspace.of(Keyspace("q"), SPLIT)
-    assert keyspace.namespace == "q" and keyspace.partitioning == SPLIT
-    assert keyspace.stream("MarketTick:1") != Keyspace("q").stream("MarketTick:1")
+    assert keyspace.namespace == "q"
+    assert keyspace.partitioning == SPLIT
+    assert keyspace.stream("market.tick:1") != Keyspace("q").stream("market.tick:1")

@@ -25,21 +25,26 @@ from runtime.adapters.redis_cluster.keys import slot_of
 class ClusterRouter:
     """The slot map of one cluster client, refreshed when a reply says it is stale."""
 
-    def __init__(self, client: RedisCluster) -> None:
+    def __init__(self, client: RedisCluster, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
         self.client = client
+        self.timeout_s = timeout_s  # of a hot-path reply
         self._stale = False
+        self._initialized = False
         self._lock = asyncio.Lock()
         self._slots: dict[str, int] = {}
 
     async def ready(self) -> None:
-        """Load the slot map when there is none yet, or reload it when it went stale."""
-        if not self._stale and self.client.nodes_manager.slots_cache:
+        """Initialize the client once (slot map and command table: redis-py routes by the
+        latter, and a command sent while another task initializes can be misrouted), and
+        reload the slot map when it went stale."""
+        if self._initialized and not self._stale:
             return
         async with self._lock:
-            if self._stale or not self.client.nodes_manager.slots_cache:
+            if not self._initialized:
                 await self.client.initialize()
-                if self._stale:
-                    await self.client.nodes_manager.initialize()
+                self._initialized = True
+            if self._stale:
+                await self.client.nodes_manager.initialize()
                 self._stale = False
 
     def note(self, exc: BaseException) -> None:
@@ -73,10 +78,10 @@ class ClusterRouter:
             connect_timeout_s=float(kwargs.get("socket_connect_timeout") or 5.0),
         )
 
-    def connections(self, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> NodeConnections:
+    def connections(self) -> NodeConnections:
         """A set of lean connections, one per master, for one user (not shared: a commit's
-        WATCH and a blocking read each need a connection nobody else writes to)."""
-        return NodeConnections(self, timeout_s=timeout_s)
+        WATCH needs a connection nobody else writes to)."""
+        return NodeConnections(self, timeout_s=self.timeout_s)
 
     def by_node(self, keys: Iterable[str]) -> dict[str, list[str]]:
         """``keys`` grouped by the master serving them, each group in the given order."""

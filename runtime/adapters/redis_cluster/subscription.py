@@ -1,17 +1,17 @@
-"""``Subscription`` on a Redis Cluster: one XREADGROUP per master, merged by time.
+"""``Subscription`` on a Redis Cluster: one XREADGROUP per stream, merged by time.
 
-An XREADGROUP must keep to one slot, so a domain's streams (each in its own slot, spread over
-the masters) are read per stream; the streams a master serves go in one pipelined write to
-it, the masters are read concurrently, and the replies merged by entry time
+An XREADGROUP must keep to one slot, even on one master, so a domain's streams (each in its
+own slot, spread over the masters) are read one XREADGROUP each: without blocking, pipelined
+per master and the masters concurrently; the replies are merged by entry time
 (``merge_by_time``), as on a single Redis.
 
-Waiting for new entries on several masters: a blocking read goes to each; when one answers
-with entries, the others are released at once (``CLIENT UNBLOCK``: they answer as if their
-time ran out, delivering nothing more), so an idle master never delays a busy one and no
-read is abandoned with entries in flight (those would sit pending, unseen, until the next
-start). Claims, pending counts and group management go through redis-py's cluster client,
-which routes them by key; the processed marks, in the partition's slot, are read on a lean
-connection to its master.
+Only when none of them has anything new does a fetch wait: a blocking read per stream, each
+on a connection of its own; when one answers with entries, the others are released at once
+(``CLIENT UNBLOCK``: they answer as if their time ran out, delivering nothing), so an idle
+stream never delays a busy one and no read is abandoned with entries in flight (those would
+sit pending, unseen, until the next start). Claims, pending counts and group management go
+through redis-py's cluster client, which routes them by key; XAUTOCLAIM and the processed
+marks (in the partition's slot) over lean connections to the masters.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import hiredis
 from redis.exceptions import ResponseError
 
 from runtime.adapters.redis.errors import is_missing_group, is_transient
-from runtime.adapters.redis.resp import pack
+from runtime.adapters.redis.resp import RespConnection, pack
 from runtime.adapters.redis.subscription import envelope_field
 from runtime.adapters.redis_cluster.keys import ClusterKeyspace
 from runtime.adapters.redis_cluster.nodes import ClusterRouter
@@ -55,9 +55,12 @@ class ClusterSubscription:
         self.consumer = consumer
         self._streams = list(streams)
         self.start_id = start_id
-        self._reads = router.connections()  # blocking reads: nothing else on them
-        self._control = router.connections()  # marks, claims, CLIENT UNBLOCK
-        self._client_ids: dict[str, int] = {}  # per master: the read connection's CLIENT ID
+        # A blocking read per stream, each on its own connection (nothing else on them):
+        # stream -> (master, connection), and that connection's CLIENT ID.
+        self._readers: dict[str, tuple[str, RespConnection]] = {}
+        self._client_ids: dict[str, int] = {}
+        self._closing: list[RespConnection] = []
+        self._control = router.connections()  # non-blocking reads, marks, claims, UNBLOCK
         self._group_b = group.encode()
         self._consumer_b = consumer.encode()
         # The marks of this partition: keyed by its group, in its slot (ClusterKeyspace).
@@ -82,85 +85,118 @@ class ClusterSubscription:
         return await self._routed(lambda: self._fetch(pending, count, block_ms))
 
     async def _fetch(self, pending: bool, count: int, block_ms: int) -> list[Delivery]:
-        per_node = self.router.by_node(self._streams)
-        if pending or len(per_node) == 1:
-            replies = await asyncio.gather(
-                *(
-                    self._read(node, streams, count, None if pending else block_ms)
-                    for node, streams in per_node.items()
-                )
-            )
-        else:
-            replies = await self._read_first_answer(per_node, count, block_ms)
+        replies = await self._read_now(count, pending=pending)
+        if not pending and not any(replies):
+            replies = await self._wait_for_entries(count, block_ms)
         deliveries: list[Delivery] = []
-        for reply in replies:
-            for stream_name, stream_entries in reply:
-                stream = stream_name.decode()
-                for entry_id, fields in stream_entries:
-                    deliveries.append(Delivery(stream, entry_id, envelope_field(fields), 1))
+        for stream, entries in replies.items():
+            for entry_id, fields in entries:
+                deliveries.append(Delivery(stream, entry_id, envelope_field(fields), 1))
         merge_by_time(deliveries)
         if pending and deliveries:
             await self._fill_deliveries(deliveries)
         return deliveries
 
-    async def _read(
-        self, node: str, streams: list[str], count: int, block_ms: int | None
-    ) -> list[Any]:
-        """XREADGROUP of the streams one master serves; new entries (blocking up to
-        ``block_ms``) or, with None, this consumer's pending ones."""
+    def _xreadgroup(self, stream: str, count: int, block_ms: int | None, ids: bytes) -> list[Any]:
         command: list[Any] = [b"XREADGROUP", b"GROUP", self._group_b, self._consumer_b]
         command += [b"COUNT", count]
         if block_ms is not None:
             command += [b"BLOCK", block_ms]
-        command.append(b"STREAMS")
-        command += streams
-        command += [b"0" if block_ms is None else b">"] * len(streams)
-        conn = self._reads.to(node)
-        timeout = None if block_ms is None else block_ms / 1000 + conn.timeout_s
-        reply = await conn.call(*command, timeout_s=timeout)
-        return list(reply or ())
+        return [*command, b"STREAMS", stream, ids]
 
-    async def _read_first_answer(
-        self, per_node: dict[str, list[str]], count: int, block_ms: int
-    ) -> list[list[Any]]:
-        """Blocking reads on every master; once one answers, release the others."""
-        for node in per_node:
-            if node not in self._client_ids:
-                self._client_ids[node] = int(await self._reads.to(node).call("CLIENT", "ID"))
+    async def _read_now(self, count: int, *, pending: bool) -> dict[str, list[Any]]:
+        """Without blocking: this consumer's pending entries, or the new ones, of every
+        stream (one XREADGROUP per stream, pipelined per master, the masters concurrently)."""
+        ids = b"0" if pending else b">"
+        per_node = self.router.by_node(self._streams)
+        nodes = list(per_node)
+        replies = await asyncio.gather(
+            *(
+                self._control.to(node).send_packed(
+                    b"".join(
+                        pack(*self._xreadgroup(stream, count, None, ids))
+                        for stream in per_node[node]
+                    ),
+                    len(per_node[node]),
+                )
+                for node in nodes
+            )
+        )
+        out: dict[str, list[Any]] = {}
+        for node, node_replies in zip(nodes, replies, strict=True):
+            for stream, reply in zip(per_node[node], node_replies, strict=True):
+                if isinstance(reply, hiredis.ReplyError):
+                    raise ResponseError(str(reply))
+                out[stream] = list(reply[0][1]) if reply else []
+        return out
+
+    async def _wait_for_entries(self, count: int, block_ms: int) -> dict[str, list[Any]]:
+        """A blocking read per stream, each on a connection of its own; once one answers
+        with entries, the others are released (see the module doc)."""
+        if len(self._streams) == 1:
+            stream = self._streams[0]
+            return {stream: await self._blocking_read(stream, count, block_ms)}
+        for stream in self._streams:
+            if stream not in self._client_ids:
+                conn = self._reader(stream)
+                self._client_ids[stream] = int(await conn.call("CLIENT", "ID"))
         tasks = {
-            node: asyncio.ensure_future(self._read(node, streams, count, block_ms))
-            for node, streams in per_node.items()
+            stream: asyncio.ensure_future(self._blocking_read(stream, count, block_ms))
+            for stream in self._streams
         }
         try:
             done, waiting = await asyncio.wait(tasks.values(), return_when=asyncio.FIRST_COMPLETED)
             if waiting and any(t.exception() is not None or t.result() for t in done):
-                for node, task in tasks.items():
+                for stream, task in tasks.items():
                     if task in waiting:
-                        await self._release(node)
+                        await self._release(stream)
             results = await asyncio.gather(*tasks.values(), return_exceptions=True)
         except BaseException:
             for task in tasks.values():
                 task.cancel()
             raise
-        replies: list[list[Any]] = []
-        for result in results:
+        out: dict[str, list[Any]] = {}
+        for stream, result in zip(tasks, results, strict=True):
             if isinstance(result, BaseException):
                 # What the others read is pending on this consumer now: the loop reads the
                 # pending entries first after an error, so nothing is skipped.
                 raise result
-            replies.append(result)
-        return replies
+            out[stream] = result
+        return out
 
-    async def _release(self, node: str) -> None:
-        """CLIENT UNBLOCK this consumer's blocked read on ``node`` (it answers "nothing")."""
-        client_id = self._client_ids.get(node)
+    def _reader(self, stream: str) -> RespConnection:
+        """The blocking-read connection of one stream (to its master as the map says now)."""
+        node = self.router.node_of(stream)
+        known = self._readers.get(stream)
+        if known is None or known[0] != node:
+            if known is not None:
+                self._closing.append(known[1])
+            known = self._readers[stream] = (
+                node,
+                RespConnection(self.router.endpoint(node), timeout_s=self.router.timeout_s),
+            )
+            self._client_ids.pop(stream, None)
+        return known[1]
+
+    async def _blocking_read(self, stream: str, count: int, block_ms: int) -> list[Any]:
+        conn = self._reader(stream)
+        reply = await conn.call(
+            *self._xreadgroup(stream, count, block_ms, b">"),
+            timeout_s=block_ms / 1000 + conn.timeout_s,
+        )
+        return list(reply[0][1]) if reply else []
+
+    async def _release(self, stream: str) -> None:
+        """CLIENT UNBLOCK the blocked read of ``stream`` (it answers "nothing")."""
+        client_id = self._client_ids.get(stream)
         if client_id is None:
             return
+        node = self.router.node_of(stream)
         released = await self._control.to(node).call("CLIENT", "UNBLOCK", client_id)
         if not released:
-            # Not blocked (it had just answered), or the read connection is a new one since
-            # its id was asked: ask again before the next blocking read.
-            self._client_ids.pop(node, None)
+            # Not blocked (it had just answered), or its connection is a new one since its id
+            # was asked: ask again before the next blocking read.
+            self._client_ids.pop(stream, None)
 
     async def take_over(self) -> int:
         """XAUTOCLAIM with no idle time, to the end of each stream's pending list (JUSTID: not
@@ -292,5 +328,9 @@ class ClusterSubscription:
             raise
 
     async def close(self) -> None:
-        await self._reads.close()
+        for _, conn in self._readers.values():
+            await conn.close()
+        for conn in self._closing:
+            await conn.close()
+        self._readers.clear()
         await self._control.close()

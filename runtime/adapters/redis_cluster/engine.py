@@ -55,8 +55,9 @@ class RedisClusterEngine:
     ) -> None:
         self.client = client
         self.router = ClusterRouter(client)
-        self.keyspace: ClusterKeyspace = ClusterKeyspace.of(keyspace, partitioning)
-        self.partitioning = self.keyspace.partitioning
+        self.cluster_keyspace = ClusterKeyspace.of(keyspace, partitioning)
+        self.keyspace: Keyspace = self.cluster_keyspace
+        self.partitioning = self.cluster_keyspace.partitioning
         self.maxlen = maxlen
         self.maxlen_per_stream = dict(maxlen_per_stream or {})
         self.retention = retention
@@ -72,7 +73,7 @@ class RedisClusterEngine:
     ) -> ClusterEventBus:
         return ClusterEventBus(
             self.router,
-            self.keyspace,
+            self.cluster_keyspace,
             producer=producer,
             maxlen=self.maxlen,
             maxlen_per_stream=self.maxlen_per_stream,
@@ -93,7 +94,7 @@ class RedisClusterEngine:
                 f"a Redis Cluster runner needs this engine's publisher; got {publisher!r}"
             )
         return ClusterDomainRunner(
-            actor, self.router, self.keyspace, publisher, config, metrics=metrics
+            actor, self.router, self.cluster_keyspace, publisher, config, metrics=metrics
         )
 
     async def read(self, topic: str, *, count: int = 10_000) -> list[tuple[str, bytes]]:

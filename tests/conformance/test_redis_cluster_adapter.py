@@ -23,6 +23,7 @@ from runtime.core.keys import Keyspace
 from runtime.core.partitioning import Partitioning
 from runtime.core.policy.model import RiskMode
 from runtime.core.publisher import Publisher
+from runtime.engines import engine_kind
 from tests.conformance.harness import new_namespace
 from tests.conformance.harness_cluster import RedisClusterHarness
 from tests.process.actors import TickCounter
@@ -264,19 +265,22 @@ async def test_the_cluster_killed_and_restarted_mid_flow_loses_nothing(
 ) -> None:
     engine = open_engine(cluster, new_namespace())
     publisher = engine.publisher(producer="test")
-    loops = runners(engine, publisher, 3, reconnect_cap_ms=300)
+    # Small batches: many commits, so the kill falls between some of them.
+    loops = runners(engine, publisher, 3, reconnect_cap_ms=300, batch_size=20)
     tasks = [asyncio.create_task(loop.run()) for loop in loops]
     try:
-        first = await publish_ticks(publisher, 30)
-        await asyncio.sleep(0.2)  # mid-flow: some handled, some not
+        first = await publish_ticks(publisher, 150)
         await asyncio.to_thread(cluster.kill)
-        publishing = asyncio.create_task(publish_ticks(publisher, 30, first=31))
-        await asyncio.sleep(0.5)
+        handled_before = sum(len(cast(TickCounter, loop.actor).seen) for loop in loops)
+        publishing = asyncio.create_task(publish_ticks(publisher, 50, first=151))
+        await asyncio.sleep(0.5)  # publishers and runners meet a dead cluster
         await asyncio.to_thread(cluster.restart)
         second = await asyncio.wait_for(publishing, 60)
         await wait_for_outputs(engine, first + second, within_s=60)
         await asyncio.sleep(0.3)
-        assert await counts(engine, 3) == dict.fromkeys(SYMBOLS, 60)
+        assert await counts(engine, 3) == dict.fromkeys(SYMBOLS, 200), (
+            f"{handled_before} of {first} ticks were handled when the cluster died"
+        )
         # Outputs may repeat (a commit redone after the crash), never go missing.
         assert sum((await outputs(engine)).values()) >= first + second
     finally:
@@ -285,6 +289,11 @@ async def test_the_cluster_killed_and_restarted_mid_flow_loses_nothing(
         await asyncio.gather(*tasks)
         await publisher.close()
         await engine.close()
+
+
+def test_a_cluster_url_selects_the_cluster_engine() -> None:
+    assert engine_kind("redis+cluster://127.0.0.1:7000,127.0.0.1:7001") == "redis_cluster"
+    assert engine_kind("redis://127.0.0.1:6379/0") == "redis"
 
 
 def test_a_plain_keyspace_becomes_the_cluster_one() -> None:

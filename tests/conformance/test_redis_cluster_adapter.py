@@ -1,5 +1,7 @@
-"""The Redis Cluster engine on a 3-master cluster of the test's own: where keys land, a domain
-end to end, the commit order's redo safety, the policy store, and a whole-cluster crash."""
+"""The Redis Cluster engine on a 3-master cluster of the test's own: partitions on different
+masters, a domain end to end, the commit order's redo safety (a commit whose acknowledgement
+was lost is not handled, nor dead-lettered, twice), the policy store, a whole-cluster crash.
+The key names alone (no cluster) are tested in tests/unit/test_redis_cluster_keys.py."""
 
 from __future__ import annotations
 
@@ -16,14 +18,10 @@ from quantum.events.v1.market_pb2 import MarketTick
 from runtime.adapters.redis.policy_store import PolicyStore
 from runtime.adapters.redis_cluster.committer import ClusterCommitter
 from runtime.adapters.redis_cluster.engine import RedisClusterEngine
-from runtime.adapters.redis_cluster.keys import SLOTS, ClusterKeyspace, slot_of
-from runtime.adapters.redis_cluster.url import parse_cluster_url
 from runtime.core.delivery import DeliveryLoop, RunnerConfig
-from runtime.core.keys import Keyspace
 from runtime.core.partitioning import Partitioning
 from runtime.core.policy.model import RiskMode
 from runtime.core.publisher import Publisher
-from runtime.engines import engine_kind
 from tests.conformance.harness import new_namespace
 from tests.conformance.harness_cluster import RedisClusterHarness
 from tests.process.actors import TickCounter
@@ -99,43 +97,6 @@ async def counts(engine: RedisClusterEngine, partitions: int) -> dict[str, int]:
             assert symbol not in merged, f"{symbol} was handled by two partitions"
             merged[symbol] = n
     return merged
-
-
-def test_a_cluster_url_names_its_seeds_and_credentials() -> None:
-    parsed = parse_cluster_url("redis+cluster://user:s%40cret@10.0.0.1:7000,10.0.0.2:7001")
-    assert parsed.seeds == (("10.0.0.1", 7000), ("10.0.0.2", 7001))
-    assert (parsed.username, parsed.password) == ("user", "s@cret")
-    with pytest.raises(ValueError, match="host:port"):
-        parse_cluster_url("redis+cluster://10.0.0.1")
-    with pytest.raises(ValueError, match="database 0"):
-        parse_cluster_url("redis+cluster://10.0.0.1:7000/3")
-
-
-def test_what_one_commit_touches_shares_one_slot_and_the_policy_keys_another() -> None:
-    keys = ClusterKeyspace("q", SPLIT)
-    group = keys.group("tick_counter", 1, 3)
-    partition = {
-        keys.state("tick_counter", 1, 3),
-        keys.lease("tick_counter", 1, 3),
-        keys.fencing_tokens_of(group),
-        keys.state_epoch(group),
-        keys.processed_bucket(group, "01J0000000000000000000000"),
-    }
-    assert len({slot_of(k) for k in partition}) == 1
-    unsplit = {keys.state("risk"), keys.dlq("risk"), keys.dead_lettered("risk")}
-    unsplit |= {keys.processed_bucket("risk", "01J"), keys.state_epoch("risk")}
-    assert len({slot_of(k) for k in unsplit}) == 1
-    policy = {keys.policy(), keys.policy_history(), keys.stream("policy.updated")}
-    policy |= {keys.trace("a" * 32), keys.trace_registry()}
-    assert len({slot_of(k) for k in policy}) == 1
-    assert all(k.startswith("q:") for k in partition | unsplit | policy)
-
-
-def test_the_partitions_of_a_type_take_their_share_of_the_slots() -> None:
-    keys = ClusterKeyspace("q", Partitioning({"MarketTick": 8}))
-    for k in range(8):
-        slot = slot_of(keys.stream(f"MarketTick:{k}"))
-        assert k * SLOTS // 8 <= slot < (k + 1) * SLOTS // 8
 
 
 async def test_three_partitions_land_on_three_different_masters(
@@ -227,6 +188,47 @@ async def test_an_entry_committed_but_not_acknowledged_is_acknowledged_without_h
         await second_engine.close()
 
 
+async def test_a_dead_letter_of_a_commit_redone_after_a_crash_is_written_once(
+    cluster: RedisClusterHarness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A split domain: its dead-letter stream is not in its partition's slot, so the dead
+    # letter is written before the commit point (step 1), and a redo must not repeat it.
+    namespace = new_namespace()
+    engine = open_engine(cluster, namespace)
+    publisher = engine.publisher(producer="test")
+    await publisher.log.append([("market.tick:0", b"not an envelope")])
+    first = runners(engine, publisher, 3)[0]
+    committer = first.committer
+    assert isinstance(committer, ClusterCommitter)
+
+    async def crash(acks: dict[str, list[bytes]]) -> None:
+        raise SimulatedCrash("before acknowledging")
+
+    monkeypatch.setattr(committer, "_acknowledge", crash)
+    with pytest.raises(SimulatedCrash):
+        await first.run()
+    assert len(await engine.dead_letters(TickCounter.name)) == 1
+
+    second_engine = open_engine(cluster, namespace)
+    second_publisher = second_engine.publisher(producer="test")
+    second = runners(second_engine, second_publisher, 3)[0]
+    task = asyncio.create_task(second.run())
+    try:
+        async with asyncio.timeout(20):
+            while sum(p.pending for p in await second.subscription.positions()) > 0:  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+        letters = await engine.dead_letters(TickCounter.name)
+        assert len(letters) == 1
+        assert letters[0].attempts == 1
+    finally:
+        await second.stop()
+        await task
+        for closing in (publisher, second_publisher):
+            await closing.close()
+        await engine.close()
+        await second_engine.close()
+
+
 async def test_the_policy_store_writes_and_reads_on_the_cluster(
     cluster: RedisClusterHarness, tmp_path: Path
 ) -> None:
@@ -289,15 +291,3 @@ async def test_the_cluster_killed_and_restarted_mid_flow_loses_nothing(
         await asyncio.gather(*tasks)
         await publisher.close()
         await engine.close()
-
-
-def test_a_cluster_url_selects_the_cluster_engine() -> None:
-    assert engine_kind("redis+cluster://127.0.0.1:7000,127.0.0.1:7001") == "redis_cluster"
-    assert engine_kind("redis://127.0.0.1:6379/0") == "redis"
-
-
-def test_a_plain_keyspace_becomes_the_cluster_one() -> None:
-    keyspace = ClusterKeyspace.of(Keyspace("q"), SPLIT)
-    assert keyspace.namespace == "q"
-    assert keyspace.partitioning == SPLIT
-    assert keyspace.stream("market.tick:1") != Keyspace("q").stream("market.tick:1")

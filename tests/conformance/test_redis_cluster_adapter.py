@@ -16,15 +16,19 @@ import redis.asyncio as aioredis
 from quantum.events.v1.market_pb2 import MarketTick
 
 from runtime.adapters.redis.policy_store import PolicyStore
+from runtime.adapters.redis.retention import RetentionPolicy
 from runtime.adapters.redis_cluster.committer import ClusterCommitter
 from runtime.adapters.redis_cluster.engine import RedisClusterEngine
 from runtime.core.delivery import DeliveryLoop, RunnerConfig
+from runtime.core.keys import Keyspace
+from runtime.core.metrics import RuntimeMetrics
 from runtime.core.partitioning import Partitioning
 from runtime.core.policy.model import RiskMode
 from runtime.core.publisher import Publisher
+from runtime.core.transport import Backpressure
 from tests.conformance.harness import new_namespace
 from tests.conformance.harness_cluster import RedisClusterHarness
-from tests.process.actors import TickCounter
+from tests.process.actors import TickCounter, tick
 
 pytestmark = pytest.mark.slow
 
@@ -289,5 +293,31 @@ async def test_the_cluster_killed_and_restarted_mid_flow_loses_nothing(
         for loop in loops:
             await loop.stop()
         await asyncio.gather(*tasks)
+        await publisher.close()
+        await engine.close()
+
+
+async def test_a_full_partition_stream_pushes_back_on_its_own_master(
+    cluster: RedisClusterHarness,
+) -> None:
+    engine = RedisClusterEngine.from_url(
+        cluster.url,
+        Keyspace(new_namespace()),
+        partitioning=SPLIT,
+        maxlen=50,
+        retention=RetentionPolicy(retain=10, refresh_s=0.01, backpressure_timeout_s=0.3),
+    )
+    stream = engine.keyspace.stream("market.tick:2")
+    await engine.client.xgroup_create(stream, "stalled", id="0", mkstream=True)
+    publisher = engine.publisher(producer="test", metrics=RuntimeMetrics())
+    try:
+        # S2 is in partition 2: its stream fills up; S7 (partition 1) still has room.
+        await publisher.publish_many([tick("S2", i) for i in range(1, 51)], partition_key="S2")
+        with pytest.raises(Backpressure, match="stalled"):
+            await publisher.publish(tick("S2", 51), partition_key="S2")
+        await publisher.publish(tick("S7", 1), partition_key="S7")
+        assert len(await engine.read("market.tick:2")) == 50
+        assert len(await engine.read("market.tick:1")) == 1
+    finally:
         await publisher.close()
         await engine.close()

@@ -71,7 +71,7 @@ def runners(
                 partition=p,
                 partitions=partitions,
                 block_ms=100,
-                lease_ttl_ms=1_000,
+                lease_ttl_ms=5_000,
                 **options,  # type: ignore[arg-type]
             ),
             publisher,

@@ -14,6 +14,8 @@ import socket
 import subprocess
 import time
 
+import redis
+
 from runtime.adapters.redis.retention import RetentionPolicy
 from runtime.adapters.redis_cluster.engine import RedisClusterEngine
 from runtime.core.engine import Engine
@@ -121,6 +123,36 @@ class RedisClusterHarness:
             time.sleep(0.05)
         states = {p: cluster_info(p).split("\r\n", 1)[0] for p in self.ports}
         raise TimeoutError(f"the Redis Cluster did not become ok in {self.timeout} s: {states}")
+
+    def move_slot(self, slot: int, to_port: int) -> None:
+        """Migrate one slot, keys and all, to the master at ``to_port`` (what a resharding
+        does slot by slot): clients meet ASK while it moves and MOVED after."""
+        clients = {p: redis.Redis(host=DEFAULT_HOST, port=p) for p in self.ports}
+        try:
+            ids = {p: c.execute_command("CLUSTER", "MYID").decode() for p, c in clients.items()}
+            source = self.port_of_slot(slot)
+            if source == to_port:
+                return
+            clients[to_port].execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", ids[source])
+            clients[source].execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", ids[to_port])
+            while keys := clients[source].execute_command("CLUSTER", "GETKEYSINSLOT", slot, 100):
+                clients[source].execute_command(
+                    "MIGRATE", DEFAULT_HOST, to_port, "", 0, 5000, "KEYS", *keys
+                )
+            for port in (to_port, source, *self.ports):
+                clients[port].execute_command("CLUSTER", "SETSLOT", slot, "NODE", ids[to_port])
+        finally:
+            for client in clients.values():
+                client.close()
+        self.wait_ok()
+
+    def port_of_slot(self, slot: int) -> int:
+        """The port of the master serving ``slot`` (as the first node sees it)."""
+        with redis.Redis(host=DEFAULT_HOST, port=self.ports[0]) as client:
+            for start, end, master, *_ in client.execute_command("CLUSTER", "SLOTS"):
+                if start <= slot <= end:
+                    return int(master[1])
+        raise LookupError(f"slot {slot} is not served by any master")
 
     def kill(self) -> None:
         for server in self.servers:

@@ -19,6 +19,7 @@ from runtime.adapters.redis.policy_store import PolicyStore
 from runtime.adapters.redis.retention import RetentionPolicy
 from runtime.adapters.redis_cluster.committer import ClusterCommitter
 from runtime.adapters.redis_cluster.engine import RedisClusterEngine
+from runtime.adapters.redis_cluster.keys import slot_of
 from runtime.core.delivery import DeliveryLoop, RunnerConfig
 from runtime.core.keys import Keyspace
 from runtime.core.metrics import RuntimeMetrics
@@ -321,3 +322,33 @@ async def test_a_full_partition_stream_pushes_back_on_its_own_master(
     finally:
         await publisher.close()
         await engine.close()
+
+
+async def test_a_runner_follows_its_slots_to_another_master(cluster: RedisClusterHarness) -> None:
+    engine = open_engine(cluster, new_namespace())
+    publisher = engine.publisher(producer="test")
+    (loop,) = runners(engine, publisher, 1)
+    task = asyncio.create_task(loop.run())
+    # An input stream's slot and the partition's own (state, marks, lease) each move.
+    slots = [
+        slot_of(engine.keyspace.stream("market.tick:0")),
+        slot_of(engine.keyspace.state(TickCounter.name)),
+    ]
+    homes = [cluster.port_of_slot(slot) for slot in slots]
+    try:
+        first = await publish_ticks(publisher, 20)
+        await wait_for_outputs(engine, first)
+        for slot, home in zip(slots, homes, strict=True):
+            elsewhere = next(p for p in cluster.ports if p != home)
+            await asyncio.to_thread(cluster.move_slot, slot, elsewhere)
+            assert cluster.port_of_slot(slot) == elsewhere
+        second = await publish_ticks(publisher, 20, first=21)
+        await wait_for_outputs(engine, first + second)
+        assert await counts(engine, 1) == dict.fromkeys(SYMBOLS, 40)
+    finally:
+        await loop.stop()
+        await task
+        await publisher.close()
+        await engine.close()
+        for slot, home in zip(slots, homes, strict=True):  # the stream tags are shared by tests
+            await asyncio.to_thread(cluster.move_slot, slot, home)

@@ -352,3 +352,32 @@ async def test_a_runner_follows_its_slots_to_another_master(cluster: RedisCluste
         await engine.close()
         for slot, home in zip(slots, homes, strict=True):  # the stream tags are shared by tests
             await asyncio.to_thread(cluster.move_slot, slot, home)
+
+
+async def test_a_deleted_group_is_recreated_on_its_stream_from_the_last_acknowledged_entry(
+    cluster: RedisClusterHarness,
+) -> None:
+    engine = open_engine(cluster, new_namespace())
+    publisher = engine.publisher(producer="test")
+    (loop,) = runners(engine, publisher, 1)
+    actor = cast(TickCounter, loop.actor)
+    task = asyncio.create_task(loop.run())
+    stream = engine.keyspace.stream("market.tick:2")  # S2, S3 and S5 live here
+    try:
+        first = await publish_ticks(publisher, 5)
+        await wait_for_outputs(engine, first)
+        await engine.client.xgroup_destroy(stream, TickCounter.name)
+        second = await publish_ticks(publisher, 5, first=6)
+        await wait_for_outputs(engine, first + second)
+    finally:
+        await loop.stop()
+        await task
+        await publisher.close()
+    try:
+        assert actor.counts == dict.fromkeys(SYMBOLS, 10)
+        assert actor.out_of_order == 0
+        assert len(actor.seen) == first + second  # started after the last acknowledged entry
+        groups = await engine.client.xinfo_groups(stream)
+        assert [g["name"] for g in groups] == [TickCounter.name.encode()]
+    finally:
+        await engine.close()

@@ -14,6 +14,7 @@ from typing import cast
 import pytest
 import redis.asyncio as aioredis
 from quantum.events.v1.market_pb2 import MarketTick
+from redis.exceptions import ResponseError
 
 from runtime.adapters.redis.policy_store import PolicyStore
 from runtime.adapters.redis.retention import RetentionPolicy
@@ -26,7 +27,7 @@ from runtime.core.metrics import RuntimeMetrics
 from runtime.core.partitioning import Partitioning
 from runtime.core.policy.model import RiskMode
 from runtime.core.publisher import Publisher
-from runtime.core.transport import Backpressure
+from runtime.core.transport import Backpressure, Commit
 from tests.conformance.harness import new_namespace
 from tests.conformance.harness_cluster import RedisClusterHarness
 from tests.process.actors import TickCounter, tick
@@ -381,3 +382,28 @@ async def test_a_deleted_group_is_recreated_on_its_stream_from_the_last_acknowle
         assert [g["name"] for g in groups] == [TickCounter.name.encode()]
     finally:
         await engine.close()
+
+
+async def test_a_commit_sent_to_a_slots_former_master_fails_as_transient_then_lands(
+    cluster: RedisClusterHarness,
+) -> None:
+    engine = open_engine(cluster, new_namespace())
+    publisher = engine.publisher(producer="test")
+    committer = runners(engine, publisher, 1)[0].committer
+    slot = slot_of(engine.keyspace.state(TickCounter.name))
+    home = cluster.port_of_slot(slot)
+    try:
+        await committer.load_state()  # the slot map as it is now
+        await asyncio.to_thread(
+            cluster.move_slot, slot, next(p for p in cluster.ports if p != home)
+        )
+        with pytest.raises(ResponseError, match=r"^MOVED") as refused:
+            await committer.commit(Commit(state=b'{"after": "move"}'))
+        assert committer.is_transient(refused.value)  # the delivery loop retries it
+        await committer.commit(Commit(state=b'{"after": "move"}'))  # on the slot's new master
+        assert await engine.load_state(TickCounter.name) == b'{"after": "move"}'
+    finally:
+        await committer.close()
+        await publisher.close()
+        await engine.close()
+        await asyncio.to_thread(cluster.move_slot, slot, home)

@@ -253,7 +253,10 @@ class ClusterCommitter:
         replies = await home.send_packed(*body)
         result = replies[-1]
         if isinstance(result, hiredis.ReplyError):  # EXECABORT, or MULTI refused
-            raise ResponseError(str(result))
+            # Say why: a queued command's refusal (MOVED when the slot moved since step 0,
+            # which is transient) rather than the EXECABORT that follows it.
+            cause = next((r for r in replies if isinstance(r, hiredis.ReplyError)), result)
+            raise ResponseError(str(cause))
         if result is None:
             return False
         for reply in result:

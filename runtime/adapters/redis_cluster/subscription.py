@@ -133,6 +133,8 @@ class ClusterSubscription:
     async def _wait_for_entries(self, count: int, block_ms: int) -> dict[str, list[Any]]:
         """A blocking read per stream, each on a connection of its own; once one answers
         with entries, the others are released (see the module doc)."""
+        while self._closing:  # connections to a stream's former master
+            await self._closing.pop().close()
         if len(self._streams) == 1:
             stream = self._streams[0]
             return {stream: await self._blocking_read(stream, count, block_ms)}

@@ -407,3 +407,28 @@ async def test_a_commit_sent_to_a_slots_former_master_fails_as_transient_then_la
         await publisher.close()
         await engine.close()
         await asyncio.to_thread(cluster.move_slot, slot, home)
+
+
+async def test_entries_read_beside_a_failed_read_are_handed_out_by_the_next_fetch(
+    cluster: RedisClusterHarness,
+) -> None:
+    # The streams of a fetch are read one XREADGROUP each: when one fails (its group
+    # deleted), the others have delivered theirs, which a new read (">") never returns again.
+    engine = open_engine(cluster, new_namespace())
+    publisher = engine.publisher(producer="test")
+    subscription = runners(engine, publisher, 1)[0].subscription
+    try:
+        await subscription.open()
+        total = await publish_ticks(publisher, 3)
+        stream = engine.keyspace.stream("market.tick:2")
+        await engine.client.xgroup_destroy(stream, TickCounter.name)
+        with pytest.raises(ResponseError, match=r"^NOGROUP") as missing:
+            await subscription.fetch(pending=False, count=100, block_ms=50)
+        assert await subscription.recreate(missing.value, {}) == [(stream, b"0")]
+        fetched = await subscription.fetch(pending=False, count=100, block_ms=50)
+        assert len(fetched) == total
+        assert len({d.stream for d in fetched}) == 3
+    finally:
+        await subscription.close()
+        await publisher.close()
+        await engine.close()

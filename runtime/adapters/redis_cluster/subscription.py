@@ -60,6 +60,8 @@ class ClusterSubscription:
         self._readers: dict[str, tuple[str, RespConnection]] = {}
         self._client_ids: dict[str, int] = {}
         self._closing: list[RespConnection] = []
+        # New entries read while another stream's read failed: handed out next (``_carry``).
+        self._carried: dict[str, list[Any]] = {}
         self._control = router.connections()  # non-blocking reads, marks, claims, UNBLOCK
         self._group_b = group.encode()
         self._consumer_b = consumer.encode()
@@ -85,9 +87,18 @@ class ClusterSubscription:
         return await self._routed(lambda: self._fetch(pending, count, block_ms))
 
     async def _fetch(self, pending: bool, count: int, block_ms: int) -> list[Delivery]:
-        replies = await self._read_now(count, pending=pending)
-        if not pending and not any(replies):
-            replies = await self._wait_for_entries(count, block_ms)
+        if pending:
+            self._carried.clear()  # a pending read returns those again, in order
+            replies = await self._read_now(count, pending=True)
+        else:
+            replies = await self._read_now(count, pending=False)
+            if not any(replies.values()) and not self._carried:
+                replies = await self._wait_for_entries(count, block_ms)
+            if self._carried:
+                carried, self._carried = self._carried, {}
+                for stream, entries in replies.items():  # the carried ones are older
+                    carried.setdefault(stream, []).extend(entries)
+                replies = carried
         deliveries: list[Delivery] = []
         for stream, entries in replies.items():
             for entry_id, fields in entries:
@@ -120,15 +131,34 @@ class ClusterSubscription:
                     len(per_node[node]),
                 )
                 for node in nodes
-            )
+            ),
+            return_exceptions=True,
         )
         out: dict[str, list[Any]] = {}
+        failed: BaseException | None = None
         for node, node_replies in zip(nodes, replies, strict=True):
+            if isinstance(node_replies, BaseException):
+                failed = failed or node_replies
+                continue
             for stream, reply in zip(per_node[node], node_replies, strict=True):
                 if isinstance(reply, hiredis.ReplyError):
-                    raise ResponseError(str(reply))
+                    failed = failed or ResponseError(str(reply))
+                    continue
                 out[stream] = list(reply[0][1]) if reply else []
+        if failed is not None:
+            self._carry(out, pending=pending)
+            raise failed
         return out
+
+    def _carry(self, read: dict[str, list[Any]], *, pending: bool) -> None:
+        """Keep new entries read from some streams when another stream's read failed: they
+        are pending on this consumer now and only a pending read would return them, so the
+        next fetch hands them out first (a pending read instead drops them: it has them)."""
+        if pending:
+            return
+        for stream, entries in read.items():
+            if entries:
+                self._carried.setdefault(stream, []).extend(entries)
 
     async def _wait_for_entries(self, count: int, block_ms: int) -> dict[str, list[Any]]:
         """A blocking read per stream, each on a connection of its own; once one answers
@@ -158,12 +188,15 @@ class ClusterSubscription:
                 task.cancel()
             raise
         out: dict[str, list[Any]] = {}
+        failed: BaseException | None = None
         for stream, result in zip(tasks, results, strict=True):
             if isinstance(result, BaseException):
-                # What the others read is pending on this consumer now: the loop reads the
-                # pending entries first after an error, so nothing is skipped.
-                raise result
-            out[stream] = result
+                failed = failed or result
+            else:
+                out[stream] = result
+        if failed is not None:
+            self._carry(out, pending=False)
+            raise failed
         return out
 
     def _reader(self, stream: str) -> RespConnection:

@@ -70,6 +70,7 @@ def test_cluster_replies_that_mean_not_now_are_transient() -> None:
     assert is_transient(ClusterDownError("The cluster is down"))
     assert is_transient(ResponseError("MOVED 3999 127.0.0.1:7001"))
     assert is_transient(ResponseError("TRYAGAIN Multiple keys request during rehashing"))
+    assert is_transient(ResponseError("UNBLOCKED the stream key no longer exists"))
     assert is_transient(RedisClusterException("Redis Cluster cannot be connected. Please ..."))
     assert not is_transient(ResponseError("CROSSSLOT Keys in request don't hash to the same slot"))
     assert not is_transient(RedisClusterException("No way to dispatch this command"))

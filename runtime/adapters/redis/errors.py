@@ -40,6 +40,9 @@ TRANSIENT_REPLIES = (
     "CLUSTERDOWN",
     "MOVED ",
     "ASK ",
+    # A blocked read whose stream went away under it (migrated to another cluster node, or
+    # deleted): read again, and meet MOVED or NOGROUP, which say what to do.
+    "UNBLOCKED",
 )
 # What redis-py's cluster client says when no node of the cluster answers (all of them
 # restarting) or the nodes do not yet agree on who serves every slot.

@@ -66,6 +66,7 @@ from runtime.run_namespace import RunNamespace
 from runtime.supervisor import Supervisor, Worker
 from runtime.worker_command import FEED_DOMAIN, WorkerCommand
 from runtime.worker_layout import FLOW_ORDER, assign, default_workers
+from runtime.worker_main import unblock_stop_signals
 from runtime.worker_metrics import WorkerMetrics, write_port
 
 log = get_logger("runtime.bootstrap")
@@ -334,6 +335,7 @@ async def _host_domains(args: argparse.Namespace, services: _Services) -> int:
         loop.add_signal_handler(sig, stop.set)
     if args.supervised:
         _stop_when_stdin_closes(loop, stop)
+        unblock_stop_signals()  # one sent while this worker started is delivered now
     runtime_task = asyncio.create_task(runtime.run(), name="runtime")
     feed_task: asyncio.Task[int] | None = None
     feed_stop = asyncio.Event()

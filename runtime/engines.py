@@ -2,7 +2,7 @@
 
 - ``redis://``, ``rediss://``, ``unix://``: one Redis server (``runtime.adapters.redis``);
 - ``redis+cluster://host:port[,host:port...]``: a Redis Cluster, from any of its nodes
-  (``runtime.adapters.redis_cluster``);
+  (``runtime.adapters.redis.cluster``);
 - ``memory://``: the in-memory engine of this process (tests, backtests).
 
 Everything above the engine (domains, delivery loop, publisher, host) is the same code on
@@ -66,7 +66,7 @@ def open_engine(
     from runtime.adapters.redis.retention import RetentionPolicy
 
     if kind == "redis_cluster":
-        from runtime.adapters.redis_cluster.engine import RedisClusterEngine
+        from runtime.adapters.redis.cluster.engine import RedisClusterEngine
 
         return RedisClusterEngine.from_url(
             url,

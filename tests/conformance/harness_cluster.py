@@ -16,8 +16,8 @@ import time
 
 import redis
 
+from runtime.adapters.redis.cluster.engine import RedisClusterEngine
 from runtime.adapters.redis.retention import RetentionPolicy
-from runtime.adapters.redis_cluster.engine import RedisClusterEngine
 from runtime.core.engine import Engine
 from runtime.core.keys import Keyspace
 from runtime.core.partitioning import Partitioning

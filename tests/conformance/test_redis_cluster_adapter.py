@@ -16,11 +16,11 @@ import redis.asyncio as aioredis
 from quantum.events.v1.market_pb2 import MarketTick
 from redis.exceptions import ResponseError
 
+from runtime.adapters.redis.cluster.committer import ClusterCommitter
+from runtime.adapters.redis.cluster.engine import RedisClusterEngine
+from runtime.adapters.redis.cluster.keys import slot_of
 from runtime.adapters.redis.policy_store import PolicyStore
 from runtime.adapters.redis.retention import RetentionPolicy
-from runtime.adapters.redis_cluster.committer import ClusterCommitter
-from runtime.adapters.redis_cluster.engine import RedisClusterEngine
-from runtime.adapters.redis_cluster.keys import slot_of
 from runtime.core.delivery import DeliveryLoop, RunnerConfig
 from runtime.core.keys import Keyspace
 from runtime.core.metrics import RuntimeMetrics

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 from redis.exceptions import ClusterDownError, MovedError, RedisClusterException, ResponseError
 
+from runtime.adapters.redis.cluster.keys import SLOTS, ClusterKeyspace, slot_of
+from runtime.adapters.redis.cluster.url import parse_cluster_url
 from runtime.adapters.redis.errors import is_transient
-from runtime.adapters.redis_cluster.keys import SLOTS, ClusterKeyspace, slot_of
-from runtime.adapters.redis_cluster.url import parse_cluster_url
 from runtime.core.keys import Keyspace
 from runtime.core.partitioning import Partitioning
 from runtime.engines import engine_kind

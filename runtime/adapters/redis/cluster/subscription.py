@@ -23,11 +23,11 @@ from typing import Any, TypeVar
 import hiredis
 from redis.exceptions import ResponseError
 
+from runtime.adapters.redis.cluster.keys import ClusterKeyspace
+from runtime.adapters.redis.cluster.nodes import ClusterRouter
 from runtime.adapters.redis.errors import is_missing_group, is_transient
 from runtime.adapters.redis.resp import RespConnection, pack
 from runtime.adapters.redis.subscription import envelope_field
-from runtime.adapters.redis_cluster.keys import ClusterKeyspace
-from runtime.adapters.redis_cluster.nodes import ClusterRouter
 from runtime.core.delivery import entry_order, merge_by_time
 from runtime.core.keys import PROCESSED_BUCKET_CHARS
 from runtime.core.transport import Delivery, GroupPosition

@@ -9,13 +9,13 @@ from typing import cast
 
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 
+from runtime.adapters.redis.cluster.keys import ClusterKeyspace
+from runtime.adapters.redis.cluster.nodes import ClusterRouter
+from runtime.adapters.redis.cluster.runner import ClusterDomainRunner
+from runtime.adapters.redis.cluster.streams import ClusterEventBus
+from runtime.adapters.redis.cluster.url import parse_cluster_url
 from runtime.adapters.redis.retention import RetentionPolicy
 from runtime.adapters.redis.streams import DEFAULT_MAXLEN, ENVELOPE_FIELD
-from runtime.adapters.redis_cluster.keys import ClusterKeyspace
-from runtime.adapters.redis_cluster.nodes import ClusterRouter
-from runtime.adapters.redis_cluster.runner import ClusterDomainRunner
-from runtime.adapters.redis_cluster.streams import ClusterEventBus
-from runtime.adapters.redis_cluster.url import parse_cluster_url
 from runtime.core.actor import Actor
 from runtime.core.dead_letters import DeadLetter
 from runtime.core.delivery import DeliveryLoop, RunnerConfig

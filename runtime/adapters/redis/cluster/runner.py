@@ -3,11 +3,11 @@ adapter's subscription and committer."""
 
 from __future__ import annotations
 
-from runtime.adapters.redis_cluster.committer import ClusterCommitter
-from runtime.adapters.redis_cluster.keys import ClusterKeyspace
-from runtime.adapters.redis_cluster.nodes import ClusterRouter
-from runtime.adapters.redis_cluster.streams import ClusterEventBus
-from runtime.adapters.redis_cluster.subscription import ClusterSubscription
+from runtime.adapters.redis.cluster.committer import ClusterCommitter
+from runtime.adapters.redis.cluster.keys import ClusterKeyspace
+from runtime.adapters.redis.cluster.nodes import ClusterRouter
+from runtime.adapters.redis.cluster.streams import ClusterEventBus
+from runtime.adapters.redis.cluster.subscription import ClusterSubscription
 from runtime.core.actor import Actor
 from runtime.core.delivery import DeliveryLoop, RunnerConfig, input_streams
 from runtime.core.metrics import RuntimeMetrics

@@ -17,9 +17,9 @@ from collections.abc import Iterable
 
 from redis.asyncio.cluster import RedisCluster
 
+from runtime.adapters.redis.cluster.keys import slot_of
 from runtime.adapters.redis.errors import is_transient
 from runtime.adapters.redis.resp import DEFAULT_TIMEOUT_S, Endpoint, RespConnection
-from runtime.adapters.redis_cluster.keys import slot_of
 
 
 class ClusterRouter:

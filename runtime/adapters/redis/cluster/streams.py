@@ -11,11 +11,11 @@ from typing import cast
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 
+from runtime.adapters.redis.cluster.keys import ClusterKeyspace
+from runtime.adapters.redis.cluster.nodes import ClusterRouter, NodeConnections
 from runtime.adapters.redis.errors import is_transient
 from runtime.adapters.redis.retention import RetentionPolicy, StreamRetention
 from runtime.adapters.redis.streams import RedisEventLog, StreamNames
-from runtime.adapters.redis_cluster.keys import ClusterKeyspace
-from runtime.adapters.redis_cluster.nodes import ClusterRouter, NodeConnections
 from runtime.core.backoff import Backoff
 from runtime.core.metrics import RuntimeMetrics
 from runtime.core.publisher import DEFAULT_MAX_BATCH, DEFAULT_MAX_BUFFER, Publisher

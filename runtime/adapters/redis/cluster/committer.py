@@ -34,6 +34,8 @@ import hiredis
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
+from runtime.adapters.redis.cluster.keys import ClusterKeyspace
+from runtime.adapters.redis.cluster.nodes import ClusterRouter, NodeConnections
 from runtime.adapters.redis.committer import (
     ACQUIRE_LEASE,
     RENEW_LEASE,
@@ -45,15 +47,13 @@ from runtime.adapters.redis.errors import CommitFailed, is_transient
 from runtime.adapters.redis.resp import RespConnection, pack
 from runtime.adapters.redis.retention import StreamRetention
 from runtime.adapters.redis.streams import StreamNames
-from runtime.adapters.redis_cluster.keys import ClusterKeyspace
-from runtime.adapters.redis_cluster.nodes import ClusterRouter, NodeConnections
 from runtime.core.dead_letters import DLQ_MAXLEN, DeadLetter
 from runtime.core.keys import PROCESSED_BUCKET_CHARS
 from runtime.core.logs import get_logger
 from runtime.core.trace_index import DEFAULT_MAX_TRACES, DEFAULT_TRACE_TTL_S
 from runtime.core.transport import Backpressure, Commit, Lease, LeaseLost
 
-_log = get_logger("runtime.adapters.redis_cluster")
+_log = get_logger("runtime.adapters.redis.cluster")
 _MULTI = pack(b"MULTI")
 _EXEC = pack(b"EXEC")
 _UNWATCH = pack(b"UNWATCH")

@@ -34,23 +34,25 @@ from control_plane.metrics_http import MetricsEndpoint, RuntimeCollector, Snapsh
 from control_plane.server import ControlPlane, config_from_args
 from control_plane.server import main as control_plane_main
 from runtime import report
-from runtime.adapters.redis.bus import ENVELOPE_FIELD, EventBus, PublishTimeout
+from runtime.adapters.redis.bus import ENVELOPE_FIELD, PublishTimeout
 from runtime.adapters.redis.client import RedisClient, open_client, ping
 from runtime.adapters.redis.errors import AccessDenied, RedisError
-from runtime.adapters.redis.host import Runtime, default_consumer_name, install_uvloop, tune_gc
 from runtime.adapters.redis.policy_store import PolicyStore
 from runtime.adapters.redis.reads import newest
-from runtime.adapters.redis.retention import RetentionPolicy
-from runtime.adapters.redis.runner import RunnerConfig
 from runtime.core import otel
 from runtime.core.actor import Actor
+from runtime.core.delivery import RunnerConfig
+from runtime.core.engine import ActorHost, Engine
 from runtime.core.envelope import decode_envelope
+from runtime.core.host import default_consumer_name, install_uvloop, tune_gc
 from runtime.core.keys import Keyspace
 from runtime.core.logs import configure_logging, get_logger
 from runtime.core.metrics import runtime_metrics
+from runtime.core.partitioning import UNPARTITIONED, Partitioning
 from runtime.core.policy import RiskMode, TradingState
 from runtime.core.policy.model import Policy
 from runtime.core.policy.ports import PolicyReader, PolicyWriter
+from runtime.core.publisher import DEFAULT_MAX_BUFFER, Publisher
 from runtime.core.redis_server import RedisServerNotFound, redis_url
 from runtime.core.upcasting import EMIT_VERSIONS_ENV, process_emit_versions
 from runtime.domains.ai_engine import AiEngine
@@ -60,6 +62,7 @@ from runtime.domains.market_data import CsvFeedError
 from runtime.domains.portfolio import Portfolio
 from runtime.domains.risk_safety import RiskSafety
 from runtime.drain import DRAIN_TIMEOUT_S, drain
+from runtime.engines import EngineSettings, open_engine
 from runtime.feed_publishing import feed_ends_by_itself, feed_ticks, publish_feed
 from runtime.redis_acl import DomainStreams, acl_file, redis_access_denied
 from runtime.run_namespace import RunNamespace
@@ -179,6 +182,26 @@ def redis_acl(args: argparse.Namespace) -> int:
     return 0
 
 
+def partition_problem(
+    domains: Sequence[str], partitions: int, partitioning: Partitioning
+) -> str | None:
+    """Why ``--partition I/N`` cannot read ``--stream-partitions``' logs; None when it can:
+    a split domain reads, of each input split in M partitions, those congruent to its own
+    partition, so N must divide M (or M be 1)."""
+    for name in domains:
+        if name not in PARTITIONABLE or partitions == 1:
+            continue
+        for event_type in _ACTOR_CLASSES[name].consumes():
+            count = partitioning.count(event_type.name)
+            if count > 1 and count % partitions:
+                return (
+                    f"--partition .../{partitions} splits {name}, which reads "
+                    f"{event_type.name} in {count} partitions: give {event_type.name} a "
+                    f"multiple of {partitions} in --stream-partitions"
+                )
+    return None
+
+
 async def _check_credentials(redis: RedisClient) -> None:
     """Fail at once on a refused user or password (AuthenticationError, NoPermissionError);
     an unreachable Redis is the PolicyStore's to judge (it may start from its snapshot)."""
@@ -197,9 +220,16 @@ class _Services:
 
     redis: RedisClient
     space: RunNamespace
+    engine: Engine
     store: PolicyStore
-    bus: EventBus
+    bus: Publisher
     since: dict[str, report.StreamPosition] = field(default_factory=dict)
+
+    @property
+    def keyspace(self) -> Keyspace:
+        """The engine's names for this run's namespace (a cluster's carry hash tags)."""
+        return self.engine.keyspace
+
     summary: report.RunSummary | None = None
 
 
@@ -219,30 +249,38 @@ async def _services(
         )
     redis = open_client(url, socket_connect_timeout=2.0)
     await _check_credentials(redis)
-    state_dir = Path(args.state_dir)
-    store = PolicyStore(redis, space.keyspace, state_dir=state_dir)
-    retention = RetentionPolicy(
-        retain=args.retain, backpressure_timeout_s=args.backpressure_timeout
+    partitioning: Partitioning = args.stream_partitions
+    engine = open_engine(
+        url,
+        space.keyspace,
+        partitioning=partitioning,
+        settings=EngineSettings(
+            retain=args.retain,
+            backpressure_timeout_s=args.backpressure_timeout,
+            max_traces=args.max_traces,
+        ),
     )
-    bus = EventBus(redis, space.keyspace, producer="runtime", retention=retention)
+    keyspace = engine.keyspace
+    state_dir = Path(args.state_dir)
+    store = PolicyStore(redis, keyspace, state_dir=state_dir)
+    bus = engine.publisher(producer="runtime")
     plane: ControlPlane | None = None
     worker_metrics: MetricsEndpoint | None = None
     tally: report.RejectionTally | None = None
     tally_task: asyncio.Task[None] | None = None
-    services = _Services(redis, space, store, bus)
+    services = _Services(redis, space, engine, store, bus)
     started = False
     try:
         await store.start()
         started = True
         if not args.supervised:
-            services.since = await report.stream_positions(redis, space.keyspace)
-            after = services.since.get(report.REJECTED, report.StreamPosition())
-            tally = report.RejectionTally(redis, space.keyspace, after)
+            services.since = await report.stream_positions(redis, keyspace, partitioning)
+            tally = report.RejectionTally(redis, keyspace, services.since, partitioning)
             tally_task = asyncio.create_task(tally.run(), name="rejection-tally")
         if not args.no_control_plane:
             plane = ControlPlane(
                 redis,
-                space.keyspace,
+                keyspace,
                 store,
                 config=config_from_args(args),
                 domain_factories=actor_factories(ReplayPolicy(store), args.equity),
@@ -268,7 +306,7 @@ async def _services(
             try:
                 await tally.catch_up()
                 services.summary = await report.summarize(
-                    redis, space.keyspace, services.since, tally
+                    redis, keyspace, services.since, tally, partitioning
                 )
             except Exception:
                 log.exception("summary_failed")
@@ -280,6 +318,7 @@ async def _services(
                 log.info("namespace_deleted", namespace=space.name, keys=deleted)
             except Exception as exc:  # Redis gone: say what is left behind, do not hide the run
                 log.warning("namespace_not_deleted", namespace=space.name, error=str(exc))
+        await engine.close()
         await redis.aclose()
 
 
@@ -312,7 +351,7 @@ async def _host(args: argparse.Namespace, url: str) -> int:
 
 
 async def _host_domains(args: argparse.Namespace, services: _Services) -> int:
-    redis, keyspace, bus = services.redis, services.space.keyspace, services.bus
+    redis, keyspace, bus = services.redis, services.keyspace, services.bus
     factories = actor_factories(services.store, args.equity)
     hosted = [name for name in args.domains if name != FEED_DOMAIN]
     actors = [factories[name]() for name in hosted]
@@ -324,9 +363,7 @@ async def _host_domains(args: argparse.Namespace, services: _Services) -> int:
     )
     partitioned = replace(config, partition=partition, partitions=partitions)
     configs = {name: partitioned for name in hosted if name in PARTITIONABLE}
-    runtime = Runtime(
-        actors, redis, keyspace, bus, config, configs=configs, max_traces=args.max_traces
-    )
+    runtime = ActorHost(services.engine, actors, bus, config, configs=configs)
     tune_gc()  # start-up is done: what it made is frozen out of collections
 
     stop = asyncio.Event()
@@ -379,7 +416,7 @@ async def _host_domains(args: argparse.Namespace, services: _Services) -> int:
     return exit_code
 
 
-async def _stopped(runtime: Runtime, runtime_task: asyncio.Task[None]) -> int:
+async def _stopped(runtime: ActorHost, runtime_task: asyncio.Task[None]) -> int:
     """Wait for the runtime to stop; 1 when it failed or did not stop in time."""
     try:
         await asyncio.wait_for(asyncio.shield(runtime_task), STOP_TIMEOUT_S)
@@ -420,19 +457,19 @@ async def _supervise(
     async with _services(args, url, metrics_snapshot=metrics.snapshot) as services:
         start = datetime.now(UTC)
         command = WorkerCommand(args, url, services.space.name, start, metrics.port_file)
-        ticks_before = services.since.get(TICK_STREAM, report.StreamPosition()).entries_added
+        partitioning: Partitioning = args.stream_partitions
+        ticks_before = report.entries_added(services.since, TICK_STREAM, partitioning)
 
         async def argv(worker: Worker) -> list[str]:
             skip = 0
             if worker.starts and FEED_DOMAIN in worker.domains:  # resume after what is out
-                now = await report.stream_position(
-                    services.redis, services.space.keyspace, TICK_STREAM
-                )
+                now = await report.stream_positions(services.redis, services.keyspace, partitioning)
                 skip = await feed_resume_point(
                     services.redis,
-                    services.space.keyspace,
+                    services.keyspace,
                     feed_ticks(args, start),
-                    now.entries_added - ticks_before,
+                    report.entries_added(now, TICK_STREAM, partitioning) - ticks_before,
+                    partitioning,
                 )
             return command.argv(worker.index, worker.domains, feed_skip=skip)
 
@@ -459,23 +496,53 @@ async def _supervise(
 
 
 async def feed_resume_point(
-    redis: RedisClient, keyspace: Keyspace, ticks: Iterable[MarketTick], appended: int
+    redis: RedisClient,
+    keyspace: Keyspace,
+    ticks: Iterable[MarketTick],
+    appended: int,
+    partitioning: Partitioning = UNPARTITIONED,
 ) -> int:
-    """How many of the feed's ``ticks`` a restarted feed skips: up to the last tick on the
-    stream, found by its symbol and sequence among the first ``appended`` (the entries this
-    run added). Not ``appended`` itself: a publish retried after a lost reply (Redis restarted
-    under it) appends a tick twice, and the feed would then skip one tick per duplicate."""
+    """How many of the feed's ``ticks`` a restarted feed skips, found among the first
+    ``appended`` (the entries this run added) by symbol and sequence. Not ``appended``
+    itself: a publish retried after a lost reply (Redis restarted under it) appends a tick
+    twice, and the feed would then skip one tick per duplicate.
+
+    With the ticks split in partitions, each partition's newest tick says how far that
+    partition got; the feed resumes at the first tick some partition does not hold yet (a
+    crash may have stored a later tick of one partition and not an earlier one of another:
+    that later one is published again, and its consumers' marks skip it).
+    """
     if appended <= 0:
         return 0
-    entry = await newest(redis, keyspace.stream(TICK_STREAM))
-    if entry is None:
+    topics = partitioning.topics(TICK_STREAM)
+    newest_of: dict[str, tuple[str, int]] = {}
+    for topic in topics:
+        entry = await newest(redis, keyspace.stream(topic))
+        if entry is not None:
+            last = MarketTick.FromString(decode_envelope(entry[1][ENVELOPE_FIELD]).payload)
+            newest_of[topic] = (last.symbol, last.sequence)
+    if not newest_of:
         return 0
-    last = MarketTick.FromString(decode_envelope(entry[1][ENVELOPE_FIELD]).payload)
-    for position, tick in enumerate(itertools.islice(ticks, appended)):
-        if (tick.symbol, tick.sequence) == (last.symbol, last.sequence):
-            return position + 1
-    log.warning("feed_resume_point_not_found", symbol=last.symbol, sequence=last.sequence)
-    return appended
+    reached: dict[str, int] = {}  # topic -> feed position of its newest tick
+    first_after: dict[str, int] = {}  # topic -> first position past it (not stored)
+    # Split, the stored ticks may reach past ``appended`` positions: by what was in flight
+    # (at most a publisher's buffer) when some partition's append was lost.
+    window = appended if len(topics) == 1 else appended + DEFAULT_MAX_BUFFER
+    for position, tick in enumerate(itertools.islice(ticks, window)):
+        topic = partitioning.topic(TICK_STREAM, tick.symbol)
+        if newest_of.get(topic) == (tick.symbol, tick.sequence):
+            reached[topic] = position
+            first_after.pop(topic, None)
+        elif topic not in first_after and (topic in reached or topic not in newest_of):
+            first_after[topic] = position
+        if len(reached) == len(newest_of) and len(first_after) == len(topics):
+            break  # every partition's first missing tick is known
+    if set(reached) != set(newest_of):
+        missing = sorted(set(newest_of) - set(reached))
+        log.warning("feed_resume_point_not_found", topics=missing)
+        return appended
+    resume = min(first_after.values(), default=max(reached.values()) + 1)
+    return resume
 
 
 def run(args: argparse.Namespace) -> int:
@@ -492,6 +559,10 @@ def run(args: argparse.Namespace) -> int:
     layout_given = args.domains is not None or args.partition is not None
     args.domains = args.domains or FLOW_ORDER
     args.partition = args.partition or (0, 1)
+    problem = partition_problem(args.domains, args.partition[1], args.stream_partitions)
+    if problem:
+        print(f"quantum run: {problem}", file=sys.stderr)
+        return 2
     workers = args.workers or (1 if layout_given else default_workers(args.domains))
     try:
         groups = assign(args.domains, workers)

@@ -25,6 +25,8 @@ from runtime.core.decimals import DecimalError, parse_decimal
 from runtime.core.delivery import RunnerConfig
 from runtime.core.keys import Keyspace
 from runtime.core.logs import add_logging_arguments
+from runtime.core.partitioning import UNPARTITIONED, Partitioning
+from runtime.core.registry import default_registry
 from runtime.core.trace_index import DEFAULT_MAX_TRACES
 from runtime.worker_layout import FLOW_ORDER
 
@@ -160,6 +162,20 @@ def _partition(value: str) -> tuple[int, int]:
     return index, count
 
 
+def _stream_partitions(value: str) -> Partitioning:
+    try:
+        partitioning = Partitioning.parse(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    known = set(default_registry().names())
+    unknown = sorted(set(partitioning.counts) - known)
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown event type(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+        )
+    return partitioning
+
+
 def _equity(value: str) -> Decimal:
     try:
         return parse_decimal(value, "--equity", above=Decimal(0), maximum=Decimal("1e15"))
@@ -268,6 +284,15 @@ def _add_engine_arguments(run: argparse.ArgumentParser) -> None:
         metavar="N",
         help=f"traces kept in the trace index, the oldest dropped first (default: "
         f"{DEFAULT_MAX_TRACES})",
+    )
+    engine.add_argument(
+        "--stream-partitions",
+        type=_stream_partitions,
+        default=UNPARTITIONED,
+        metavar="TYPE=N,...",
+        help="split event types' logs in N partitions by key (crc32 of the symbol mod N), "
+        "e.g. market.tick=4,ai.signal.generated=4; every process of a run must be given the "
+        "same; --partition I/N needs N to divide each count (default: none split)",
     )
     engine.add_argument(
         "--backpressure-timeout",

@@ -11,6 +11,7 @@ each; only this choice and the partition counts change between deployments.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from runtime.core.engine import Engine
@@ -42,6 +43,23 @@ def engine_kind(url: str) -> str:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class EngineSettings:
+    """How an engine keeps its logs, the same words on every engine (each applies what it
+    has: a Redis stream's length ceiling, a JetStream stream's per-subject limit).
+
+    ``maxlen``: a topic's unread backlog, at which publishers wait (backpressure);
+    ``retain``: read entries kept as history; ``backpressure_timeout_s``: how long a publish
+    waits for room before it fails; ``max_traces``: traces kept in the trace index.
+    None: the engine's default.
+    """
+
+    maxlen: int | None = None
+    retain: int | None = None
+    backpressure_timeout_s: float | None = None
+    max_traces: int | None = None
+
+
 def open_engine(
     url: str,
     keyspace: Keyspace,
@@ -49,12 +67,19 @@ def open_engine(
     partitioning: Partitioning | None = None,
     maxlen: int | None = None,
     retain: int | None = None,
+    settings: EngineSettings | None = None,
 ) -> Engine:
     """The engine ``url`` names, with its own client (closed by ``Engine.close``).
 
-    ``maxlen`` bounds a stream's unread backlog (publishers wait at it) and ``retain`` how
-    many read entries are kept, on engines that have them.
+    ``settings`` (or the shorthands ``maxlen`` and ``retain``) size its logs.
     """
+    settings = settings or EngineSettings()
+    settings = EngineSettings(
+        maxlen=maxlen or settings.maxlen,
+        retain=retain or settings.retain,
+        backpressure_timeout_s=settings.backpressure_timeout_s,
+        max_traces=settings.max_traces,
+    )
     kind = engine_kind(url)
     if kind == "memory":
         from runtime.adapters.memory.broker import MemoryBroker
@@ -62,23 +87,27 @@ def open_engine(
 
         return MemoryEngine(MemoryBroker(keyspace, partitioning=partitioning))
     from runtime.adapters.redis.bus import DEFAULT_MAXLEN
-    from runtime.adapters.redis.engine import RedisEngine
     from runtime.adapters.redis.retention import RetentionPolicy
+    from runtime.core.trace_index import DEFAULT_MAX_TRACES
 
+    retention: RetentionPolicy | None = None
+    if settings.retain is not None or settings.backpressure_timeout_s is not None:
+        defaults = RetentionPolicy()
+        retention = RetentionPolicy(
+            retain=settings.retain or defaults.retain,
+            backpressure_timeout_s=settings.backpressure_timeout_s
+            or defaults.backpressure_timeout_s,
+        )
+    options = {
+        "partitioning": partitioning,
+        "maxlen": settings.maxlen or DEFAULT_MAXLEN,
+        "retention": retention,
+        "max_traces": settings.max_traces or DEFAULT_MAX_TRACES,
+    }
     if kind == "redis_cluster":
         from runtime.adapters.redis.cluster.engine import RedisClusterEngine
 
-        return RedisClusterEngine.from_url(
-            url,
-            keyspace,
-            partitioning=partitioning,
-            maxlen=maxlen or DEFAULT_MAXLEN,
-            retention=None if retain is None else RetentionPolicy(retain=retain),
-        )
-    return RedisEngine.from_url(
-        url,
-        keyspace,
-        partitioning=partitioning,
-        maxlen=maxlen or DEFAULT_MAXLEN,
-        retention=None if retain is None else RetentionPolicy(retain=retain),
-    )
+        return RedisClusterEngine.from_url(url, keyspace, **options)
+    from runtime.adapters.redis.engine import RedisEngine
+
+    return RedisEngine.from_url(url, keyspace, **options)

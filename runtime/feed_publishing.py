@@ -14,8 +14,8 @@ from datetime import datetime
 
 from quantum.events.v1.market_pb2 import MarketTick
 
-from runtime.adapters.redis.bus import EventBus
 from runtime.core import otel
+from runtime.core.publisher import Publisher
 from runtime.domains.market_data import (
     CsvFeed,
     SimulatedFeed,
@@ -57,7 +57,7 @@ def feed_ends_by_itself(args: argparse.Namespace) -> bool:
 
 
 async def publish_feed(
-    bus: EventBus, ticks: Iterable[MarketTick], speed: float | None, stop: asyncio.Event
+    bus: Publisher, ticks: Iterable[MarketTick], speed: float | None, stop: asyncio.Event
 ) -> int:
     """Publish ticks at their recorded pace until the feed ends or ``stop`` is set.
 

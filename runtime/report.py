@@ -25,6 +25,7 @@ from runtime.core.decimals import DecimalError, parse_decimal
 from runtime.core.envelope import decode_envelope, open_payload
 from runtime.core.keys import Keyspace
 from runtime.core.logs import get_logger
+from runtime.core.partitioning import UNPARTITIONED, Partitioning
 from runtime.core.registry import default_registry
 
 _log = get_logger("runtime.report")
@@ -84,18 +85,31 @@ async def _position(redis: RedisClient, stream: str) -> StreamPosition:
     return StreamPosition(*counters)
 
 
-async def stream_position(
-    redis: RedisClient, keyspace: Keyspace, event_type: str
-) -> StreamPosition:
-    """Where one event type's stream stands now."""
-    return await _position(redis, keyspace.stream(event_type))
+async def stream_position(redis: RedisClient, keyspace: Keyspace, topic: str) -> StreamPosition:
+    """Where one topic's stream stands now (an event type, or one partition of it)."""
+    return await _position(redis, keyspace.stream(topic))
 
 
-async def stream_positions(redis: RedisClient, keyspace: Keyspace) -> dict[str, StreamPosition]:
-    """Where every event stream stands now: where this run's events begin."""
+async def stream_positions(
+    redis: RedisClient, keyspace: Keyspace, partitioning: Partitioning = UNPARTITIONED
+) -> dict[str, StreamPosition]:
+    """Where every topic's stream stands now (every partition of every event type): where
+    this run's events begin."""
     return {
-        name: await _position(redis, keyspace.stream(name)) for name in default_registry().names()
+        topic: await _position(redis, keyspace.stream(topic))
+        for name in default_registry().names()
+        for topic in partitioning.topics(name)
     }
+
+
+def entries_added(
+    positions: dict[str, StreamPosition], event_type: str, partitioning: Partitioning
+) -> int:
+    """The entries ever added to an event type's log, over all its partitions."""
+    return sum(
+        positions.get(topic, StreamPosition()).entries_added
+        for topic in partitioning.topics(event_type)
+    )
 
 
 class RejectionTally:
@@ -108,23 +122,32 @@ class RejectionTally:
     the summary says how many reasons went unread instead of guessing.
     """
 
-    def __init__(self, redis: RedisClient, keyspace: Keyspace, after: StreamPosition) -> None:
+    def __init__(
+        self,
+        redis: RedisClient,
+        keyspace: Keyspace,
+        after: dict[str, StreamPosition],
+        partitioning: Partitioning = UNPARTITIONED,
+    ) -> None:
         self._redis = redis
-        self._stream = keyspace.stream(REJECTED)
-        self._last_id = after.last_id
+        # Where the run began on each partition of the rejections' log (topic -> stream).
+        self._last_ids = {
+            keyspace.stream(topic): after.get(topic, StreamPosition()).last_id
+            for topic in partitioning.topics(REJECTED)
+        }
         self._stopping = asyncio.Event()
         self.reasons: Counter[str] = Counter()
         self.counted = 0
 
     async def _read(self, block_ms: int | None) -> int:
-        streams = await xread(self._redis, {self._stream: self._last_id}, _TALLY_BATCH, block_ms)
+        streams = await xread(self._redis, dict(self._last_ids), _TALLY_BATCH, block_ms)
         read = 0
-        for _, entries in streams:
+        for stream, entries in streams:
             for entry_id, fields in entries:
                 payload = open_payload(decode_envelope(fields[b"envelope"]))
                 assert isinstance(payload, risk_pb2.SignalRejected)
                 self.reasons[risk_pb2.RejectReason.Name(payload.reason)] += 1
-                self._last_id = entry_id
+                self._last_ids[stream] = entry_id
                 read += 1
         self.counted += read
         return read
@@ -144,7 +167,7 @@ class RejectionTally:
 
     async def catch_up(self) -> None:
         """Count everything published since the last read (once the run has stopped)."""
-        while await self._read(None) == _TALLY_BATCH:
+        while await self._read(None) >= _TALLY_BATCH:
             pass
 
 
@@ -153,18 +176,19 @@ async def summarize(
     keyspace: Keyspace,
     since: dict[str, StreamPosition],
     tally: RejectionTally | None = None,
+    partitioning: Partitioning = UNPARTITIONED,
 ) -> RunSummary:
-    """Summarise the events added to every stream after the ``since`` positions.
+    """Summarise the events added to every topic after the ``since`` positions.
 
-    Counts come from each stream's ``entries-added`` counter, so they stay exact when the
-    stream was trimmed during a long run; rejection reasons come from ``tally`` (given a
-    finished one), else from one read of the entries still retained.
+    Counts come from each stream's ``entries-added`` counter (summed over a type's
+    partitions), so they stay exact when a stream was trimmed during a long run; rejection
+    reasons come from ``tally`` (given a finished one), else from one read of the entries
+    still retained.
     """
     summary = RunSummary()
+    now = await stream_positions(redis, keyspace, partitioning)
     for name in default_registry().names():
-        before = since.get(name, StreamPosition())
-        now = await _position(redis, keyspace.stream(name))
-        added = now.entries_added - before.entries_added
+        added = entries_added(now, name, partitioning) - entries_added(since, name, partitioning)
         if added <= 0:
             continue
         summary.events[name] = added
@@ -174,20 +198,36 @@ async def summarize(
             summary.closed_positions = added
         elif name == REJECTED:
             if tally is None:
-                tally = RejectionTally(redis, keyspace, before)
+                tally = RejectionTally(redis, keyspace, since, partitioning)
                 await tally.catch_up()
             summary.rejections = tally.reasons
             summary.rejections_uncounted = max(0, added - tally.counted)
         elif name == "portfolio.pnl.updated":
-            entry = await newest(redis, keyspace.stream(name))
-            assert entry is not None, f"{name} counts entries added but retains none"
-            last = open_payload(decode_envelope(entry[1][b"envelope"]))
-            assert isinstance(last, portfolio_pb2.PnlUpdated)
+            last = await _newest_pnl(redis, keyspace, partitioning)
             summary.realized_pnl = _figure(last.realized_pnl) or Decimal(0)
             summary.unrealized_pnl = _figure(last.unrealized_pnl) or Decimal(0)
             summary.equity = _figure(last.equity)
             summary.drawdown = _figure(last.drawdown) or Decimal(0)
     return summary
+
+
+async def _newest_pnl(
+    redis: RedisClient, keyspace: Keyspace, partitioning: Partitioning
+) -> portfolio_pb2.PnlUpdated:
+    """The newest PnL update (by event time, over the type's partitions): it is cumulative."""
+    name = "portfolio.pnl.updated"
+    newest_of: list[tuple[tuple[int, int], portfolio_pb2.PnlUpdated]] = []
+    for topic in partitioning.topics(name):
+        entry = await newest(redis, keyspace.stream(topic))
+        if entry is None:
+            continue
+        envelope = decode_envelope(entry[1][b"envelope"])
+        payload = open_payload(envelope)
+        assert isinstance(payload, portfolio_pb2.PnlUpdated)
+        at = envelope.occurred_at
+        newest_of.append(((at.seconds, at.nanos), payload))
+    assert newest_of, f"{name} counts entries added but retains none"
+    return max(newest_of, key=lambda item: item[0])[1]
 
 
 def _figure(text: str) -> Decimal | None:

@@ -75,6 +75,8 @@ class WorkerCommand:
             f"{partition}/{partitions}",
             "--lease-ttl",
             str(args.lease_ttl),
+            "--stream-partitions",
+            ",".join(f"{name}={n}" for name, n in sorted(args.stream_partitions.counts.items())),
             "--dedupe-horizon",
             str(args.dedupe_horizon),
             "--retain",

@@ -19,6 +19,7 @@ from quantum.events.v1.envelope_pb2 import Envelope
 from runtime.backtest import run_backtest
 from runtime.core.envelope import open_payload
 from runtime.core.keys import Keyspace
+from runtime.core.partitioning import Partitioning
 
 ROOT = Path(__file__).resolve().parents[2]
 FEED = ROOT / "tests" / "fixtures" / "ticks_small.csv"
@@ -36,8 +37,22 @@ def _by_symbol(envelopes: list[Envelope]) -> dict[str, list[bytes]]:
     return found
 
 
+@pytest.mark.parametrize(
+    "split",
+    [
+        [],
+        # Producer-side partitions: the ticks and signals in several logs each, the domains
+        # over three processes; every symbol's signals still in order.
+        ["--stream-partitions", "market.tick=4,ai.signal.generated=2", "--workers", "3"],
+    ],
+    ids=["one-log-per-type", "partitioned"],
+)
 def test_the_backtest_generates_the_signals_of_a_live_run(
-    redis_server_url: str, keyspace: Keyspace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    redis_server_url: str,
+    keyspace: Keyspace,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    split: list[str],
 ) -> None:
     for name in [k for k in os.environ if k.startswith("QUANTUM_")]:
         monkeypatch.delenv(name)  # the live child and the backtest see the same settings
@@ -60,6 +75,7 @@ def test_the_backtest_generates_the_signals_of_a_live_run(
             "--speed",
             "max",
             "--no-control-plane",
+            *split,
         ],
         capture_output=True,
         text=True,
@@ -67,11 +83,16 @@ def test_the_backtest_generates_the_signals_of_a_live_run(
         check=False,
     )
     assert live.returncode == 0, live.stderr[-3000:]
+    topics = Partitioning.parse(split[1] if split else "").topics(SIGNALS)
     client = redis.Redis.from_url(redis_server_url)
     try:
-        entries = cast(
-            list[tuple[bytes, dict[bytes, bytes]]], client.xrange(keyspace.stream(SIGNALS))
-        )
+        entries = [
+            entry
+            for topic in topics
+            for entry in cast(
+                list[tuple[bytes, dict[bytes, bytes]]], client.xrange(keyspace.stream(topic))
+            )
+        ]
     finally:
         client.close()
     live_signals = [Envelope.FromString(fields[b"envelope"]) for _, fields in entries]

@@ -9,7 +9,7 @@ from quantum.events.v1.risk_pb2 import RejectReason, SignalRejected
 
 from runtime.core.envelope import seal
 from runtime.core.keys import Keyspace
-from runtime.report import REJECTED, RejectionTally, StreamPosition, stream_positions, summarize
+from runtime.report import RejectionTally, StreamPosition, stream_positions, summarize
 
 
 async def _add(redis: aioredis.Redis, keyspace: Keyspace, payload: object, maxlen: int) -> None:
@@ -51,7 +51,7 @@ async def test_counts_and_reasons_survive_trimming_and_only_this_run_counts(
     aredis: aioredis.Redis, keyspace: Keyspace
 ) -> None:
     since = await _earlier_run(aredis, keyspace)
-    tally = RejectionTally(aredis, keyspace, since[REJECTED])
+    tally = RejectionTally(aredis, keyspace, since)
 
     await _publish_run(aredis, keyspace, tally)
     summary = await summarize(aredis, keyspace, since, tally)

@@ -17,6 +17,7 @@ from runtime.core.keys import Keyspace
 from runtime.core.metrics import RuntimeMetrics
 from runtime.core.partitioning import UNPARTITIONED, Partitioning
 from runtime.core.publisher import Publisher
+from runtime.core.trace_index import DEFAULT_MAX_TRACES
 
 
 class RedisEngine:
@@ -33,9 +34,11 @@ class RedisEngine:
         maxlen: int = DEFAULT_MAXLEN,
         maxlen_per_stream: Mapping[str, int] | None = None,
         retention: RetentionPolicy | None = None,
+        max_traces: int = DEFAULT_MAX_TRACES,
         owns_client: bool = False,
     ) -> None:
         self.redis = redis
+        self.max_traces = max_traces
         self.keyspace = keyspace
         self.partitioning = partitioning or UNPARTITIONED
         self.maxlen = maxlen
@@ -71,7 +74,15 @@ class RedisEngine:
     ) -> DeliveryLoop:
         if not isinstance(publisher, EventBus):
             raise TypeError(f"a Redis runner needs this engine's publisher; got {publisher!r}")
-        return DomainRunner(actor, self.redis, self.keyspace, publisher, config, metrics=metrics)
+        return DomainRunner(
+            actor,
+            self.redis,
+            self.keyspace,
+            publisher,
+            config,
+            metrics=metrics,
+            max_traces=self.max_traces,
+        )
 
     async def read(self, topic: str, *, count: int = 10_000) -> list[tuple[str, bytes]]:
         entries = await self._range(self.keyspace.stream(topic), count)

@@ -23,6 +23,7 @@ from runtime.core.keys import Keyspace
 from runtime.core.metrics import RuntimeMetrics
 from runtime.core.partitioning import Partitioning
 from runtime.core.publisher import Publisher
+from runtime.core.trace_index import DEFAULT_MAX_TRACES
 
 
 def cluster_client(url: str) -> RedisCluster:
@@ -51,9 +52,11 @@ class RedisClusterEngine:
         maxlen: int = DEFAULT_MAXLEN,
         maxlen_per_stream: Mapping[str, int] | None = None,
         retention: RetentionPolicy | None = None,
+        max_traces: int = DEFAULT_MAX_TRACES,
         owns_client: bool = False,
     ) -> None:
         self.client = client
+        self.max_traces = max_traces
         self.router = ClusterRouter(client)
         self.cluster_keyspace = ClusterKeyspace.of(keyspace, partitioning)
         self.keyspace: Keyspace = self.cluster_keyspace
@@ -94,7 +97,13 @@ class RedisClusterEngine:
                 f"a Redis Cluster runner needs this engine's publisher; got {publisher!r}"
             )
         return ClusterDomainRunner(
-            actor, self.router, self.cluster_keyspace, publisher, config, metrics=metrics
+            actor,
+            self.router,
+            self.cluster_keyspace,
+            publisher,
+            config,
+            metrics=metrics,
+            max_traces=self.max_traces,
         )
 
     async def read(self, topic: str, *, count: int = 10_000) -> list[tuple[str, bytes]]:

@@ -1,6 +1,7 @@
 """The composition root's choice of engine: one URL names the broker (DESIGN section 4).
 
 - ``redis://``, ``rediss://``, ``unix://``: one Redis server (``runtime.adapters.redis``);
+- ``nats://``, ``tls://``: NATS with JetStream (``runtime.adapters.nats``);
 - ``memory://``: the in-memory engine of this process (tests, backtests).
 
 Everything above the engine (domains, delivery loop, publisher, host) is the same code on
@@ -16,7 +17,8 @@ from runtime.core.keys import Keyspace
 from runtime.core.partitioning import Partitioning
 
 REDIS_SCHEMES = ("redis", "rediss", "unix")
-SCHEMES = (*REDIS_SCHEMES, "memory")
+NATS_SCHEMES = ("nats", "tls")
+SCHEMES = (*REDIS_SCHEMES, *NATS_SCHEMES, "memory")
 
 
 class UnknownEngine(ValueError):
@@ -24,10 +26,13 @@ class UnknownEngine(ValueError):
 
 
 def engine_kind(url: str) -> str:
-    """Which engine a URL selects: "redis" or "memory"; UnknownEngine otherwise."""
+    """Which engine a URL selects: "redis", "jetstream" or "memory"; UnknownEngine
+    otherwise."""
     scheme = urlsplit(url).scheme.lower()
     if scheme in REDIS_SCHEMES:
         return "redis"
+    if scheme in NATS_SCHEMES:
+        return "jetstream"
     if scheme == "memory":
         return "memory"
     raise UnknownEngine(
@@ -55,6 +60,10 @@ def open_engine(
         from runtime.adapters.memory.engine import MemoryEngine
 
         return MemoryEngine(MemoryBroker(keyspace, partitioning=partitioning))
+    if kind == "jetstream":
+        from runtime.adapters.nats.engine import JetStreamEngine
+
+        return JetStreamEngine.from_url(url, keyspace, partitioning=partitioning)
     from runtime.adapters.redis.bus import DEFAULT_MAXLEN
     from runtime.adapters.redis.engine import RedisEngine
     from runtime.adapters.redis.retention import RetentionPolicy

@@ -10,8 +10,9 @@ import pytest
 from runtime.core.engine import Engine
 from runtime.core.partitioning import Partitioning
 from tests.conformance.harness import Harness, RedisHarness, new_namespace
+from tests.conformance.harness_jetstream import JetStreamHarness
 
-HARNESSES: dict[str, type] = {"redis": RedisHarness}
+HARNESSES: dict[str, type] = {"redis": RedisHarness, "jetstream": JetStreamHarness}
 ENGINES = list(HARNESSES)
 
 

@@ -1,0 +1,413 @@
+"""``Subscription`` on JetStream: one durable pull consumer per (domain partition, subject).
+
+JetStream 2.9 gives a consumer one filter subject, so a domain partition reading several
+topics has one consumer per topic; a fetch pulls from all of them and merges the entries by
+stream sequence (one stream holds every topic, so that is their storage order).
+
+Pulls are made by hand on one inbox per positioning, not with ``nats-py``'s ``fetch``:
+entries a pull request brings after the fetch that asked for them stopped waiting land in a
+buffer and are handed out by the next fetch, never dropped on the floor (an entry dropped in
+transit stays "delivered" on the server and would come back only after its ack wait).
+
+Positioning instead of redelivery by the server. The partition's record holds, per subject,
+the last sequence a commit handled (its watermark). A new owner, or this one after any
+broker error, *positions*: it writes the record (fenced by the lease token: a stale owner's
+write fails with ``LeaseLost``), creates fresh consumers that start right after the
+watermarks, and deletes the last ones. So a takeover hands the new owner, at once and in
+stream order, every entry the last owner left without a commit, and an entry lost in
+transit is read again. Consumer names carry the lease token: a stale owner pulls from a
+consumer its successor deleted, never from the successor's.
+
+Durable attempt counts: the consumer counts its own deliveries; positioning records, for the
+entries the old consumer had delivered past the watermark, one earlier delivery each; an
+in-place retry (``redeliver``) is recorded in the record too. Their sum is
+``Delivery.deliveries`` (``PartitionRecord.deliveries``).
+
+Keeping entries alive: the consumers' ack wait is long (``ACK_WAIT_S``) because nothing
+relies on the server redelivering: takeover and recovery position instead. An entry the
+server redelivers anyway (a handler slower than the ack wait) is dropped on arrival: it is
+already in hand.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+from collections.abc import Mapping, Sequence
+
+import orjson
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription as NatsSubscription
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.errors import NotFoundError
+
+from runtime.adapters.nats.connection import MSG_ID, Connection
+from runtime.adapters.nats.errors import Reconnected, is_transient
+from runtime.adapters.nats.log import entry_id
+from runtime.adapters.nats.names import JetStreamNames
+from runtime.adapters.nats.record import Partition, PartitionRecord
+from runtime.core.logs import get_logger
+from runtime.core.transport import Delivery, GroupPosition, LeaseLost
+
+_log = get_logger("runtime.adapters.nats")
+
+ACK_WAIT_S = 3_600.0
+MAX_ACK_PENDING = 100_000
+HISTORY_WAIT_S = 5.0  # a no-wait pull is answered at once; this only bounds a lost answer
+_ACK_PREFIX = "$JS.ACK."
+
+
+class _Arrived:
+    """One entry a pull brought."""
+
+    __slots__ = ("data", "delivered", "event_id", "ms", "reply", "seq")
+
+    def __init__(
+        self, seq: int, ms: int, delivered: int, data: bytes, reply: str, event_id: str
+    ) -> None:
+        self.seq = seq
+        self.ms = ms
+        self.delivered = delivered
+        self.data = data
+        self.reply = reply
+        self.event_id = event_id
+
+
+class _Lane:
+    """One consumer's pulls: its live request and what arrived and was not handed out."""
+
+    __slots__ = ("api", "buffer", "deadline", "expected", "gone", "live", "name", "reply", "seen")
+
+    def __init__(self, api: str, name: str, reply: str, seen: int) -> None:
+        self.api = api
+        self.name = name
+        self.reply = reply
+        self.live = False
+        self.expected = 0
+        self.deadline = 0.0
+        self.gone = False
+        self.seen = seen  # the highest sequence received (or handled): later copies drop
+        self.buffer: deque[_Arrived] = deque()
+
+
+class JetStreamSubscription:
+    """One domain partition's consumers on its input subjects."""
+
+    def __init__(
+        self,
+        connection: Connection,
+        partition: Partition,
+        *,
+        domain: str,
+        group: str,
+        subjects: Sequence[str],
+        start_id: str = "0",
+    ) -> None:
+        self.connection = connection
+        self.names: JetStreamNames = connection.names
+        self.partition = partition
+        self.domain = domain
+        self.group = group
+        self._subjects = list(subjects)
+        self.start_id = start_id
+        self._lanes: dict[str, _Lane] = {}  # subject -> lane
+        self._by_name: dict[str, _Lane] = {}
+        self._by_reply: dict[str, _Lane] = {}
+        self._inbox: NatsSubscription | None = None
+        self._arrived = asyncio.Event()
+        self._positioned_epoch: int | None = None
+        self._generation = 0
+        self._fetched: dict[str, tuple[str, int]] = {}  # event id -> (subject, seq)
+
+    @property
+    def streams(self) -> Sequence[str]:
+        return self._subjects
+
+    async def open(self) -> None:
+        await self.connection.client()  # the streams and the bucket exist from here on
+
+    # -- positioning ------------------------------------------------------------------------
+
+    async def take_over(self) -> int:
+        return await self._position()
+
+    async def _position(self) -> int:
+        """Consumers from the record's watermarks on (see the module doc); returns how many
+        entries the last consumers held delivered and unacknowledged."""
+        js = await self.connection.jetstream()
+        nc = await self.connection.client()
+        epoch = self.connection.epoch
+        partition = self.partition
+        stored = partition.record if partition.revision is not None else await partition.read()
+        token = partition.token if partition.token is not None else stored.token
+        record = stored.copy()
+        stream = self.names.events_stream
+        taken = 0
+        old = dict(record.consumers)
+        for subject in self._subjects:
+            mark = record.watermarks.get(subject)
+            if mark is None:
+                mark = 0
+                if self.start_id == "$":  # a new group reads only what comes next
+                    mark = (await js.stream_info(stream)).state.last_seq
+                record.watermarks[subject] = mark
+            name = old.get(subject)
+            if not name:
+                continue
+            try:
+                info = await js.consumer_info(stream, name)
+            except NotFoundError:
+                continue
+            taken += info.num_ack_pending or 0
+            delivered = (info.delivered.stream_seq if info.delivered else 0) or 0
+            if delivered > mark:  # delivered once without a commit: counts as an attempt
+                record.earlier.setdefault(subject, []).append([mark + 1, delivered])
+        self._generation += 1
+        record.consumers = {
+            subject: self.names.consumer(self.group, subject, token, self._generation)
+            for subject in self._subjects
+        }
+        await partition.write(record, token)  # fencing: a stale owner stops here
+        for subject, name in record.consumers.items():
+            await js.add_consumer(
+                stream,
+                ConsumerConfig(
+                    durable_name=name,
+                    ack_policy=AckPolicy.ALL,
+                    ack_wait=ACK_WAIT_S,
+                    max_deliver=-1,
+                    max_ack_pending=MAX_ACK_PENDING,
+                    filter_subject=subject,
+                    deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+                    opt_start_seq=record.watermarks[subject] + 1,
+                ),
+            )
+        for name in set(old.values()) - set(record.consumers.values()):
+            with contextlib.suppress(NotFoundError):
+                await js.delete_consumer(stream, name)
+        await self._start_lanes(nc, record)
+        partition.forget_in_hand()
+        self._positioned_epoch = epoch
+        return taken
+
+    async def _start_lanes(self, nc: Client, record: PartitionRecord) -> None:
+        await self._stop_lanes()
+        inbox = nc.new_inbox()
+        self._inbox = await nc.subscribe(inbox + ".*", cb=self._on_message)
+        stream = self.names.events_stream
+        self._lanes = {}
+        for index, (subject, name) in enumerate(record.consumers.items()):
+            self._lanes[subject] = _Lane(
+                f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{name}",
+                name,
+                f"{inbox}.{index}",
+                record.watermarks.get(subject, 0),
+            )
+        self._by_name = {lane.name: lane for lane in self._lanes.values()}
+        self._by_reply = {lane.reply: lane for lane in self._lanes.values()}
+
+    async def _stop_lanes(self) -> None:
+        inbox, self._inbox = self._inbox, None
+        if inbox is not None:
+            with contextlib.suppress(Exception):
+                await inbox.unsubscribe()
+        self._lanes = {}
+        self._by_name = {}
+        self._by_reply = {}
+
+    # -- fetching ---------------------------------------------------------------------------
+
+    async def fetch(self, *, pending: bool, count: int, block_ms: int) -> list[Delivery]:
+        try:
+            if self._positioned_epoch != self.connection.epoch:
+                if not pending:
+                    self._positioned_epoch = None
+                    raise Reconnected(
+                        f"{self.group}: the connection to NATS dropped since its consumers "
+                        "were positioned; positioning again from the committed record"
+                    )
+                await self._position()
+            arrived = await self._pull(count, None if pending else block_ms)
+        except LeaseLost:
+            raise
+        except BaseException:
+            self._positioned_epoch = None  # whatever was in flight: position again
+            raise
+        return self._deliveries(arrived)
+
+    async def _pull(self, count: int, block_ms: int | None) -> list[tuple[str, _Arrived]]:
+        nc = await self.connection.client()
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        if block_ms is None:
+            request = orjson.dumps({"batch": count, "no_wait": True})
+            lifetime = HISTORY_WAIT_S
+        else:
+            request = orjson.dumps({"batch": count, "expires": block_ms * 1_000_000})
+            lifetime = block_ms / 1000 + 2.0
+        lanes = list(self._lanes.values())
+        for lane in lanes:
+            if lane.live and now > lane.deadline:
+                lane.live = False  # its answer was lost
+            if not lane.live and len(lane.buffer) < count:
+                lane.live = True
+                lane.expected = count
+                lane.deadline = now + lifetime
+                await nc.publish(lane.api, request, reply=lane.reply)
+        arrived = self._arrived
+        if block_ms is None:
+            # History: every request answers at once (entries, then the end of them).
+            deadline = now + HISTORY_WAIT_S
+            while any(lane.live for lane in lanes) and loop.time() < deadline:
+                arrived.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(arrived.wait(), deadline - loop.time())
+        else:
+            deadline = now + block_ms / 1000
+            while not any(lane.buffer for lane in lanes) and any(lane.live for lane in lanes):
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                arrived.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(arrived.wait(), remaining)
+        if any(lane.gone for lane in lanes):
+            raise Reconnected(f"{self.group}: a consumer was deleted; positioning again")
+        return self._take(count)
+
+    def _take(self, count: int) -> list[tuple[str, _Arrived]]:
+        """The ``count`` oldest buffered entries over all lanes, in stream order."""
+        full = [(subject, lane) for subject, lane in self._lanes.items() if lane.buffer]
+        if not full:
+            return []
+        if len(full) == 1:
+            subject, lane = full[0]
+            buffer = lane.buffer
+            return [(subject, buffer.popleft()) for _ in range(min(count, len(buffer)))]
+        merged = sorted(
+            ((subject, item) for subject, lane in full for item in lane.buffer),
+            key=lambda pair: pair[1].seq,
+        )[:count]
+        for subject, _ in merged:
+            self._lanes[subject].buffer.popleft()
+        return merged
+
+    def _deliveries(self, arrived: list[tuple[str, _Arrived]]) -> list[Delivery]:
+        record = self.partition.record
+        in_hand = self.partition.in_hand
+        fetched: dict[str, tuple[str, int]] = {}
+        out: list[Delivery] = []
+        for subject, item in arrived:
+            seq = item.seq
+            out.append(
+                Delivery(
+                    subject,
+                    entry_id(item.ms, seq).encode(),
+                    item.data,
+                    record.deliveries(subject, seq, item.delivered),
+                )
+            )
+            hand = in_hand.get(subject)
+            if hand is None:
+                hand = in_hand[subject] = deque()
+            hand.append((seq, item.reply))
+            if item.event_id:
+                fetched[item.event_id] = (subject, seq)
+        self._fetched = fetched
+        return out
+
+    async def _on_message(self, msg: Msg) -> None:
+        reply = msg.reply
+        if reply and reply.startswith(_ACK_PREFIX):
+            parts = reply.split(".")
+            # $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ns>.<pending>, or with a
+            # domain and account hash after "ACK" (newer servers): 12 tokens or more.
+            at = 2 if len(parts) == 9 else 4
+            lane = self._by_name.get(parts[at + 1])
+            if lane is None:
+                return  # an earlier positioning's consumer
+            lane.expected -= 1
+            if lane.expected <= 0:
+                lane.live = False
+            seq = int(parts[at + 3])
+            if seq <= lane.seen:
+                return  # redelivered by the server while in hand, or already handled
+            lane.seen = seq
+            headers = msg.headers
+            lane.buffer.append(
+                _Arrived(
+                    seq,
+                    int(parts[at + 5]) // 1_000_000,
+                    int(parts[at + 2]),
+                    msg.data,
+                    reply,
+                    headers.get(MSG_ID, "") if headers else "",
+                )
+            )
+            self._arrived.set()
+            return
+        lane = self._by_reply.get(msg.subject)
+        if lane is None:
+            return
+        headers = msg.headers or {}
+        status = headers.get("Status", "")
+        if status == "100":
+            return  # an idle heartbeat
+        lane.live = False
+        if status == "409" and "deleted" in " ".join(map(str, headers.values())).lower():
+            lane.gone = True
+        self._arrived.set()
+
+    # -- retries, marks, positions ------------------------------------------------------------
+
+    async def redeliver(self, delivery: Delivery) -> bool:
+        """A retry in place: the entry stays in hand; the record counts the new delivery
+        (written fenced: a stale owner gets ``LeaseLost``)."""
+        partition = self.partition
+        record = partition.record.copy()
+        seq = int(delivery.entry_id.rpartition(b"-")[2])
+        key = f"{delivery.stream} {seq}"
+        record.retries[key] = record.retries.get(key, 0) + 1
+        await partition.write(record, partition.token)
+        delivery.deliveries += 1
+        return True
+
+    async def processed(self, event_ids: Sequence[str]) -> set[str]:
+        record = self.partition.record
+        marks = record.marks
+        fetched = self._fetched
+        found: set[str] = set()
+        for event_id in event_ids:
+            if event_id in marks:
+                found.add(event_id)
+                continue
+            where = fetched.get(event_id)
+            if where is not None and record.handled(*where):
+                found.add(event_id)
+        return found
+
+    async def recreate(
+        self, error: BaseException, after: Mapping[str, bytes]
+    ) -> list[tuple[str, bytes]] | None:
+        return None  # a deleted consumer is met by positioning again (``Reconnected``)
+
+    async def positions(self) -> list[GroupPosition]:
+        js = await self.connection.jetstream()
+        out: list[GroupPosition] = []
+        for subject, lane in list(self._lanes.items()):
+            try:
+                info = await js.consumer_info(self.names.events_stream, lane.name)
+            except NotFoundError:
+                continue
+            out.append(
+                GroupPosition(subject, self.group, info.num_ack_pending or 0, info.num_pending)
+            )
+        return out
+
+    def is_transient(self, exc: BaseException) -> bool:
+        return is_transient(exc)
+
+    async def close(self) -> None:
+        await self._stop_lanes()

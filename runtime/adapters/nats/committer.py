@@ -25,7 +25,7 @@ from collections.abc import Callable
 import orjson
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
-from runtime.adapters.nats.connection import Connection, PublishItem
+from runtime.adapters.nats.connection import API_TIMEOUT_S, Connection, PublishItem
 from runtime.adapters.nats.dead_letters import letter_item
 from runtime.adapters.nats.errors import is_transient
 from runtime.adapters.nats.log import seq_of
@@ -145,7 +145,7 @@ class JetStreamCommitter:
                 await nc.publish(reply, _ACK)  # ack-all: every entry up to this one
                 sent = True
         if sent:
-            await nc.flush()
+            await nc.flush(timeout=API_TIMEOUT_S)
 
     # -- the lease --------------------------------------------------------------------------
 

@@ -29,7 +29,7 @@ from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfi
 from nats.js.errors import BadRequestError, BucketNotFoundError
 from nats.js.kv import KeyValue
 
-from runtime.adapters.nats.errors import PublishRefused
+from runtime.adapters.nats.errors import PublishRefused, Reconnected
 from runtime.adapters.nats.names import JetStreamNames
 from runtime.core.logs import get_logger
 
@@ -40,6 +40,8 @@ MSG_ID = "Nats-Msg-Id"
 # reply, or a commit redone after a crash, lands within it and is stored once.
 DEFAULT_DUPLICATE_WINDOW_S = 120.0
 ACK_TIMEOUT_S = 5.0
+# JetStream API and KV calls: a reply lost to a dropped connection costs this long.
+API_TIMEOUT_S = 2
 
 
 class PublishItem:
@@ -117,7 +119,7 @@ class Connection:
                     error_cb=self._on_error,
                     pending_size=64 * 1024 * 1024,
                 )
-                self._js = self._nc.jetstream(timeout=ACK_TIMEOUT_S)
+                self._js = self._nc.jetstream(timeout=API_TIMEOUT_S)
                 self._ack_prefix = self._nc.new_inbox()
                 self._ack_sub = await self._nc.subscribe(self._ack_prefix + ".*", cb=self._on_ack)
             if self._kv is None:
@@ -172,6 +174,13 @@ class Connection:
 
     async def _on_disconnect(self) -> None:
         self.epoch += 1
+        # Acknowledgements still awaited went down with the connection: their batches fail
+        # now (and are published again, deduped) instead of waiting out the timeout.
+        for batch, _ in list(self._acks.values()):
+            if not batch.future.done():
+                batch.future.set_exception(
+                    Reconnected("the connection to NATS dropped while publishing")
+                )
 
     async def _on_error(self, exc: Exception) -> None:
         _log.debug("nats_connection_error", error=f"{type(exc).__name__}: {exc}")

@@ -1,0 +1,202 @@
+"""What the JetStream engine does its own way (the shared guarantees are in
+``test_guarantees.py``): message-id dedupe, a subject per topic, the fenced partition record,
+attempt counts kept in that record, and a broker that dies under a running pipeline."""
+
+from __future__ import annotations
+
+import asyncio
+import zlib
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+from quantum.events.v1.envelope_pb2 import Envelope
+
+from runtime.adapters.nats.engine import JetStreamEngine
+from runtime.core.envelope import seal
+from runtime.core.metrics import RuntimeMetrics
+from runtime.core.partitioning import Partitioning
+from runtime.core.transport import Commit, LeaseLost
+from tests.conformance.harness_jetstream import JetStreamHarness
+from tests.conformance.test_guarantees import (
+    OUTPUTS,
+    SYMBOLS,
+    fast,
+    outputs,
+    publish_ticks,
+    running,
+    stored_state,
+    wait_until,
+)
+from tests.process.actors import FlakyTicks, TickCounter, tick
+
+
+@pytest.fixture(scope="module")
+def nats_server() -> Iterator[JetStreamHarness]:
+    started = JetStreamHarness()
+    yield started
+    started.stop()
+
+
+def open_engine(
+    server: JetStreamHarness, namespace: str, partitioning: Partitioning | None = None
+) -> JetStreamEngine:
+    engine = server.open(namespace, partitioning)
+    assert isinstance(engine, JetStreamEngine)
+    return engine
+
+
+@pytest.fixture
+async def engine(nats_server: JetStreamHarness, namespace: str) -> AsyncIterator[JetStreamEngine]:
+    opened = open_engine(nats_server, namespace)
+    yield opened
+    await opened.close()
+
+
+async def test_a_publish_retried_with_the_same_event_id_is_stored_once(
+    engine: JetStreamEngine,
+) -> None:
+    publisher = engine.publisher(metrics=RuntimeMetrics())
+    envelope = seal(tick("BTC", 1), producer="market_data", partition_key="BTC")
+    first = await publisher.publish_envelope(envelope)
+    again = await publisher.publish_envelope(envelope)  # a retry after a lost reply
+    other = await publisher.publish(tick("BTC", 2), partition_key="BTC")
+    await publisher.close()
+
+    stored = await engine.read("market.tick")
+    assert [Envelope.FromString(data).event_id for _, data in stored] == [
+        envelope.event_id,
+        other.event_id,
+    ]
+    # The retry was answered with the original's sequence: the same entry.
+    assert first.rpartition("-")[2] == again.rpartition("-")[2]
+    assert next(entry for entry, _ in stored).rpartition("-")[2] == first.rpartition("-")[2]
+
+
+async def test_each_partition_of_a_type_is_a_subject_of_its_own(
+    nats_server: JetStreamHarness, namespace: str
+) -> None:
+    engine = open_engine(nats_server, namespace, Partitioning({"market.tick": 4}))
+    publisher = engine.publisher(metrics=RuntimeMetrics())
+    await publish_ticks(publisher, 3)
+    await publisher.close()
+
+    js = await engine.connection.jetstream()
+    info = await js.stream_info(engine.names.events_stream, subjects_filter=">")
+    counts = info.state.subjects or {}
+    expected: dict[str, int] = {}
+    for symbol in SYMBOLS:
+        subject = engine.names.subject(f"market.tick:{zlib.crc32(symbol.encode()) % 4}")
+        expected[subject] = expected.get(subject, 0) + 3
+    assert counts == expected
+    assert all(subject.startswith(f"{namespace}.ev.market_2etick_3a") for subject in counts)
+    await engine.close()
+
+
+async def test_a_stale_owner_is_fenced_by_the_record_and_its_outputs_are_deduped(
+    engine: JetStreamEngine,
+) -> None:
+    publisher = engine.publisher(metrics=RuntimeMetrics())
+    old = engine.runner(TickCounter(), fast(), publisher).committer
+    new = engine.runner(TickCounter(), fast(consumer_name="c2"), publisher).committer
+    stale = await old.acquire("old/1", 150)
+    assert stale is not None
+    await asyncio.sleep(0.2)
+    current = await new.acquire("new/1", 10_000)
+    assert current is not None
+    assert current.token > stale.token
+    output = seal(tick("BTC", 1), producer="market_data", partition_key="BTC")
+
+    # The stale owner still believes it owns the partition: its lease object is unchanged.
+    with pytest.raises(LeaseLost):
+        await old.commit(Commit(outputs=[output], state=b'{"stale": true}', lease=stale))
+    # Its outputs went out before the fenced write (step 1); the new owner's redo of the
+    # same work stores them once.
+    await new.commit(Commit(outputs=[output], state=b'{"fresh": true}', lease=current))
+    assert await engine.load_state(TickCounter.name) == b'{"fresh": true}'
+    assert len(await engine.read("market.tick")) == 1
+    # And it stays fenced: a second try, with a fresh read of the record, fails too.
+    with pytest.raises(LeaseLost):
+        await old.commit(Commit(state=b'{"stale": 2}', lease=stale))
+    assert await engine.load_state(TickCounter.name) == b'{"fresh": true}'
+    await publisher.close()
+
+
+async def test_attempt_counts_survive_a_broker_restart_in_the_middle_of_retries(
+    nats_server: JetStreamHarness, namespace: str
+) -> None:
+    engine = open_engine(nats_server, namespace)
+    publisher = engine.publisher(metrics=RuntimeMetrics())
+    await publisher.publish(tick("BTC", 1), partition_key="BTC")
+    await publisher.publish(tick("BTC", 2), partition_key="BTC")
+    actor = FlakyTicks(fail_times={1: 100})
+    config = fast(max_deliveries=4, retry_base_ms=300, retry_cap_ms=300)
+    async with running(engine.runner(actor, config, publisher)):
+        await wait_until(lambda: actor.calls.get(1) == 1)
+        nats_server.kill()
+        await asyncio.sleep(0.5)
+        nats_server.restart()
+        await wait_until(lambda: 2 in actor.handled, within_s=30)
+    await publisher.close()
+
+    (letter,) = await engine.dead_letters(actor.name)
+    assert letter.attempts == 4
+    assert actor.calls[1] == 4  # no attempt forgotten, none made twice
+    assert actor.handled == [2]
+    await engine.close()
+
+
+async def test_a_domain_runs_end_to_end_and_stores_its_state_and_outputs(
+    engine: JetStreamEngine,
+) -> None:
+    publisher = engine.publisher(producer="market_data", metrics=RuntimeMetrics())
+    actor = TickCounter()
+    runner = engine.runner(actor, fast(), publisher)
+    async with running(runner):
+        await publish_ticks(publisher, 20)
+        await wait_until(lambda: sum(actor.counts.values()) == 160)
+        # The commits acknowledged what they handled: the group has nothing left.
+        for _ in range(100):
+            positions = await runner.subscription.positions()
+            if [(p.pending, p.lag) for p in positions] == [(0, 0)]:
+                break
+            await asyncio.sleep(0.02)
+        assert [(p.pending, p.lag) for p in positions] == [(0, 0)]
+    await publisher.close()
+
+    produced = await outputs(engine)
+    assert len(produced) == 160
+    assert {e.event_type for e in produced} == {OUTPUTS}
+    assert len({e.causation_id for e in produced}) == 160
+    state = await stored_state(engine, actor.name)
+    assert state["counts"] == dict.fromkeys(SYMBOLS, 20)
+    assert state["ooo"] == 0
+
+
+async def test_a_broker_killed_twice_mid_flow_loses_nothing_and_doubles_nothing(
+    nats_server: JetStreamHarness, namespace: str
+) -> None:
+    engine = open_engine(nats_server, namespace, Partitioning({"market.tick": 4}))
+    publisher = engine.publisher(producer="market_data", metrics=RuntimeMetrics())
+    actor = TickCounter()
+    async with running(engine.runner(actor, fast(batch_size=16), publisher)):
+        producer = asyncio.create_task(publish_ticks(publisher, 40))
+        # Killed at two points of the flow, each time with entries in flight both ways.
+        for handled in (40, 160):
+            await wait_until(lambda: sum(actor.counts.values()) >= handled, within_s=30)  # noqa: B023
+            nats_server.kill()
+            await asyncio.sleep(0.3)
+            nats_server.restart()
+            await asyncio.sleep(0.3)
+        await asyncio.wait_for(producer, 60)
+        await wait_until(lambda: sum(actor.counts.values()) >= 320, within_s=60)
+        await asyncio.sleep(0.3)
+    await publisher.close()
+
+    assert actor.counts == dict.fromkeys(SYMBOLS, 40)
+    assert actor.out_of_order == 0
+    produced = await outputs(engine)
+    assert len(produced) == 320  # redone commits were deduped by message id
+    assert len({e.causation_id for e in produced}) == 320
+    state = await stored_state(engine, actor.name)
+    assert state["counts"] == dict.fromkeys(SYMBOLS, 40)
+    await engine.close()

@@ -5,6 +5,7 @@ attempt counts kept in that record, and a broker that dies under a running pipel
 from __future__ import annotations
 
 import asyncio
+import json
 import zlib
 from collections.abc import AsyncIterator, Iterator
 
@@ -200,3 +201,38 @@ async def test_a_broker_killed_twice_mid_flow_loses_nothing_and_doubles_nothing(
     state = await stored_state(engine, actor.name)
     assert state["counts"] == dict.fromkeys(SYMBOLS, 40)
     await engine.close()
+
+
+async def test_an_owner_whose_lease_was_taken_stops_and_leaves_the_successor_its_entries(
+    engine: JetStreamEngine,
+) -> None:
+    publisher = engine.publisher(metrics=RuntimeMetrics())
+    first, second = TickCounter(), TickCounter()
+    first_runner = engine.runner(first, fast(consumer_name="a", lease_ttl_ms=3_000), publisher)
+    second_runner = engine.runner(second, fast(consumer_name="b"), publisher)
+    async with running(first_runner):
+        await publish_ticks(publisher, 3)
+        await wait_until(lambda: sum(first.counts.values()) == 24)
+        # The first owner is alive but its lease is declared expired (as if it had paused
+        # past its TTL): the second takes the partition over while the first still pulls.
+        kv = await engine.connection.kv()
+        key = engine.names.lease_key(TickCounter.name)
+        entry = await kv.get(key)
+        lease = json.loads(entry.value or b"{}")
+        await kv.update(key, json.dumps({**lease, "expires_ms": 0}).encode(), last=entry.revision)
+        async with running(second_runner):
+            await publish_ticks(publisher, 3, first=4)
+            await wait_until(lambda: sum(second.counts.values()) == 48)
+    await publisher.close()
+
+    # The first owner found itself fenced (its consumer gone, its record write refused) and
+    # stood by; whatever it handled after the takeover was void, and the outputs it had sent
+    # before its refused write were the very ones its successor made again (same ids).
+    assert second.counts == dict.fromkeys(SYMBOLS, 6)
+    assert second.out_of_order == 0
+    state = await stored_state(engine, TickCounter.name)
+    assert state["counts"] == dict.fromkeys(SYMBOLS, 6)
+    assert state["ooo"] == 0
+    produced = await outputs(engine)
+    assert len(produced) == 48
+    assert len({e.causation_id for e in produced}) == 48

@@ -106,11 +106,13 @@ class Connection:
             if self._closed:
                 raise nats.errors.ConnectionClosedError
             if self._nc is None:
+                # Two attempts at first (nats-py would otherwise retry forever inside
+                # connect): the caller's backoff retries a broker that is not up yet.
                 self._nc = await nats.connect(
                     self.url,
                     name=self.name,
                     allow_reconnect=True,
-                    max_reconnect_attempts=-1,
+                    max_reconnect_attempts=1,
                     reconnect_time_wait=0.1,
                     connect_timeout=2,
                     ping_interval=5,
@@ -119,6 +121,7 @@ class Connection:
                     error_cb=self._on_error,
                     pending_size=64 * 1024 * 1024,
                 )
+                self._nc.options["max_reconnect_attempts"] = -1  # connected: never give up
                 self._js = self._nc.jetstream(timeout=API_TIMEOUT_S)
                 self._ack_prefix = self._nc.new_inbox()
                 self._ack_sub = await self._nc.subscribe(self._ack_prefix + ".*", cb=self._on_ack)

@@ -356,7 +356,12 @@ class JetStreamSubscription:
         if status == "100":
             return  # an idle heartbeat
         lane.live = False
-        if status == "409" and "deleted" in " ".join(map(str, headers.values())).lower():
+        # 503: no consumer answers this name any more; 409 "Consumer Deleted": deleted while
+        # the request waited. Either way this positioning is over (a successor took over,
+        # or an operator deleted it): position again, which a stale owner cannot.
+        if status == "503" or (
+            status == "409" and "deleted" in " ".join(map(str, headers.values())).lower()
+        ):
             lane.gone = True
         self._arrived.set()
 

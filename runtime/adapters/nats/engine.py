@@ -16,6 +16,7 @@ from runtime.adapters.nats.connection import DEFAULT_DUPLICATE_WINDOW_S, Connect
 from runtime.adapters.nats.dead_letters import decode_letter
 from runtime.adapters.nats.log import JetStreamLog, entry_id
 from runtime.adapters.nats.names import JetStreamNames
+from runtime.adapters.nats.policy_store import JetStreamPolicyStore
 from runtime.adapters.nats.record import Partition, PartitionRecord
 from runtime.adapters.nats.subscription import JetStreamSubscription
 from runtime.core.actor import Actor
@@ -24,6 +25,7 @@ from runtime.core.delivery import DeliveryLoop, RunnerConfig, input_streams
 from runtime.core.keys import Keyspace
 from runtime.core.metrics import RuntimeMetrics
 from runtime.core.partitioning import UNPARTITIONED, Partitioning
+from runtime.core.policy.model import Policy
 from runtime.core.publisher import Publisher
 from runtime.core.registry import EventRegistry, default_registry
 
@@ -149,6 +151,13 @@ class JetStreamEngine:
         if not isinstance(publisher, JetStreamPublisher):
             raise TypeError(f"a JetStream runner needs this engine's publisher; got {publisher!r}")
         return JetStreamRunner(actor, self, config, metrics=metrics)
+
+    def policy_store(
+        self, *, initial: Policy | None = None, staleness_s: float = 1.0
+    ) -> JetStreamPolicyStore:
+        """The PolicyStore on this engine's NATS (a KV bucket of its namespace); ``start()``
+        it before use."""
+        return JetStreamPolicyStore(self.connection, initial=initial, staleness_s=staleness_s)
 
     async def read(self, topic: str, *, count: int = 10_000) -> list[tuple[str, bytes]]:
         return [

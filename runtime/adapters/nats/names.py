@@ -62,6 +62,11 @@ class JetStreamNames:
         return f"{self._ns}{SEPARATOR}kv"
 
     @property
+    def policy_bucket(self) -> str:
+        """The KV bucket of the policy (one key, its history the policy's)."""
+        return f"{self._ns}{SEPARATOR}policy"
+
+    @property
     def events_subjects(self) -> str:
         return f"{self._ns}.ev.>"
 

@@ -236,3 +236,19 @@ async def test_an_owner_whose_lease_was_taken_stops_and_leaves_the_successor_its
     produced = await outputs(engine)
     assert len(produced) == 48
     assert len({e.causation_id for e in produced}) == 48
+
+
+async def test_a_trace_is_found_with_one_read_of_the_trace_index(engine: JetStreamEngine) -> None:
+    publisher = engine.publisher(producer="market_data", metrics=RuntimeMetrics())
+    actor = TickCounter()
+    async with running(engine.runner(actor, fast(), publisher)):
+        root = await publisher.publish(tick("BTC", 1), partition_key="BTC")
+        await publisher.publish(tick("ETH", 1), partition_key="ETH")
+        await wait_until(lambda: sum(actor.counts.values()) == 2)
+    await publisher.close()
+
+    chain = await engine.trace(root.trace_id)
+    assert [e.event_type for e in chain] == ["market.tick", OUTPUTS]
+    assert chain[0].event_id == root.event_id
+    assert chain[1].causation_id == root.event_id
+    assert await engine.trace("0" * 31 + "1") == []

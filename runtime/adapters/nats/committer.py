@@ -63,6 +63,7 @@ class JetStreamCommitter:
         domain: str,
         group: str,
         processed_ttl_s: int,
+        trace_index: bool = True,
     ) -> None:
         self.connection = connection
         self.partition = partition
@@ -75,6 +76,7 @@ class JetStreamCommitter:
         self._lease_key = names.lease_key(group)
         self._heartbeat_key = names.heartbeat_key
         self._ttl_ms = processed_ttl_s * 1000
+        self._trace_of = names.trace if trace_index else None
 
     async def load_state(self) -> bytes | None:
         partition = self.partition
@@ -99,6 +101,8 @@ class JetStreamCommitter:
             for envelope in commit.outputs
         ]
         items += [letter_item(self._dlq, letter) for letter in commit.dead]
+        if self._trace_of is not None and (commit.outputs or commit.indexed):
+            items += self._trace_items(commit, items)
         if items:
             await self.connection.publish(items)
         # 2. the record, compare-and-set (fenced)
@@ -131,6 +135,21 @@ class JetStreamCommitter:
         # 3. acknowledgements (the server's view of the group; correctness is step 2's)
         if handled:
             await self._acknowledge(handled)
+
+    def _trace_items(self, commit: Commit, published: list[PublishItem]) -> list[PublishItem]:
+        """The trace index: each output, and each root that caused outputs, on its trace's
+        subject (message ids dedupe a redone commit, as for the outputs)."""
+        trace_of = self._trace_of
+        assert trace_of is not None
+        out = [
+            PublishItem(trace_of(root.trace_id), root.SerializeToString(), f"trace:{root.event_id}")
+            for root in commit.indexed
+        ]
+        out += [
+            PublishItem(trace_of(envelope.trace_id), item.data, f"trace:{envelope.event_id}")
+            for envelope, item in zip(commit.outputs, published, strict=False)
+        ]
+        return out
 
     async def _acknowledge(self, handled: dict[str, int]) -> None:
         nc = await self.connection.client()

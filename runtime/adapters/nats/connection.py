@@ -32,6 +32,7 @@ from nats.js.kv import KeyValue
 from runtime.adapters.nats.errors import PublishRefused, Reconnected
 from runtime.adapters.nats.names import JetStreamNames
 from runtime.core.logs import get_logger
+from runtime.core.trace_index import DEFAULT_MAX_TRACES, DEFAULT_TRACE_TTL_S
 
 _log = get_logger("runtime.adapters.nats")
 
@@ -40,6 +41,9 @@ MSG_ID = "Nats-Msg-Id"
 # reply, or a commit redone after a crash, lands within it and is stored once.
 DEFAULT_DUPLICATE_WINDOW_S = 120.0
 ACK_TIMEOUT_S = 5.0
+# The trace index is bounded by age (a trace is asked about while it is fresh) and by count:
+# JetStream bounds messages, not subjects, so the cap allows ~10 events per trace.
+TRACE_INDEX_MAX_MSGS = DEFAULT_MAX_TRACES * 10
 # JetStream API and KV calls: a reply lost to a dropped connection costs this long.
 API_TIMEOUT_S = 2
 
@@ -159,6 +163,16 @@ class Connection:
                 subjects=[names.dlq_subjects],
                 retention=RetentionPolicy.LIMITS,
                 discard=DiscardPolicy.NEW,
+                storage=StorageType.FILE,
+                duplicate_window=self.duplicate_window_s,
+            ),
+            StreamConfig(
+                name=names.trace_stream,
+                subjects=[names.trace_subjects],
+                retention=RetentionPolicy.LIMITS,
+                discard=DiscardPolicy.OLD,  # an index: the oldest traces go first
+                max_age=float(DEFAULT_TRACE_TTL_S),
+                max_msgs=TRACE_INDEX_MAX_MSGS,
                 storage=StorageType.FILE,
                 duplicate_window=self.duplicate_window_s,
             ),

@@ -10,6 +10,7 @@ import contextlib
 
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import KeyNotFoundError, NotFoundError
+from quantum.events.v1.envelope_pb2 import Envelope
 
 from runtime.adapters.nats.committer import JetStreamCommitter
 from runtime.adapters.nats.connection import DEFAULT_DUPLICATE_WINDOW_S, Connection
@@ -22,6 +23,7 @@ from runtime.adapters.nats.subscription import JetStreamSubscription
 from runtime.core.actor import Actor
 from runtime.core.dead_letters import DeadLetter
 from runtime.core.delivery import DeliveryLoop, RunnerConfig, input_streams
+from runtime.core.envelope import EnvelopeError, decode_envelope
 from runtime.core.keys import Keyspace
 from runtime.core.metrics import RuntimeMetrics
 from runtime.core.partitioning import UNPARTITIONED, Partitioning
@@ -88,6 +90,7 @@ class JetStreamRunner(DeliveryLoop):
             domain=actor.name,
             group=group,
             processed_ttl_s=config.processed_ttl_s,
+            trace_index=engine.trace_index,
         )
         super().__init__(
             actor,
@@ -118,8 +121,10 @@ class JetStreamEngine:
         *,
         partitioning: Partitioning | None = None,
         duplicate_window_s: float = DEFAULT_DUPLICATE_WINDOW_S,
+        trace_index: bool = True,
     ) -> None:
         self.url = url
+        self.trace_index = trace_index  # commits index their traces (costs a publish each)
         self.keyspace = keyspace
         self.partitioning = partitioning or UNPARTITIONED
         self.names = JetStreamNames(keyspace)
@@ -170,6 +175,20 @@ class JetStreamEngine:
             self.names.dlq(domain), count, stream=self.names.dlq_stream
         )
         return [decode_letter(entry, body) for entry, body in stored]
+
+    async def trace(self, trace_id: str) -> list[Envelope]:
+        """The indexed events of a trace, each once, ordered by event id (time order)."""
+        stored = await self._read_subject(
+            self.names.trace(trace_id), 10_000, stream=self.names.trace_stream
+        )
+        seen: dict[str, Envelope] = {}
+        for _, data in stored:
+            try:
+                envelope = decode_envelope(data)
+            except EnvelopeError:
+                continue
+            seen.setdefault(envelope.event_id, envelope)
+        return [seen[event_id] for event_id in sorted(seen)]
 
     async def load_state(
         self, domain: str, partition: int = 0, partitions: int = 1

@@ -57,6 +57,11 @@ class JetStreamNames:
         return f"{self._ns}{SEPARATOR}dlq"
 
     @property
+    def trace_stream(self) -> str:
+        """The stream of the trace index (a subject per trace id)."""
+        return f"{self._ns}{SEPARATOR}traces"
+
+    @property
     def bucket(self) -> str:
         """The KV bucket of partition records, leases and heartbeats."""
         return f"{self._ns}{SEPARATOR}kv"
@@ -77,6 +82,14 @@ class JetStreamNames:
     def subject(self, topic: str) -> str:
         """The subject of one topic (a partition of an event type's log)."""
         return f"{self._ns}.ev.{token(topic)}"
+
+    @property
+    def trace_subjects(self) -> str:
+        return f"{self._ns}.trace.>"
+
+    def trace(self, trace_id: str) -> str:
+        """The subject of one trace's events in the trace index."""
+        return f"{self._ns}.trace.{token(trace_id)}"
 
     def dlq(self, domain: str) -> str:
         """The subject of one domain's dead letters."""

@@ -36,8 +36,9 @@ from runtime.core.transport import LeaseLost
 KvOpener = Callable[[], Awaitable[KeyValue]]  # the engine's bucket, connecting on first use
 
 # Marks kept per partition at most: the record is rewritten by every commit, so it must stay
-# small; the watermarks make redeliveries exact without them.
-MAX_MARKS = 2_000
+# small. They are the last line only: JetStream's publish dedupe already drops a duplicate
+# entry of an event within its duplicate window, and the watermarks make a redelivery exact.
+MAX_MARKS = 512
 
 
 @dataclass(slots=True)

@@ -80,9 +80,10 @@ class JetStreamCommitter:
 
     async def load_state(self) -> bytes | None:
         partition = self.partition
-        if partition.revision is None:
-            await partition.read()
-        return partition.record.state
+        if partition.revision is not None:
+            return partition.record.state
+        stored, _ = await partition.peek()  # a read only: adopting its revision would unfence
+        return stored.state
 
     # -- commit -----------------------------------------------------------------------------
 
@@ -107,15 +108,7 @@ class JetStreamCommitter:
             await self.connection.publish(items)
         # 2. the record, compare-and-set (fenced)
         token = lease.token if lease is not None else partition.token
-        if partition.revision is None:
-            stored = await partition.read()
-            if token is not None and stored.token != token:
-                partition.revision = None
-                raise LeaseLost(
-                    f"{self.group}: the partition was taken over (token {stored.token}); "
-                    f"this owner's token is {token}"
-                )
-        record = partition.record.copy()
+        record = (await partition.current(token)).copy()
         if commit.state is not None:
             record.state = commit.state
         now = now_ms()
@@ -199,8 +192,8 @@ class JetStreamCommitter:
         partition = self.partition
         partition.token = token
         for _ in range(_BUMP_ATTEMPTS):
-            stored = await partition.read()
-            record = stored.copy()
+            partition.revision = None
+            record = (await partition.current(None)).copy()
             record.token = token
             try:
                 await partition.write(record, None)

@@ -142,28 +142,43 @@ class Partition:
         self.token: int | None = None  # the lease token this process holds the partition by
         self.in_hand: dict[str, deque[tuple[int, str]]] = {}
 
-    async def read(self) -> PartitionRecord:
-        """The stored record (its revision becomes the one the next write expects)."""
+    async def peek(self) -> tuple[PartitionRecord, int]:
+        """The stored record and its revision (0: none yet), changing nothing held."""
         kv = await self._kv()
         try:
             entry = await kv.get(self.key)
         except KeyNotFoundError:
-            self.record, self.revision = PartitionRecord(), 0
-            return self.record
-        self.record = PartitionRecord.decode(entry.value)
-        self.revision = entry.revision or 0
+            return PartitionRecord(), 0
+        return PartitionRecord.decode(entry.value), entry.revision or 0
+
+    async def read(self) -> PartitionRecord:
+        """The stored record; its revision becomes the one the next write expects (only
+        ``current`` and the lease's takeover adopt it)."""
+        self.record, self.revision = await self.peek()
         return self.record
 
+    async def current(self, token: int | None) -> PartitionRecord:
+        """The record this owner may change: the one it holds when it knows the revision,
+        else the stored one, which must carry its ``token`` (``LeaseLost`` otherwise: a
+        newer owner took the partition while this one could not tell)."""
+        if self.revision is not None:
+            return self.record
+        stored = await self.read()
+        if token is not None and stored.token != token:
+            self.revision = None
+            raise LeaseLost(
+                f"{self.key}: the record belongs to lease token {stored.token} now, not to "
+                f"this owner's {token}; another owner took the partition over"
+            )
+        return stored
+
     async def write(self, record: PartitionRecord, token: int | None) -> None:
-        """Store ``record`` if the stored one is still the revision this owner knows; raise
-        ``LeaseLost`` when another owner wrote since (or holds a newer token)."""
+        """Store ``record`` (made from ``current``) if the stored one is still the revision
+        this owner knows; raise ``LeaseLost`` when another owner wrote since."""
         kv = await self._kv()
         if self.revision is None:
-            stored = await self.read()
-            if token is not None and stored.token != token:
-                raise LeaseLost(
-                    f"{self.key}: the record belongs to lease token {stored.token}, not {token}"
-                )
+            await self.current(token)  # a write that only fails here was built on old data
+            raise LeaseLost(f"{self.key}: the record changed under this owner; try again")
         value = record.encode()
         try:
             if self.revision:

@@ -131,7 +131,13 @@ class JetStreamSubscription:
     # -- positioning ------------------------------------------------------------------------
 
     async def take_over(self) -> int:
-        return await self._position()
+        try:
+            return await self._position()
+        except LeaseLost:
+            # Lost again at once: the first fetch positions again and meets it there, where
+            # the delivery loop stands by instead of failing.
+            self._positioned_epoch = None
+            return 0
 
     async def _position(self) -> int:
         """Consumers from the record's watermarks on (see the module doc); returns how many
@@ -140,8 +146,10 @@ class JetStreamSubscription:
         nc = await self.connection.client()
         epoch = self.connection.epoch
         partition = self.partition
-        stored = partition.record if partition.revision is not None else await partition.read()
-        token = partition.token if partition.token is not None else stored.token
+        token = partition.token
+        stored = await partition.current(token)
+        if token is None:
+            token = stored.token
         record = stored.copy()
         stream = self.names.events_stream
         taken = 0
@@ -371,7 +379,7 @@ class JetStreamSubscription:
         """A retry in place: the entry stays in hand; the record counts the new delivery
         (written fenced: a stale owner gets ``LeaseLost``)."""
         partition = self.partition
-        record = partition.record.copy()
+        record = (await partition.current(partition.token)).copy()
         seq = int(delivery.entry_id.rpartition(b"-")[2])
         key = f"{delivery.stream} {seq}"
         record.retries[key] = record.retries.get(key, 0) + 1

@@ -62,8 +62,17 @@ def open_engine(
         return MemoryEngine(MemoryBroker(keyspace, partitioning=partitioning))
     if kind == "jetstream":
         from runtime.adapters.nats.engine import JetStreamEngine
+        from runtime.adapters.nats.retention import DEFAULT_CEILING, DEFAULT_RETAIN
+        from runtime.adapters.nats.retention import RetentionPolicy as JetStreamRetention
 
-        return JetStreamEngine.from_url(url, keyspace, partitioning=partitioning)
+        return JetStreamEngine.from_url(
+            url,
+            keyspace,
+            partitioning=partitioning,
+            retention=JetStreamRetention(
+                retain=retain or DEFAULT_RETAIN, ceiling=maxlen or DEFAULT_CEILING
+            ),
+        )
     from runtime.adapters.redis.bus import DEFAULT_MAXLEN
     from runtime.adapters.redis.engine import RedisEngine
     from runtime.adapters.redis.retention import RetentionPolicy

@@ -13,10 +13,12 @@ import pytest
 from quantum.events.v1.envelope_pb2 import Envelope
 
 from runtime.adapters.nats.engine import JetStreamEngine
+from runtime.adapters.nats.retention import RetentionPolicy
 from runtime.core.envelope import seal
+from runtime.core.keys import Keyspace
 from runtime.core.metrics import RuntimeMetrics
 from runtime.core.partitioning import Partitioning
-from runtime.core.transport import Commit, LeaseLost
+from runtime.core.transport import Backpressure, Commit, LeaseLost
 from tests.conformance.harness_jetstream import JetStreamHarness
 from tests.conformance.test_guarantees import (
     OUTPUTS,
@@ -254,3 +256,58 @@ async def test_a_trace_is_found_with_one_read_of_the_trace_index(engine: JetStre
     assert chain["market.tick"].event_id == root.event_id
     assert chain[OUTPUTS].causation_id == root.event_id
     assert await engine.trace("0" * 31 + "1") == []
+
+
+async def test_a_subject_keeps_its_history_and_every_unread_entry_and_no_more(
+    nats_server: JetStreamHarness, namespace: str
+) -> None:
+    # At most retain + ceiling + overshoot = 24 entries per subject; appends wait at 10 unread.
+    retention = RetentionPolicy(retain=4, ceiling=10, overshoot=10, refresh_s=0.01)
+    engine = JetStreamEngine.from_url(nats_server.url, Keyspace(namespace), retention=retention)
+    publisher = engine.publisher(metrics=RuntimeMetrics())
+    first = TickCounter()
+    runner = engine.runner(first, fast(), publisher)
+    await runner.subscription.open()  # the group exists: from here on its entries are kept
+    async with running(runner):
+        for seq in range(1, 6):
+            await publish_ticks(publisher, 1, first=seq)
+            await wait_until(lambda: sum(first.counts.values()) == 8 * seq)  # noqa: B023
+    assert len(await engine.read("market.tick")) == 24  # the oldest read ones went
+    # The group stopped reading: two more ticks per symbol stay unread.
+    for seq in (6, 7):
+        await asyncio.sleep(0.02)
+        await publish_ticks(publisher, 1, first=seq)
+    stored = [Envelope.FromString(data) for _, data in await engine.read("market.tick")]
+    assert len(stored) == 24
+    assert len([e for e in stored if e.event_id not in set(first.seen)]) == 16  # all of them
+
+    second = TickCounter()
+    async with running(engine.runner(second, fast(), publisher)):
+        await wait_until(lambda: sum(second.counts.values()) == 56)
+    await publisher.close()
+    assert second.counts == dict.fromkeys(SYMBOLS, 7)
+    assert second.out_of_order == 0
+    assert len(second.seen) == 16
+    await engine.close()
+
+
+async def test_a_subject_its_consumer_is_far_behind_on_holds_publishers_back_then_fails(
+    nats_server: JetStreamHarness, namespace: str
+) -> None:
+    retention = RetentionPolicy(ceiling=10, refresh_s=0.01, backpressure_timeout_s=0.5)
+    engine = JetStreamEngine.from_url(nats_server.url, Keyspace(namespace), retention=retention)
+    publisher = engine.publisher(metrics=RuntimeMetrics())
+    actor = TickCounter()
+    async with running(engine.runner(actor, fast(), publisher)):
+        await publish_ticks(publisher, 1)
+        await wait_until(lambda: sum(actor.counts.values()) == 8)
+    await publish_ticks(publisher, 2, first=2)  # 16 unread: past the ceiling from here on
+    await asyncio.sleep(0.05)
+    started = asyncio.get_running_loop().time()
+    with pytest.raises(Backpressure, match="group tick_counter"):
+        await publisher.publish(tick("S0", 4), partition_key="S0")
+    assert asyncio.get_running_loop().time() - started >= 0.4  # it waited before failing
+    await publisher.close()
+    stored = await engine.read("market.tick")
+    assert len(stored) == 24  # nothing dropped to make room
+    await engine.close()

@@ -30,8 +30,9 @@ from runtime.adapters.nats.dead_letters import letter_item
 from runtime.adapters.nats.errors import is_transient
 from runtime.adapters.nats.log import seq_of
 from runtime.adapters.nats.record import Partition, now_ms
+from runtime.adapters.nats.retention import SubjectRetention
 from runtime.core.logs import get_logger
-from runtime.core.transport import Commit, Lease, LeaseLost
+from runtime.core.transport import Backpressure, Commit, Lease, LeaseLost
 
 _log = get_logger("runtime.adapters.nats")
 _ACK = b"+ACK"
@@ -64,6 +65,7 @@ class JetStreamCommitter:
         group: str,
         processed_ttl_s: int,
         trace_index: bool = True,
+        retention: SubjectRetention | None = None,
     ) -> None:
         self.connection = connection
         self.partition = partition
@@ -77,6 +79,7 @@ class JetStreamCommitter:
         self._heartbeat_key = names.heartbeat_key
         self._ttl_ms = processed_ttl_s * 1000
         self._trace_of = names.trace if trace_index else None
+        self._retention = retention
 
     async def load_state(self) -> bytes | None:
         partition = self.partition
@@ -104,6 +107,8 @@ class JetStreamCommitter:
         items += [letter_item(self._dlq, letter) for letter in commit.dead]
         if self._trace_of is not None and (commit.outputs or commit.indexed):
             items += self._trace_items(commit, items)
+        if commit.outputs and self._retention is not None:
+            await self._room_for(items[: len(commit.outputs)])
         if items:
             await self.connection.publish(items)
         # 2. the record, compare-and-set (fenced)
@@ -128,6 +133,17 @@ class JetStreamCommitter:
         # 3. acknowledgements (the server's view of the group; correctness is step 2's)
         if handled:
             await self._acknowledge(handled)
+
+    async def _room_for(self, outputs: list[PublishItem]) -> None:
+        """Wait until every output subject has room: a runner never drops its outputs. It
+        waits as long as it takes (its own inputs then back up to the feed), saying so."""
+        assert self._retention is not None
+        while True:
+            try:
+                await self._retention.make_room(item.subject for item in outputs)
+                return
+            except Backpressure as exc:
+                _log.warning("outputs_waiting_for_room", domain=self.domain, error=str(exc))
 
     def _trace_items(self, commit: Commit, published: list[PublishItem]) -> list[PublishItem]:
         """The trace index: each output, and each root that caused outputs, on its trace's

@@ -81,9 +81,11 @@ class Connection:
         names: JetStreamNames,
         *,
         duplicate_window_s: float = DEFAULT_DUPLICATE_WINDOW_S,
+        max_per_subject: int = -1,
         name: str = "quantum",
     ) -> None:
         self.url = url
+        self.max_per_subject = max_per_subject  # the events stream's (retention.py)
         self.names = names
         self.duplicate_window_s = duplicate_window_s
         self.name = name
@@ -147,14 +149,15 @@ class Connection:
         js = self._js
         assert js is not None
         names = self.names
-        # Retention by limits with nothing set: entries stay until removed on purpose; an
-        # unread entry is never trimmed to make room (see the README's JetStream notes).
+        # Events: per subject, at most what retention.py keeps below (read history, the unread
+        # backlog its backpressure bounds, and a margin); dead letters: never trimmed.
         for config in (
             StreamConfig(
                 name=names.events_stream,
                 subjects=[names.events_subjects],
                 retention=RetentionPolicy.LIMITS,
-                discard=DiscardPolicy.NEW,
+                discard=DiscardPolicy.OLD,
+                max_msgs_per_subject=self.max_per_subject,
                 storage=StorageType.FILE,
                 duplicate_window=self.duplicate_window_s,
             ),

@@ -19,6 +19,7 @@ from runtime.adapters.nats.log import JetStreamLog, entry_id
 from runtime.adapters.nats.names import JetStreamNames
 from runtime.adapters.nats.policy_store import JetStreamPolicyStore
 from runtime.adapters.nats.record import Partition, PartitionRecord
+from runtime.adapters.nats.retention import RetentionPolicy, SubjectRetention
 from runtime.adapters.nats.subscription import JetStreamSubscription
 from runtime.core.actor import Actor
 from runtime.core.dead_letters import DeadLetter
@@ -91,6 +92,7 @@ class JetStreamRunner(DeliveryLoop):
             group=group,
             processed_ttl_s=config.processed_ttl_s,
             trace_index=engine.trace_index,
+            retention=engine.retention,
         )
         super().__init__(
             actor,
@@ -122,27 +124,44 @@ class JetStreamEngine:
         partitioning: Partitioning | None = None,
         duplicate_window_s: float = DEFAULT_DUPLICATE_WINDOW_S,
         trace_index: bool = True,
+        retention: RetentionPolicy | None = None,
     ) -> None:
         self.url = url
         self.trace_index = trace_index  # commits index their traces (costs a publish each)
         self.keyspace = keyspace
         self.partitioning = partitioning or UNPARTITIONED
         self.names = JetStreamNames(keyspace)
-        self.connection = Connection(url, self.names, duplicate_window_s=duplicate_window_s)
+        policy = retention or RetentionPolicy()
+        self.connection = Connection(
+            url,
+            self.names,
+            duplicate_window_s=duplicate_window_s,
+            max_per_subject=policy.per_subject,
+        )
+        # One per engine (a process): the positions it reads are shared by its appenders.
+        self.retention = SubjectRetention(self.connection, policy)
 
     @classmethod
     def from_url(
-        cls, url: str, keyspace: Keyspace, *, partitioning: Partitioning | None = None
+        cls,
+        url: str,
+        keyspace: Keyspace,
+        *,
+        partitioning: Partitioning | None = None,
+        retention: RetentionPolicy | None = None,
     ) -> JetStreamEngine:
         """An engine on the NATS server at ``url`` (``nats://host:port``); it connects on
         first use and reconnects by itself."""
-        return cls(url, keyspace, partitioning=partitioning)
+        return cls(url, keyspace, partitioning=partitioning, retention=retention)
 
     def publisher(
         self, *, producer: str = "", metrics: RuntimeMetrics | None = None
     ) -> JetStreamPublisher:
         return JetStreamPublisher(
-            JetStreamLog(self.connection), self.partitioning, producer=producer, metrics=metrics
+            JetStreamLog(self.connection, self.retention),
+            self.partitioning,
+            producer=producer,
+            metrics=metrics,
         )
 
     def runner(

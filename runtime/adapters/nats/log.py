@@ -18,6 +18,7 @@ from collections.abc import Sequence
 
 from runtime.adapters.nats.connection import Connection, PublishItem
 from runtime.adapters.nats.errors import is_transient
+from runtime.adapters.nats.retention import SubjectRetention
 from runtime.core.dead_letters import now_ms
 from runtime.core.envelope import EnvelopeError, decode_envelope
 
@@ -49,8 +50,9 @@ def event_id_of(data: bytes) -> str:
 class JetStreamLog:
     """Appends (topic, envelope bytes) records to the events stream, pipelined."""
 
-    def __init__(self, connection: Connection) -> None:
+    def __init__(self, connection: Connection, retention: SubjectRetention | None = None) -> None:
         self.connection = connection
+        self.retention = retention
         self._subject = connection.names.subject
         self._subjects: dict[str, str] = {}
 
@@ -64,6 +66,8 @@ class JetStreamLog:
         items = [
             PublishItem(self.subject(topic), data, event_id_of(data)) for topic, data in records
         ]
+        if self.retention is not None:
+            await self.retention.make_room(item.subject for item in items)
         seqs = await self.connection.publish(items)
         ms = now_ms()
         return [entry_id(ms, seq) for seq in seqs]

@@ -40,7 +40,8 @@ import orjson
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription as NatsSubscription
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, ConsumerInfo, DeliverPolicy
 from nats.js.errors import NotFoundError
 
 from runtime.adapters.nats.connection import MSG_ID, Connection
@@ -126,7 +127,47 @@ class JetStreamSubscription:
         return self._subjects
 
     async def open(self) -> None:
-        await self.connection.client()  # the streams and the bucket exist from here on
+        """Make sure the group exists on each subject before this process owns it, as a
+        consumer group does on Redis: a placeholder consumer that nobody pulls from holds
+        the subject's unread entries for the group (retention) until its first owner
+        positions and deletes it."""
+        js = await self.connection.jetstream()
+        stored, _ = await self.partition.peek()
+        stream = self.names.events_stream
+        for subject in self._subjects:
+            if subject in stored.consumers:
+                continue  # positioned before: that consumer holds the subject
+            name = self._placeholder(subject)
+            try:
+                await js.consumer_info(stream, name)
+                continue
+            except NotFoundError:
+                pass
+            mark = stored.watermarks.get(subject)
+            if mark is not None:
+                policy, start = DeliverPolicy.BY_START_SEQUENCE, mark + 1
+            else:
+                policy = DeliverPolicy.NEW if self.start_id == "$" else DeliverPolicy.ALL
+                start = None
+            await js.add_consumer(stream, self._config(name, subject, policy, start))
+
+    def _placeholder(self, subject: str) -> str:
+        return self.names.consumer(self.group, subject, 0, 0)
+
+    def _config(
+        self, name: str, subject: str, policy: DeliverPolicy, start: int | None
+    ) -> ConsumerConfig:
+        return ConsumerConfig(
+            durable_name=name,
+            description=f"group {self.group} of domain {self.domain}",
+            ack_policy=AckPolicy.ALL,
+            ack_wait=ACK_WAIT_S,
+            max_deliver=-1,
+            max_ack_pending=MAX_ACK_PENDING,
+            filter_subject=subject,
+            deliver_policy=policy,
+            opt_start_seq=start,
+        )
 
     # -- positioning ------------------------------------------------------------------------
 
@@ -153,20 +194,20 @@ class JetStreamSubscription:
         record = stored.copy()
         stream = self.names.events_stream
         taken = 0
-        old = dict(record.consumers)
+        old = {*record.consumers.values(), *map(self._placeholder, self._subjects)}
         for subject in self._subjects:
+            placeholder = await _info(js, stream, self._placeholder(subject))
             mark = record.watermarks.get(subject)
             if mark is None:
                 mark = 0
-                if self.start_id == "$":  # a new group reads only what comes next
+                if placeholder is not None and placeholder.delivered is not None:
+                    mark = placeholder.delivered.stream_seq or 0  # where the group began
+                elif self.start_id == "$":  # a new group reads only what comes next
                     mark = (await js.stream_info(stream)).state.last_seq
                 record.watermarks[subject] = mark
-            name = old.get(subject)
-            if not name:
-                continue
-            try:
-                info = await js.consumer_info(stream, name)
-            except NotFoundError:
+            name = record.consumers.get(subject)
+            info = await _info(js, stream, name) if name else None
+            if info is None:
                 continue
             taken += info.num_ack_pending or 0
             delivered = (info.delivered.stream_seq if info.delivered else 0) or 0
@@ -181,18 +222,14 @@ class JetStreamSubscription:
         for subject, name in record.consumers.items():
             await js.add_consumer(
                 stream,
-                ConsumerConfig(
-                    durable_name=name,
-                    ack_policy=AckPolicy.ALL,
-                    ack_wait=ACK_WAIT_S,
-                    max_deliver=-1,
-                    max_ack_pending=MAX_ACK_PENDING,
-                    filter_subject=subject,
-                    deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
-                    opt_start_seq=record.watermarks[subject] + 1,
+                self._config(
+                    name,
+                    subject,
+                    DeliverPolicy.BY_START_SEQUENCE,
+                    record.watermarks[subject] + 1,
                 ),
             )
-        for name in set(old.values()) - set(record.consumers.values()):
+        for name in old - set(record.consumers.values()):
             with contextlib.suppress(NotFoundError):
                 await js.delete_consumer(stream, name)
         await self._start_lanes(nc, record)
@@ -424,3 +461,11 @@ class JetStreamSubscription:
 
     async def close(self) -> None:
         await self._stop_lanes()
+
+
+async def _info(js: JetStreamContext, stream: str, name: str) -> ConsumerInfo | None:
+    try:
+        info: ConsumerInfo = await js.consumer_info(stream, name)
+    except NotFoundError:
+        return None
+    return info

@@ -12,7 +12,6 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 import grpc
-import redis.asyncio as aioredis
 from google.protobuf.timestamp_pb2 import Timestamp
 from quantum.control.v1 import replay_service_pb2 as pb
 
@@ -25,7 +24,9 @@ from control_plane.errors import (
     bad_field,
     invalid_argument,
 )
-from control_plane.redis_reads import Entry, hmget, xrange
+from runtime.adapters.redis.admin import DeadLetterRedrive, purge_dead_letters
+from runtime.adapters.redis.client import RedisClient
+from runtime.adapters.redis.reads import Entry, entries_by_id, hmget, xrange
 from runtime.core.keys import Keyspace
 from runtime.core.logs import get_logger
 
@@ -34,16 +35,6 @@ log = get_logger("control_plane.dead_letters")
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
 AUDIT_MAXLEN = 10_000
-
-# Puts one dead letter back on its stream unless that was done before: atomic, so two
-# concurrent redrives of one letter publish it once.
-_REDRIVE_LUA = """
-local done = redis.call('HGET', KEYS[1], ARGV[1])
-if done then return {0, done} end
-local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'envelope', ARGV[2])
-redis.call('HSET', KEYS[1], ARGV[1], id)
-return {1, id}
-"""
 
 KnownDomains = Callable[[], Awaitable[Sequence[str]]]
 StreamMaxlen = Callable[[str], int]
@@ -121,7 +112,7 @@ class DeadLetterDesk:
 
     def __init__(
         self,
-        redis: aioredis.Redis,
+        redis: RedisClient,
         keyspace: Keyspace,
         known_domains: KnownDomains,
         stream_maxlen: StreamMaxlen,
@@ -130,7 +121,7 @@ class DeadLetterDesk:
         self._keyspace = keyspace
         self._known_domains = known_domains
         self._stream_maxlen = stream_maxlen
-        self._redrive = redis.register_script(_REDRIVE_LUA)
+        self._redrive = DeadLetterRedrive(redis)
 
     async def known_domain(self, domain: str) -> str:
         """``domain`` when the system knows it; DOMAIN_UNKNOWN with the list otherwise."""
@@ -180,15 +171,13 @@ class DeadLetterDesk:
                     Reason.INVALID_REQUEST,
                     {"entry_id": entry_id},
                 )
-            done, _new_id = await self._redrive(
-                keys=[redriven_key(self._keyspace, domain), stream],
-                args=[
-                    entry_id,
-                    fields.get(b"payload", b""),
-                    self._stream_maxlen(stream.removeprefix(prefix)),
-                ],
-            )
-            if int(done):
+            if await self._redrive(
+                redriven_key(self._keyspace, domain),
+                stream,
+                entry_id,
+                fields.get(b"payload", b""),
+                self._stream_maxlen(stream.removeprefix(prefix)),
+            ):
                 response.redriven += 1
                 response.entry_ids.append(entry_id)
             else:
@@ -206,24 +195,22 @@ class DeadLetterDesk:
         domain = await self.known_domain(request.domain)
         ids = [entry_id for entry_id, _ in await self._letters(domain, list(request.entry_ids))]
         principal = current_principal()
-        async with self._redis.pipeline(transaction=True) as pipe:
-            if ids:
-                pipe.xdel(self._keyspace.dlq(domain), *ids)
-                pipe.hdel(redriven_key(self._keyspace, domain), *ids)
-            pipe.xadd(
-                self._keyspace.audit(),
-                {
-                    "action": "dead_letters.purge",
-                    "by": principal.changed_by,
-                    "domain": domain,
-                    "count": str(len(ids)),
-                    "entry_ids": ",".join(ids),
-                    "at_ms": str(int(time.time() * 1000)),
-                },
-                maxlen=AUDIT_MAXLEN,
-                approximate=True,
-            )
-            await pipe.execute()
+        await purge_dead_letters(
+            self._redis,
+            self._keyspace.dlq(domain),
+            redriven_key(self._keyspace, domain),
+            ids,
+            self._keyspace.audit(),
+            {
+                "action": "dead_letters.purge",
+                "by": principal.changed_by,
+                "domain": domain,
+                "count": str(len(ids)),
+                "entry_ids": ",".join(ids),
+                "at_ms": str(int(time.time() * 1000)),
+            },
+            AUDIT_MAXLEN,
+        )
         log.info("dead_letters_purged", domain=domain, count=len(ids), by=principal.changed_by)
         return pb.PurgeDeadLettersResponse(purged=len(ids), entry_ids=ids)
 
@@ -240,12 +227,9 @@ class DeadLetterDesk:
                 if len(entries) < 1000:
                     return found
                 start = "(" + entries[-1][0]
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for entry_id in entry_ids:
-                pipe.xrange(key, min=entry_id, max=entry_id, count=1)
-            replies = await pipe.execute()
+        replies = await entries_by_id(self._redis, key, entry_ids)
         missing = [
-            entry_id for entry_id, reply in zip(entry_ids, replies, strict=True) if not reply
+            entry_id for entry_id, reply in zip(entry_ids, replies, strict=True) if reply is None
         ]
         if missing:
             raise ControlPlaneError(
@@ -255,4 +239,8 @@ class DeadLetterDesk:
                 Reason.DEAD_LETTER_NOT_FOUND,
                 {"domain": domain, "entry_ids": ",".join(missing)},
             )
-        return [(entry_id, reply[0][1]) for entry_id, reply in zip(entry_ids, replies, strict=True)]
+        return [
+            (entry_id, fields)
+            for entry_id, fields in zip(entry_ids, replies, strict=True)
+            if fields is not None
+        ]

@@ -13,10 +13,11 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-import redis.asyncio as aioredis
 from google.protobuf.timestamp_pb2 import Timestamp
 from quantum.control.v1.runtime_service_pb2 import ConsumerGroupInfo, DomainInfo
 
+from runtime.adapters.redis.client import RedisClient
+from runtime.adapters.redis.reads import groups_each, hvals_each
 from runtime.core.keys import Keyspace
 from runtime.core.registry import EventRegistry, default_registry
 
@@ -66,7 +67,7 @@ class DomainInspector:
 
     def __init__(
         self,
-        redis: aioredis.Redis,
+        redis: RedisClient,
         keyspace: Keyspace,
         consumes: Mapping[str, Sequence[str]] | None = None,
         registry: EventRegistry | None = None,
@@ -84,27 +85,20 @@ class DomainInspector:
     async def domain_names(self) -> list[str]:
         """Every known domain, sorted: consumer groups of the event streams plus the domains
         this process registered. Cheaper than ``figures`` (no heartbeats)."""
-        streams = self._streams()
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for stream in streams:
-                pipe.xinfo_groups(stream)
-            replies = await pipe.execute(raise_on_error=False)
+        replies = await groups_each(self._redis, self._streams())
         names = set(self._consumes)
         for reply in replies:
-            if not isinstance(reply, BaseException):
+            if reply is not None:
                 names.update(domain_of_group(_text(_group_field(g, "name"))) for g in reply)
         return sorted(names)
 
     async def figures(self) -> list[DomainFigures]:
         """Every known domain with its groups, newest heartbeat, total lag and pending."""
         streams = self._streams()
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for stream in streams:
-                pipe.xinfo_groups(stream)
-            replies = await pipe.execute(raise_on_error=False)
+        replies = await groups_each(self._redis, streams)
         groups: dict[str, list[ConsumerGroupInfo]] = {}
         for stream, reply in zip(streams, replies, strict=True):
-            if isinstance(reply, BaseException):
+            if reply is None:
                 continue
             for group in reply:
                 lag_value = _group_field(group, "lag")
@@ -118,10 +112,7 @@ class DomainInspector:
                 )
                 groups.setdefault(domain_of_group(info.group), []).append(info)
         names = sorted(set(groups) | set(self._consumes))
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for name in names:
-                pipe.hvals(self._keyspace.heartbeat(name))
-            beats = await pipe.execute()
+        beats = await hvals_each(self._redis, [self._keyspace.heartbeat(name) for name in names])
         now_ms = time.time() * 1000
         result = []
         for name, values in zip(names, beats, strict=True):

@@ -5,15 +5,15 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-import redis.asyncio as aioredis
 from google.protobuf.timestamp_pb2 import Timestamp
 from quantum.control.v1.replay_service_pb2 import EventRange
 from quantum.events.v1.envelope_pb2 import Envelope
 
 from control_plane.entry_ids import MAX_ID_PART, is_entry_id
 from control_plane.errors import FieldViolation, invalid_argument
-from control_plane.redis_reads import xrange
 from control_plane.stored_events import ENVELOPE_FIELD, parse_envelope
+from runtime.adapters.redis.client import RedisClient
+from runtime.adapters.redis.reads import xrange
 from runtime.core.keys import Keyspace
 from runtime.core.registry import EventRegistry
 
@@ -94,7 +94,7 @@ def check_range(
 
 
 async def read_range(
-    redis: aioredis.Redis, stream_range: StreamRange
+    redis: RedisClient, stream_range: StreamRange
 ) -> AsyncIterator[tuple[str, Envelope | None]]:
     """Every entry of the range, oldest first: (entry id, envelope or None if undecodable)."""
     start = stream_range.start
@@ -112,7 +112,7 @@ async def read_range(
         start = "(" + entries[-1][0]
 
 
-async def count_range(redis: aioredis.Redis, stream_range: StreamRange) -> int:
+async def count_range(redis: RedisClient, stream_range: StreamRange) -> int:
     """How many entries the range holds (reads the ids page by page)."""
     total = 0
     start = stream_range.start

@@ -13,12 +13,12 @@ import asyncio
 import contextlib
 from decimal import Decimal, InvalidOperation
 
-import redis.asyncio as aioredis
 from quantum.events.v1.portfolio_pb2 import PnlUpdated
 
 from control_plane.health import SystemHealth
-from control_plane.redis_reads import newest
 from control_plane.stored_events import ENVELOPE_FIELD, parse_envelope
+from runtime.adapters.redis.client import RedisClient
+from runtime.adapters.redis.reads import newest
 from runtime.core.envelope import EnvelopeError, open_payload
 from runtime.core.keys import Keyspace
 from runtime.core.logs import get_logger
@@ -62,7 +62,7 @@ class FiguresPoller:
 
     def __init__(
         self,
-        redis: aioredis.Redis,
+        redis: RedisClient,
         keyspace: Keyspace,
         registry: EventRegistry,
         system_health: SystemHealth,

@@ -16,7 +16,6 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import psutil
-import redis.asyncio as aioredis
 from grpc_health.v1 import health_pb2
 from grpc_health.v1._async import HealthServicer
 from quantum.control.v1.runtime_service_pb2 import (
@@ -32,6 +31,7 @@ from control_plane.domains import (
     domain_of_group,
 )
 from control_plane.stuck_groups import StuckGroup, StuckGroupWatch
+from runtime.adapters.redis.client import RedisClient, ping
 from runtime.adapters.redis.retention import DEFAULT_STUCK_AFTER_S
 from runtime.core.envelope import timestamp
 from runtime.core.logs import get_logger
@@ -73,11 +73,11 @@ def _figure(value: float | int) -> str:
     return f"{value:.2f}" if isinstance(value, float) else str(value)
 
 
-async def ping_ms(redis: aioredis.Redis, timeout_s: float = 1.0) -> float:
+async def ping_ms(redis: RedisClient, timeout_s: float = 1.0) -> float:
     """Round-trip time of a Redis PING in milliseconds; raises when Redis does not answer."""
     started = time.perf_counter()
     async with asyncio.timeout(timeout_s):
-        await redis.ping()
+        await ping(redis)
     return (time.perf_counter() - started) * 1000
 
 
@@ -87,7 +87,7 @@ class ServingWatcher:
     def __init__(
         self,
         servicer: HealthServicer,
-        redis: aioredis.Redis,
+        redis: RedisClient,
         services: Sequence[str],
         *,
         interval_s: float = 1.0,
@@ -153,7 +153,7 @@ class SystemHealth:
 
     def __init__(
         self,
-        redis: aioredis.Redis,
+        redis: RedisClient,
         inspector: DomainInspector,
         *,
         extra_checks: Sequence[ComponentCheck] = (),

@@ -14,13 +14,13 @@ from collections.abc import AsyncIterator, Collection
 from dataclasses import dataclass, field
 
 import grpc
-import redis.asyncio as aioredis
-import redis.exceptions
 from quantum.control.v1.stored_event_pb2 import StoredEvent
 
 from control_plane.errors import ControlPlaneError, Reason
-from control_plane.redis_reads import xread
-from control_plane.stored_events import ENVELOPE_FIELD, entry_id_text, parse_envelope, stored_event
+from control_plane.stored_events import ENVELOPE_FIELD, parse_envelope, stored_event
+from runtime.adapters.redis.client import RedisClient
+from runtime.adapters.redis.errors import RedisUnreachable
+from runtime.adapters.redis.reads import last_entry_ids, xread
 from runtime.core.keys import Keyspace
 from runtime.core.logs import get_logger
 from runtime.core.registry import EventRegistry
@@ -112,7 +112,7 @@ class LiveFeed:
 
     def __init__(
         self,
-        redis: aioredis.Redis,
+        redis: RedisClient,
         keyspace: Keyspace,
         registry: EventRegistry,
         *,
@@ -198,7 +198,7 @@ class LiveFeed:
         while self._subscribers:
             try:
                 reply = await xread(self._redis, last_ids, self._batch, self._block_ms)
-            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+            except RedisUnreachable as exc:
                 log.warning("live_feed_redis_unavailable", error=str(exc))
                 await asyncio.sleep(0.5)
                 continue
@@ -210,19 +210,11 @@ class LiveFeed:
     async def _last_ids(self, streams: list[str]) -> dict[str, str]:
         while True:
             try:
-                async with self._redis.pipeline(transaction=False) as pipe:
-                    for stream in streams:
-                        pipe.xrevrange(stream, count=1)
-                    replies = await pipe.execute()
-                break
-            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+                return await last_entry_ids(self._redis, streams)
+            except RedisUnreachable as exc:
                 log.warning("live_feed_redis_unavailable", error=str(exc))
                 self._started.set()
                 await asyncio.sleep(0.5)
-        return {
-            stream: entry_id_text(reply[0][0]) if reply else "0-0"
-            for stream, reply in zip(streams, replies, strict=True)
-        }
 
     def _dispatch(self, stream: str, entry_id: str, data: bytes | None) -> None:
         envelope = parse_envelope(data) if data is not None else None

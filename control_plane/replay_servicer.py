@@ -7,7 +7,6 @@ from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from typing import Any, Protocol
 
 import grpc
-import redis.asyncio as aioredis
 from grpc import aio
 from quantum.control.v1 import replay_service_pb2 as pb
 from quantum.control.v1 import replay_service_pb2_grpc as pb_grpc
@@ -29,6 +28,7 @@ from control_plane.event_ranges import check_range, count_range, read_range
 from control_plane.state_repair import StateRepairer
 from control_plane.stored_events import stored_event
 from runtime.adapters.redis.bus import DEFAULT_MAXLEN, EventBus
+from runtime.adapters.redis.client import RedisClient
 from runtime.core.actor import Actor, deliver
 from runtime.core.keys import Keyspace
 from runtime.core.registry import EventRegistry
@@ -64,7 +64,7 @@ def check_domain_name(value: str, field_path: str = "domain") -> str:
 class ReplayServicer(pb_grpc.ReplayServiceServicer):
     def __init__(
         self,
-        redis: aioredis.Redis,
+        redis: RedisClient,
         keyspace: Keyspace,
         registry: EventRegistry,
         domain_factories: Mapping[str, ActorFactory],

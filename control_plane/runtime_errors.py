@@ -11,9 +11,16 @@ FAILED_PRECONDITION with Redis's own message.
 from __future__ import annotations
 
 import grpc
-import redis.exceptions
 
 from control_plane.errors import ControlPlaneError, FieldViolation, Reason, invalid_argument
+from runtime.adapters.redis.errors import (
+    AuthenticationError,
+    BusyLoadingError,
+    NoPermissionError,
+    RedisError,
+    RedisUnreachable,
+    ResponseError,
+)
 from runtime.core.policy.errors import PolicyUnavailable, PolicyValidationError, VersionConflict
 
 
@@ -36,17 +43,17 @@ def translate(exc: BaseException) -> ControlPlaneError | None:
         )
     if isinstance(exc, PolicyUnavailable):
         return ControlPlaneError(grpc.StatusCode.UNAVAILABLE, str(exc), Reason.POLICY_UNAVAILABLE)
-    if isinstance(exc, redis.exceptions.AuthenticationError):  # a ConnectionError, but no outage
-        return redis_reply_error(redis.exceptions.ResponseError(f"NOAUTH {exc}"))
-    if isinstance(exc, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError):
+    if isinstance(exc, AuthenticationError):  # a ConnectionError, but no outage
+        return redis_reply_error(ResponseError(f"NOAUTH {exc}"))
+    if isinstance(exc, RedisUnreachable):
         return ControlPlaneError(
             grpc.StatusCode.UNAVAILABLE,
             f"Redis is unreachable ({exc}); retry when it is back",
             Reason.REDIS_UNAVAILABLE,
         )
-    if isinstance(exc, redis.exceptions.ResponseError):
+    if isinstance(exc, ResponseError):
         return redis_reply_error(exc)
-    if isinstance(exc, redis.exceptions.RedisError):
+    if isinstance(exc, RedisError):
         return ControlPlaneError(
             grpc.StatusCode.UNAVAILABLE,
             f"the Redis client failed ({type(exc).__name__}: {exc}); retry shortly",
@@ -59,7 +66,7 @@ _UNAVAILABLE_PREFIXES = ("BUSY", "LOADING", "MASTERDOWN", "TRYAGAIN", "CLUSTERDO
 _DENIED_PREFIXES = ("NOPERM", "NOAUTH", "WRONGPASS")
 
 
-def redis_reply_error(exc: redis.exceptions.ResponseError) -> ControlPlaneError:
+def redis_reply_error(exc: ResponseError) -> ControlPlaneError:
     """The status of one Redis error reply (see the module doc)."""
     text = str(exc)
     code = text.split(" ", 1)[0].upper()
@@ -70,9 +77,9 @@ def redis_reply_error(exc: redis.exceptions.ResponseError) -> ControlPlaneError:
             f"Redis rejected a stream entry id of the request: {exc}",
             [FieldViolation("entry_id", "is not a stream entry id Redis accepts")],
         )
-    if isinstance(exc, redis.exceptions.NoPermissionError):
+    if isinstance(exc, NoPermissionError):
         code = "NOPERM"
-    if code.startswith(_UNAVAILABLE_PREFIXES) or isinstance(exc, redis.exceptions.BusyLoadingError):
+    if code.startswith(_UNAVAILABLE_PREFIXES) or isinstance(exc, BusyLoadingError):
         return ControlPlaneError(
             grpc.StatusCode.UNAVAILABLE,
             f"Redis cannot serve this now ({text}); retry shortly",

@@ -17,8 +17,6 @@ import signal
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 
-import redis.asyncio as aioredis
-import redis.exceptions
 from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
@@ -65,6 +63,8 @@ from control_plane.runtime_servicer import RuntimeServicer
 from control_plane.span_interceptor import SpanPerCall
 from control_plane.trace_servicer import TraceServicer
 from runtime.adapters.redis.bus import EventBus
+from runtime.adapters.redis.client import RedisClient, open_client
+from runtime.adapters.redis.errors import AccessDenied
 from runtime.adapters.redis.policy_store import PolicyStore
 from runtime.core import otel
 from runtime.core.actor import Actor
@@ -140,7 +140,7 @@ class ControlPlane:
 
     def __init__(
         self,
-        redis: aioredis.Redis,
+        redis: RedisClient,
         keyspace: Keyspace,
         policy_store: PolicyStore,
         *,
@@ -377,7 +377,7 @@ async def serve(
     keyspace = Keyspace(args.namespace)
     with contextlib.ExitStack() as stack:
         url = args.redis_url or stack.enter_context(redis_url())
-        redis = aioredis.Redis.from_url(url, socket_timeout=5.0, socket_connect_timeout=2.0)
+        redis = open_client(url, socket_timeout=5.0, socket_connect_timeout=2.0)
         store = PolicyStore(redis, keyspace, state_dir=Path(args.state_dir))
         await store.start()
         plane = ControlPlane(redis, keyspace, store, config=config, tokens=tokens)
@@ -411,7 +411,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, ValueError) as exc:  # otel.OtelConfigError is a ValueError
         print(f"quantum control-plane: {exc}", flush=True)
         return 2
-    except (redis.exceptions.AuthenticationError, redis.exceptions.NoPermissionError) as exc:
+    except AccessDenied as exc:
         print(
             f"quantum control-plane: Redis refused the user of --redis-url ({exc}); check the "
             "user and password (redis://USER:PASSWORD@HOST:PORT/0, rediss:// for TLS) and the "

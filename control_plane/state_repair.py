@@ -23,15 +23,15 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import grpc
-import redis.asyncio as aioredis
 from google.protobuf.timestamp_pb2 import Timestamp
 from quantum.control.v1 import replay_service_pb2 as pb
 from quantum.events.v1.envelope_pb2 import Envelope
-from redis.exceptions import WatchError
 
 from control_plane.errors import ControlPlaneError, Reason, bad_field
-from control_plane.redis_reads import xrange, xrevrange
 from control_plane.stored_events import ENVELOPE_FIELD, parse_envelope
+from runtime.adapters.redis.admin import store_repaired_state
+from runtime.adapters.redis.client import RedisClient
+from runtime.adapters.redis.reads import counter, xrange, xrevrange
 from runtime.adapters.redis.runner import entry_order, partition_of, state_key
 from runtime.core.actor import Actor, deliver
 from runtime.core.keys import Keyspace
@@ -55,7 +55,7 @@ class StateRepairer:
 
     def __init__(
         self,
-        redis: aioredis.Redis,
+        redis: RedisClient,
         keyspace: Keyspace,
         registry: EventRegistry,
         factories: Mapping[str, ActorFactory],
@@ -120,8 +120,7 @@ class StateRepairer:
             refused_inputs=refused[:MAX_REFUSED_SHOWN], stored=not request.dry_run
         )
         if request.dry_run:
-            epoch = await self._redis.get(self._keyspace.state_epoch(domain))
-            record.state_epoch = int(epoch or 0)
+            record.state_epoch = await counter(self._redis, self._keyspace.state_epoch(domain))
         else:
             record.state_epoch = await self._store(domain, key, state, record)
         response.repair.CopyFrom(record)
@@ -168,30 +167,22 @@ class StateRepairer:
         return found
 
     async def _store(self, domain: str, key: str, state: bytes, record: pb.StateRepair) -> int:
-        """State, epoch and record in one MULTI/EXEC; returns the new epoch.
+        """State, epoch and record in one MULTI/EXEC; returns the new epoch (the record
+        names it)."""
 
-        The epoch is WATCHed so the record can name the value the INCR yields.
-        """
-        epoch_key = self._keyspace.state_epoch(domain)
-        async with self._redis.pipeline(transaction=True) as pipe:
-            while True:
-                try:
-                    await pipe.watch(epoch_key)
-                    epoch = int(await pipe.get(epoch_key) or 0) + 1
-                    record.state_epoch = epoch
-                    pipe.multi()  # type: ignore[no-untyped-call]
-                    pipe.set(key, state)
-                    pipe.incr(epoch_key)
-                    pipe.xadd(
-                        self._keyspace.state_repairs(),
-                        {"record": record.SerializeToString()},
-                        maxlen=MAX_RECORDS_KEPT,
-                        approximate=True,
-                    )
-                    await pipe.execute()
-                    return epoch
-                except WatchError:  # another repair of this domain came between: again
-                    continue
+        def serialized(epoch: int) -> bytes:
+            record.state_epoch = epoch
+            return record.SerializeToString()
+
+        return await store_repaired_state(
+            self._redis,
+            state_key=key,
+            state=state,
+            epoch_key=self._keyspace.state_epoch(domain),
+            repairs_key=self._keyspace.state_repairs(),
+            record=serialized,
+            records_kept=MAX_RECORDS_KEPT,
+        )
 
     async def history(self, domain: str, page_size: int) -> list[pb.StateRepair]:
         """Repair records, newest first (of ``domain`` when given)."""

@@ -8,7 +8,6 @@ from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 import grpc
-import redis.asyncio as aioredis
 from grpc import aio
 from quantum.control.v1 import trace_service_pb2 as pb
 from quantum.control.v1 import trace_service_pb2_grpc as pb_grpc
@@ -16,8 +15,9 @@ from quantum.events.v1.envelope_pb2 import Envelope
 
 from control_plane.errors import ControlPlaneError, Reason, bad_field
 from control_plane.live_feed import EventFilter, LiveFeed
-from control_plane.redis_reads import lrange_all
 from control_plane.stored_events import parse_envelope, stored_event
+from runtime.adapters.redis.client import RedisClient
+from runtime.adapters.redis.reads import lrange_all
 from runtime.core.keys import Keyspace
 from runtime.core.registry import EventRegistry
 
@@ -62,7 +62,7 @@ def causal_order(envelopes: Iterable[Envelope]) -> list[Envelope]:
 
 class TraceServicer(pb_grpc.TraceServiceServicer):
     def __init__(
-        self, redis: aioredis.Redis, keyspace: Keyspace, registry: EventRegistry, feed: LiveFeed
+        self, redis: RedisClient, keyspace: Keyspace, registry: EventRegistry, feed: LiveFeed
     ) -> None:
         self._redis = redis
         self._keyspace = keyspace

@@ -26,9 +26,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Protocol
 
-import redis.asyncio as aioredis
 from quantum.events.v1.market_pb2 import MarketTick
-from redis.exceptions import AuthenticationError, NoPermissionError, RedisError
 
 from control_plane.auth import TokenConfigError
 from control_plane.config import ConfigError
@@ -37,8 +35,11 @@ from control_plane.server import ControlPlane, config_from_args
 from control_plane.server import main as control_plane_main
 from runtime import report
 from runtime.adapters.redis.bus import ENVELOPE_FIELD, EventBus, PublishTimeout
+from runtime.adapters.redis.client import RedisClient, open_client, ping
+from runtime.adapters.redis.errors import AccessDenied, RedisError
 from runtime.adapters.redis.host import Runtime, default_consumer_name, install_uvloop, tune_gc
 from runtime.adapters.redis.policy_store import PolicyStore
+from runtime.adapters.redis.reads import newest
 from runtime.adapters.redis.retention import RetentionPolicy
 from runtime.adapters.redis.runner import RunnerConfig
 from runtime.core import otel
@@ -65,6 +66,7 @@ from runtime.run_namespace import RunNamespace
 from runtime.supervisor import Supervisor, Worker
 from runtime.worker_command import FEED_DOMAIN, WorkerCommand
 from runtime.worker_layout import FLOW_ORDER, assign, default_workers
+from runtime.worker_main import unblock_stop_signals
 from runtime.worker_metrics import WorkerMetrics, write_port
 
 log = get_logger("runtime.bootstrap")
@@ -177,12 +179,12 @@ def redis_acl(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _check_credentials(redis: aioredis.Redis) -> None:
+async def _check_credentials(redis: RedisClient) -> None:
     """Fail at once on a refused user or password (AuthenticationError, NoPermissionError);
     an unreachable Redis is the PolicyStore's to judge (it may start from its snapshot)."""
     try:
-        await redis.ping()
-    except (AuthenticationError, NoPermissionError):
+        await ping(redis)
+    except AccessDenied:
         await redis.aclose()
         raise
     except RedisError:
@@ -193,7 +195,7 @@ async def _check_credentials(redis: aioredis.Redis) -> None:
 class _Services:
     """What every ``quantum run`` process shares: Redis, the namespace, policy and bus."""
 
-    redis: aioredis.Redis
+    redis: RedisClient
     space: RunNamespace
     store: PolicyStore
     bus: EventBus
@@ -215,7 +217,7 @@ async def _services(
             file=sys.stderr,
             flush=True,
         )
-    redis = aioredis.Redis.from_url(url, socket_connect_timeout=2.0)
+    redis = open_client(url, socket_connect_timeout=2.0)
     await _check_credentials(redis)
     state_dir = Path(args.state_dir)
     store = PolicyStore(redis, space.keyspace, state_dir=state_dir)
@@ -333,6 +335,7 @@ async def _host_domains(args: argparse.Namespace, services: _Services) -> int:
         loop.add_signal_handler(sig, stop.set)
     if args.supervised:
         _stop_when_stdin_closes(loop, stop)
+        unblock_stop_signals()  # one sent while this worker started is delivered now
     runtime_task = asyncio.create_task(runtime.run(), name="runtime")
     feed_task: asyncio.Task[int] | None = None
     feed_stop = asyncio.Event()
@@ -456,7 +459,7 @@ async def _supervise(
 
 
 async def feed_resume_point(
-    redis: aioredis.Redis, keyspace: Keyspace, ticks: Iterable[MarketTick], appended: int
+    redis: RedisClient, keyspace: Keyspace, ticks: Iterable[MarketTick], appended: int
 ) -> int:
     """How many of the feed's ``ticks`` a restarted feed skips: up to the last tick on the
     stream, found by its symbol and sequence among the first ``appended`` (the entries this
@@ -464,12 +467,10 @@ async def feed_resume_point(
     under it) appends a tick twice, and the feed would then skip one tick per duplicate."""
     if appended <= 0:
         return 0
-    entries: list[tuple[bytes, dict[bytes, bytes]]] = await redis.xrevrange(  # type: ignore[assignment]
-        keyspace.stream(TICK_STREAM), count=1
-    )
-    if not entries:
+    entry = await newest(redis, keyspace.stream(TICK_STREAM))
+    if entry is None:
         return 0
-    last = MarketTick.FromString(decode_envelope(entries[0][1][ENVELOPE_FIELD]).payload)
+    last = MarketTick.FromString(decode_envelope(entry[1][ENVELOPE_FIELD]).payload)
     for position, tick in enumerate(itertools.islice(ticks, appended)):
         if (tick.symbol, tick.sequence) == (last.symbol, last.sequence):
             return position + 1
@@ -508,7 +509,7 @@ def run(args: argparse.Namespace) -> int:
     except (RedisServerNotFound, ConfigError, TokenConfigError, otel.OtelConfigError) as exc:
         print(f"quantum run: {exc}", file=sys.stderr)
         return 2
-    except (AuthenticationError, NoPermissionError) as exc:
+    except AccessDenied as exc:
         print(f"quantum run: {redis_access_denied(exc)}", file=sys.stderr)
         return 2
     finally:

@@ -5,11 +5,10 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol, cast
+from typing import Protocol
 
-import redis.asyncio as aioredis
-from redis.exceptions import ResponseError
-
+from runtime.adapters.redis.client import RedisClient
+from runtime.adapters.redis.reads import read_positions
 from runtime.core.actor import Actor
 from runtime.core.delivery import entry_order
 from runtime.core.keys import Keyspace
@@ -45,7 +44,7 @@ def groups_of(keyspace: Keyspace, actors: Sequence[Actor]) -> list[GroupStreams]
     ]
 
 
-async def backlog_cleared(redis: aioredis.Redis, owned: Sequence[Owned]) -> bool:
+async def backlog_cleared(redis: RedisClient, owned: Sequence[Owned]) -> bool:
     """True when every group this process runs has read its streams to the end and holds
     nothing. Only those exact groups: another process's partition of the same domain is its
     own business (its drain, its health).
@@ -55,29 +54,21 @@ async def backlog_cleared(redis: aioredis.Redis, owned: Sequence[Owned]) -> bool
     """
     for consumer in owned:
         for stream in consumer.streams:
-            try:
-                groups = await redis.xinfo_groups(stream)
-                last = cast(list[tuple[bytes, object]], await redis.xrevrange(stream, count=1))
-            except ResponseError:  # no such stream yet: nothing to read
+            positions = await read_positions(redis, stream)
+            if positions is None:  # no such stream yet, or empty: nothing to read
                 continue
-            if not last:
-                continue
-            last_id = entry_order(last[0][0])
-            for group in groups:
-                if _text(group["name"]) != consumer.group:
+            last_id = entry_order(positions[0])
+            for group in positions[1]:
+                if group.group != consumer.group:
                     continue
-                delivered = entry_order(group["last-delivered-id"])
-                if int(group.get("pending") or 0) or delivered < last_id:
+                delivered = entry_order(group.last_delivered_id)
+                if group.pending or delivered < last_id:
                     return False
     return True
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
 async def drain(
-    redis: aioredis.Redis,
+    redis: RedisClient,
     owned: Sequence[Owned],
     timeout_s: float = DRAIN_TIMEOUT_S,
 ) -> bool:

@@ -16,12 +16,11 @@ import contextlib
 from collections import Counter
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import cast
 
-import redis.asyncio as aioredis
 from quantum.events.v1 import portfolio_pb2, risk_pb2
-from redis.exceptions import ResponseError
 
+from runtime.adapters.redis.client import RedisClient
+from runtime.adapters.redis.reads import newest, stream_counters, xread
 from runtime.core.decimals import DecimalError, parse_decimal
 from runtime.core.envelope import decode_envelope, open_payload
 from runtime.core.keys import Keyspace
@@ -78,25 +77,21 @@ class StreamPosition:
     entries_added: int = 0
 
 
-async def _position(redis: aioredis.Redis, stream: str) -> StreamPosition:
-    try:
-        info = await redis.xinfo_stream(stream)
-    except ResponseError:  # no such stream yet
+async def _position(redis: RedisClient, stream: str) -> StreamPosition:
+    counters = await stream_counters(redis, stream)
+    if counters is None:  # no such stream yet
         return StreamPosition()
-    last = info.get("last-generated-id") or b"0-0"
-    return StreamPosition(
-        last.decode() if isinstance(last, bytes) else str(last), int(info["entries-added"])
-    )
+    return StreamPosition(*counters)
 
 
 async def stream_position(
-    redis: aioredis.Redis, keyspace: Keyspace, event_type: str
+    redis: RedisClient, keyspace: Keyspace, event_type: str
 ) -> StreamPosition:
     """Where one event type's stream stands now."""
     return await _position(redis, keyspace.stream(event_type))
 
 
-async def stream_positions(redis: aioredis.Redis, keyspace: Keyspace) -> dict[str, StreamPosition]:
+async def stream_positions(redis: RedisClient, keyspace: Keyspace) -> dict[str, StreamPosition]:
     """Where every event stream stands now: where this run's events begin."""
     return {
         name: await _position(redis, keyspace.stream(name)) for name in default_registry().names()
@@ -113,7 +108,7 @@ class RejectionTally:
     the summary says how many reasons went unread instead of guessing.
     """
 
-    def __init__(self, redis: aioredis.Redis, keyspace: Keyspace, after: StreamPosition) -> None:
+    def __init__(self, redis: RedisClient, keyspace: Keyspace, after: StreamPosition) -> None:
         self._redis = redis
         self._stream = keyspace.stream(REJECTED)
         self._last_id = after.last_id
@@ -122,17 +117,14 @@ class RejectionTally:
         self.counted = 0
 
     async def _read(self, block_ms: int | None) -> int:
-        reply = await self._redis.xread(
-            {self._stream: self._last_id}, count=_TALLY_BATCH, block=block_ms
-        )
+        streams = await xread(self._redis, {self._stream: self._last_id}, _TALLY_BATCH, block_ms)
         read = 0
-        streams = cast(list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes]]]]], reply or [])
         for _, entries in streams:
             for entry_id, fields in entries:
                 payload = open_payload(decode_envelope(fields[b"envelope"]))
                 assert isinstance(payload, risk_pb2.SignalRejected)
                 self.reasons[risk_pb2.RejectReason.Name(payload.reason)] += 1
-                self._last_id = entry_id.decode()
+                self._last_id = entry_id
                 read += 1
         self.counted += read
         return read
@@ -157,7 +149,7 @@ class RejectionTally:
 
 
 async def summarize(
-    redis: aioredis.Redis,
+    redis: RedisClient,
     keyspace: Keyspace,
     since: dict[str, StreamPosition],
     tally: RejectionTally | None = None,
@@ -187,9 +179,9 @@ async def summarize(
             summary.rejections = tally.reasons
             summary.rejections_uncounted = max(0, added - tally.counted)
         elif name == "portfolio.pnl.updated":
-            newest = await redis.xrevrange(keyspace.stream(name), count=1)
-            fields = cast(list[tuple[bytes, dict[bytes, bytes]]], newest)[0][1]
-            last = open_payload(decode_envelope(fields[b"envelope"]))
+            entry = await newest(redis, keyspace.stream(name))
+            assert entry is not None, f"{name} counts entries added but retains none"
+            last = open_payload(decode_envelope(entry[1][b"envelope"]))
             assert isinstance(last, portfolio_pb2.PnlUpdated)
             summary.realized_pnl = _figure(last.realized_pnl) or Decimal(0)
             summary.unrealized_pnl = _figure(last.unrealized_pnl) or Decimal(0)

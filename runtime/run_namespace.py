@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-import redis.asyncio as aioredis
-
+from runtime.adapters.redis.admin import delete_matching
+from runtime.adapters.redis.client import RedisClient
 from runtime.core.keys import Keyspace
 from runtime.core.policy.snapshot import SnapshotFile
 
@@ -48,21 +48,13 @@ class RunNamespace:
     def name(self) -> str:
         return self.keyspace.namespace
 
-    async def discard(self, redis: aioredis.Redis, state_dir: Path) -> int:
+    async def discard(self, redis: RedisClient, state_dir: Path) -> int:
         """Delete every key of an owned namespace and its policy snapshot; the keys deleted.
 
         A namespace given with ``--namespace`` is never touched (returns 0).
         """
         if not self.owned:
             return 0
-        deleted = 0
-        batch: list[bytes] = []
-        async for key in redis.scan_iter(match=self.keyspace.pattern(), count=1000):
-            batch.append(key)
-            if len(batch) >= _DELETE_CHUNK:
-                deleted += await redis.unlink(*batch)
-                batch.clear()
-        if batch:
-            deleted += await redis.unlink(*batch)
+        deleted = await delete_matching(redis, self.keyspace.pattern(), _DELETE_CHUNK)
         SnapshotFile(state_dir, self.name).path.unlink(missing_ok=True)
         return deleted

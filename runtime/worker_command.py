@@ -49,7 +49,7 @@ class WorkerCommand:
         argv = [
             sys.executable,
             "-m",
-            "runtime.cli",
+            "runtime.worker_main",  # catches a stop signal from its first line
             "run",
             "--supervised",
             "--no-control-plane",

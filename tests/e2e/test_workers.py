@@ -11,6 +11,7 @@ import contextlib
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -238,3 +239,47 @@ def test_more_workers_than_domains_is_refused_before_starting(tmp_path: Path) ->
     )
     assert result.returncode == 2
     assert "--workers 3: give 1 to 1" in result.stderr
+
+
+@pytest.mark.parametrize("after_s", [0.05, 0.4])
+def test_a_worker_stopped_while_it_starts_drains_and_exits_cleanly(
+    redis_server_url: str, keyspace: Keyspace, tmp_path: Path, after_s: float
+) -> None:
+    """A SIGTERM that reaches a worker before its event loop handles signals (while it
+    imports or connects) waits until it does, and stops it cleanly: never Python's default
+    action (killed by SIGTERM), never lost (a worker that runs on)."""
+    worker = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "runtime.worker_main",
+            "run",
+            "--supervised",
+            "--no-control-plane",
+            "--workers",
+            "1",
+            "--domains",
+            "ai_engine",
+            "--redis-url",
+            redis_server_url,
+            "--namespace",
+            keyspace.namespace,
+            "--state-dir",
+            str(tmp_path),
+            "--metrics-addr",
+            "127.0.0.1:0",
+        ],
+        stdin=subprocess.PIPE,  # its supervisor's pipe: kept open, so only the signal stops it
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        time.sleep(after_s)
+        worker.send_signal(signal.SIGTERM)
+        _, err = worker.communicate(timeout=60)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
+    assert worker.returncode == 0, err[-2000:]

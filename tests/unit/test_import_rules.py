@@ -83,3 +83,34 @@ def test_the_engine_room_importing_a_broker_client_or_an_adapter_fails(tmp_path:
     assert "The engine room (runtime.core) speaks no broker" in result.stdout
     assert "runtime.core.leak -> redis" in result.stdout
     assert "runtime.core.leak2 -> runtime.adapters.redis.resp" in result.stdout
+
+
+REDIS_ONLY_IN_ITS_ADAPTER = "Only the Redis adapter speaks Redis"
+
+
+def test_the_control_plane_or_the_composition_root_importing_redis_fails(tmp_path: Path) -> None:
+    _copy_tree(tmp_path)
+    (tmp_path / "control_plane/leak.py").write_text("import redis.asyncio\n")
+    (tmp_path / "runtime/leak.py").write_text("from redis.exceptions import RedisError\n")
+    (tmp_path / "runtime/adapters/memory/leak.py").write_text("import hiredis\n")
+    result = _lint(tmp_path)
+    assert result.returncode != 0
+    assert f"{REDIS_ONLY_IN_ITS_ADAPTER}: nothing else imports redis or hiredis BROKEN" in (
+        result.stdout.replace("\n", " ")
+    )
+    assert "control_plane.leak -> redis" in result.stdout
+    assert "runtime.leak -> redis" in result.stdout
+    assert "runtime.adapters.memory.leak -> hiredis" in result.stdout
+
+
+def test_the_redis_adapter_may_import_redis_and_its_callers_reach_it_through_the_adapter(
+    tmp_path: Path,
+) -> None:
+    _copy_tree(tmp_path)
+    (tmp_path / "runtime/adapters/redis/extra.py").write_text("import hiredis\nimport redis\n")
+    (tmp_path / "control_plane/caller.py").write_text("import runtime.adapters.redis.extra\n")
+    result = _lint(tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"{REDIS_ONLY_IN_ITS_ADAPTER}: nothing else imports redis or hiredis KEPT" in (
+        result.stdout.replace("\n", " ")
+    )

@@ -1,11 +1,48 @@
-"""The one rule for Redis errors: which ones are worth sending the same request again."""
+"""The one rule for Redis errors: which ones are worth sending the same request again.
+
+It also names redis-py's exception classes for the code outside this package, which may
+catch them but not import redis (import-linter): ``except RedisUnreachable`` instead of
+``except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)``.
+"""
 
 from __future__ import annotations
 
 import hiredis
+from redis.exceptions import (
+    AuthenticationError,
+    BusyLoadingError,
+    NoPermissionError,
+    RedisError,
+    ResponseError,
+    WatchError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+
+__all__ = [
+    "RETRYABLE_ERRORS",
+    "TRANSIENT_REPLIES",
+    "AccessDenied",
+    "AuthenticationError",
+    "BusyLoadingError",
+    "CommitFailed",
+    "NoPermissionError",
+    "RedisConnectionError",
+    "RedisError",
+    "RedisTimeoutError",
+    "RedisUnreachable",
+    "ResponseError",
+    "WatchError",
+    "is_missing_group",
+    "is_transient",
+]
+
+# The client could not reach Redis or got no answer in time (AuthenticationError is a
+# ConnectionError too: test for it first where a refused user is not an outage).
+RedisUnreachable: tuple[type[Exception], ...] = (RedisConnectionError, RedisTimeoutError)
+
+# Redis refused the client's user or password, or the user lacks a permission.
+AccessDenied: tuple[type[Exception], ...] = (AuthenticationError, NoPermissionError)
 
 # Errors after which the same request can simply be sent again, once Redis answers.
 RETRYABLE_ERRORS: tuple[type[Exception], ...] = (

@@ -1,7 +1,14 @@
-"""NATS JetStream as an ``Engine`` (``nats://host:port``): one stream of events per namespace
-(a subject per topic), one of dead letters (a subject per domain), and one KV bucket of
-partition records, leases and heartbeats. See ``subscription`` and ``committer`` for how the
-delivery guarantees are kept without a multi-key transaction.
+"""NATS JetStream as an ``Engine`` (``nats://host:port``). Per namespace:
+
+- a stream of events, a subject per topic (``<ns>.ev.<topic>``), kept per subject to what
+  ``retention`` allows (publishers and commits wait for room instead of losing entries);
+- a stream of dead letters (``<ns>.dlq.<domain>``) and one of the trace index
+  (``<ns>.trace.<trace id>``, bounded by age and count);
+- a KV bucket of partition records, leases and heartbeats, and one of the policy
+  (``policy_store``).
+
+See ``subscription`` and ``committer`` for how the delivery guarantees are kept without a
+multi-key transaction.
 """
 
 from __future__ import annotations

@@ -13,6 +13,11 @@ class Reconnected(ConnectionError):
     entries in flight may be lost on the way, so it positions again from its record."""
 
 
+class ConsumerGone(ConnectionError):
+    """A consumer being pulled from was deleted (a successor took over, or an operator):
+    the subscription positions again, which a stale owner cannot."""
+
+
 class PublishRefused(RuntimeError):
     """JetStream refused to store a message (its reply carried an error)."""
 
@@ -29,11 +34,15 @@ _TRANSIENT_NATS = (
     nats.js.errors.ServiceUnavailableError,
 )
 
+_TRANSIENT = (*_TRANSIENT_NATS, Reconnected, ConsumerGone, asyncio.TimeoutError, TimeoutError)
+
 
 def is_transient(exc: BaseException) -> bool:
     """True for what a retry after a pause can fix: the server unreachable or restarting, a
     lost reply, JetStream not answering yet (no responders, 503), a reconnect."""
-    if isinstance(exc, (*_TRANSIENT_NATS, Reconnected, asyncio.TimeoutError, TimeoutError)):
+    if isinstance(
+        exc, (*_TRANSIENT_NATS, Reconnected, ConsumerGone, asyncio.TimeoutError, TimeoutError)
+    ):
         return True
     if isinstance(exc, nats.errors.ConnectionClosedError):
         return False  # closed by us: nothing will reopen it

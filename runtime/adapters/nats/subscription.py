@@ -23,6 +23,10 @@ entries the old consumer had delivered past the watermark, one earlier delivery 
 in-place retry (``redeliver``) is recorded in the record too. Their sum is
 ``Delivery.deliveries`` (``PartitionRecord.deliveries``).
 
+A group exists from ``open`` on, before its first owner positions: a placeholder consumer
+(lease token 0) that nobody pulls from holds the group's unread entries (``retention``) and
+marks where a group that reads only new entries began.
+
 Keeping entries alive: the consumers' ack wait is long (``ACK_WAIT_S``) because nothing
 relies on the server redelivering: takeover and recovery position instead. An entry the
 server redelivers anyway (a handler slower than the ack wait) is dropped on arrival: it is
@@ -31,24 +35,20 @@ already in hand.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections import deque
 from collections.abc import Mapping, Sequence
 
-import orjson
-from nats.aio.client import Client
-from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription as NatsSubscription
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, ConsumerInfo, DeliverPolicy
 from nats.js.errors import NotFoundError
 
-from runtime.adapters.nats.connection import MSG_ID, Connection
+from runtime.adapters.nats.connection import Connection
 from runtime.adapters.nats.errors import Reconnected, is_transient
 from runtime.adapters.nats.log import entry_id
 from runtime.adapters.nats.names import JetStreamNames
-from runtime.adapters.nats.record import Partition, PartitionRecord
+from runtime.adapters.nats.pulls import Arrived, Puller
+from runtime.adapters.nats.record import Partition
 from runtime.core.logs import get_logger
 from runtime.core.transport import Delivery, GroupPosition, LeaseLost
 
@@ -58,39 +58,6 @@ ACK_WAIT_S = 3_600.0
 MAX_ACK_PENDING = 100_000
 HISTORY_WAIT_S = 5.0  # a no-wait pull is answered at once; this only bounds a lost answer
 _ACK_PREFIX = "$JS.ACK."
-
-
-class _Arrived:
-    """One entry a pull brought."""
-
-    __slots__ = ("data", "delivered", "event_id", "ms", "reply", "seq")
-
-    def __init__(
-        self, seq: int, ms: int, delivered: int, data: bytes, reply: str, event_id: str
-    ) -> None:
-        self.seq = seq
-        self.ms = ms
-        self.delivered = delivered
-        self.data = data
-        self.reply = reply
-        self.event_id = event_id
-
-
-class _Lane:
-    """One consumer's pulls: its live request and what arrived and was not handed out."""
-
-    __slots__ = ("api", "buffer", "deadline", "expected", "gone", "live", "name", "reply", "seen")
-
-    def __init__(self, api: str, name: str, reply: str, seen: int) -> None:
-        self.api = api
-        self.name = name
-        self.reply = reply
-        self.live = False
-        self.expected = 0
-        self.deadline = 0.0
-        self.gone = False
-        self.seen = seen  # the highest sequence received (or handled): later copies drop
-        self.buffer: deque[_Arrived] = deque()
 
 
 class JetStreamSubscription:
@@ -113,11 +80,7 @@ class JetStreamSubscription:
         self.group = group
         self._subjects = list(subjects)
         self.start_id = start_id
-        self._lanes: dict[str, _Lane] = {}  # subject -> lane
-        self._by_name: dict[str, _Lane] = {}
-        self._by_reply: dict[str, _Lane] = {}
-        self._inbox: NatsSubscription | None = None
-        self._arrived = asyncio.Event()
+        self._puller = Puller()
         self._positioned_epoch: int | None = None
         self._generation = 0
         self._fetched: dict[str, tuple[str, int]] = {}  # event id -> (subject, seq)
@@ -232,35 +195,10 @@ class JetStreamSubscription:
         for name in old - set(record.consumers.values()):
             with contextlib.suppress(NotFoundError):
                 await js.delete_consumer(stream, name)
-        await self._start_lanes(nc, record)
+        await self._puller.start(nc, stream, record.consumers, record.watermarks)
         partition.forget_in_hand()
         self._positioned_epoch = epoch
         return taken
-
-    async def _start_lanes(self, nc: Client, record: PartitionRecord) -> None:
-        await self._stop_lanes()
-        inbox = nc.new_inbox()
-        self._inbox = await nc.subscribe(inbox + ".*", cb=self._on_message)
-        stream = self.names.events_stream
-        self._lanes = {}
-        for index, (subject, name) in enumerate(record.consumers.items()):
-            self._lanes[subject] = _Lane(
-                f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{name}",
-                name,
-                f"{inbox}.{index}",
-                record.watermarks.get(subject, 0),
-            )
-        self._by_name = {lane.name: lane for lane in self._lanes.values()}
-        self._by_reply = {lane.reply: lane for lane in self._lanes.values()}
-
-    async def _stop_lanes(self) -> None:
-        inbox, self._inbox = self._inbox, None
-        if inbox is not None:
-            with contextlib.suppress(Exception):
-                await inbox.unsubscribe()
-        self._lanes = {}
-        self._by_name = {}
-        self._by_reply = {}
 
     # -- fetching ---------------------------------------------------------------------------
 
@@ -274,7 +212,8 @@ class JetStreamSubscription:
                         "were positioned; positioning again from the committed record"
                     )
                 await self._position()
-            arrived = await self._pull(count, None if pending else block_ms)
+            nc = await self.connection.client()
+            arrived = await self._puller.pull(nc, count, None if pending else block_ms)
         except LeaseLost:
             raise
         except BaseException:
@@ -282,64 +221,7 @@ class JetStreamSubscription:
             raise
         return self._deliveries(arrived)
 
-    async def _pull(self, count: int, block_ms: int | None) -> list[tuple[str, _Arrived]]:
-        nc = await self.connection.client()
-        loop = asyncio.get_running_loop()
-        now = loop.time()
-        if block_ms is None:
-            request = orjson.dumps({"batch": count, "no_wait": True})
-            lifetime = HISTORY_WAIT_S
-        else:
-            request = orjson.dumps({"batch": count, "expires": block_ms * 1_000_000})
-            lifetime = block_ms / 1000 + 2.0
-        lanes = list(self._lanes.values())
-        for lane in lanes:
-            if lane.live and now > lane.deadline:
-                lane.live = False  # its answer was lost
-            if not lane.live and len(lane.buffer) < count:
-                lane.live = True
-                lane.expected = count
-                lane.deadline = now + lifetime
-                await nc.publish(lane.api, request, reply=lane.reply)
-        arrived = self._arrived
-        if block_ms is None:
-            # History: every request answers at once (entries, then the end of them).
-            deadline = now + HISTORY_WAIT_S
-            while any(lane.live for lane in lanes) and loop.time() < deadline:
-                arrived.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(arrived.wait(), deadline - loop.time())
-        else:
-            deadline = now + block_ms / 1000
-            while not any(lane.buffer for lane in lanes) and any(lane.live for lane in lanes):
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    break
-                arrived.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(arrived.wait(), remaining)
-        if any(lane.gone for lane in lanes):
-            raise Reconnected(f"{self.group}: a consumer was deleted; positioning again")
-        return self._take(count)
-
-    def _take(self, count: int) -> list[tuple[str, _Arrived]]:
-        """The ``count`` oldest buffered entries over all lanes, in stream order."""
-        full = [(subject, lane) for subject, lane in self._lanes.items() if lane.buffer]
-        if not full:
-            return []
-        if len(full) == 1:
-            subject, lane = full[0]
-            buffer = lane.buffer
-            return [(subject, buffer.popleft()) for _ in range(min(count, len(buffer)))]
-        merged = sorted(
-            ((subject, item) for subject, lane in full for item in lane.buffer),
-            key=lambda pair: pair[1].seq,
-        )[:count]
-        for subject, _ in merged:
-            self._lanes[subject].buffer.popleft()
-        return merged
-
-    def _deliveries(self, arrived: list[tuple[str, _Arrived]]) -> list[Delivery]:
+    def _deliveries(self, arrived: list[tuple[str, Arrived]]) -> list[Delivery]:
         record = self.partition.record
         in_hand = self.partition.in_hand
         fetched: dict[str, tuple[str, int]] = {}
@@ -362,53 +244,6 @@ class JetStreamSubscription:
                 fetched[item.event_id] = (subject, seq)
         self._fetched = fetched
         return out
-
-    async def _on_message(self, msg: Msg) -> None:
-        reply = msg.reply
-        if reply and reply.startswith(_ACK_PREFIX):
-            parts = reply.split(".")
-            # $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ns>.<pending>, or with a
-            # domain and account hash after "ACK" (newer servers): 12 tokens or more.
-            at = 2 if len(parts) == 9 else 4
-            lane = self._by_name.get(parts[at + 1])
-            if lane is None:
-                return  # an earlier positioning's consumer
-            lane.expected -= 1
-            if lane.expected <= 0:
-                lane.live = False
-            seq = int(parts[at + 3])
-            if seq <= lane.seen:
-                return  # redelivered by the server while in hand, or already handled
-            lane.seen = seq
-            headers = msg.headers
-            lane.buffer.append(
-                _Arrived(
-                    seq,
-                    int(parts[at + 5]) // 1_000_000,
-                    int(parts[at + 2]),
-                    msg.data,
-                    reply,
-                    headers.get(MSG_ID, "") if headers else "",
-                )
-            )
-            self._arrived.set()
-            return
-        lane = self._by_reply.get(msg.subject)
-        if lane is None:
-            return
-        headers = msg.headers or {}
-        status = headers.get("Status", "")
-        if status == "100":
-            return  # an idle heartbeat
-        lane.live = False
-        # 503: no consumer answers this name any more; 409 "Consumer Deleted": deleted while
-        # the request waited. Either way this positioning is over (a successor took over,
-        # or an operator deleted it): position again, which a stale owner cannot.
-        if status == "503" or (
-            status == "409" and "deleted" in " ".join(map(str, headers.values())).lower()
-        ):
-            lane.gone = True
-        self._arrived.set()
 
     # -- retries, marks, positions ------------------------------------------------------------
 
@@ -446,9 +281,9 @@ class JetStreamSubscription:
     async def positions(self) -> list[GroupPosition]:
         js = await self.connection.jetstream()
         out: list[GroupPosition] = []
-        for subject, lane in list(self._lanes.items()):
+        for subject, name in self._puller.consumers.items():
             try:
-                info = await js.consumer_info(self.names.events_stream, lane.name)
+                info = await js.consumer_info(self.names.events_stream, name)
             except NotFoundError:
                 continue
             out.append(
@@ -460,7 +295,7 @@ class JetStreamSubscription:
         return is_transient(exc)
 
     async def close(self) -> None:
-        await self._stop_lanes()
+        await self._puller.stop()
 
 
 async def _info(js: JetStreamContext, stream: str, name: str) -> ConsumerInfo | None:

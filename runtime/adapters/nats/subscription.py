@@ -56,8 +56,6 @@ _log = get_logger("runtime.adapters.nats")
 
 ACK_WAIT_S = 3_600.0
 MAX_ACK_PENDING = 100_000
-HISTORY_WAIT_S = 5.0  # a no-wait pull is answered at once; this only bounds a lost answer
-_ACK_PREFIX = "$JS.ACK."
 
 
 class JetStreamSubscription:

@@ -111,6 +111,12 @@ class JetStreamSubscription:
                 policy = DeliverPolicy.NEW if self.start_id == "$" else DeliverPolicy.ALL
                 start = None
             await js.add_consumer(stream, self._config(name, subject, policy, start))
+            # An owner that positioned meanwhile deletes placeholders only once: if it did
+            # before this one existed, this one must go now or it would hold the subject.
+            again, _ = await self.partition.peek()
+            if subject in again.consumers:
+                with contextlib.suppress(NotFoundError):
+                    await js.delete_consumer(stream, name)
 
     def _placeholder(self, subject: str) -> str:
         return self.names.consumer(self.group, subject, 0, 0)

@@ -124,7 +124,7 @@ class JetStreamCommitter:
         handled: dict[str, int] = {}
         watermarks = record.watermarks
         for subject, ids in commit.acks.items():
-            last = max(seq_of(entry) for entry in ids)
+            last = seq_of(ids[-1])  # a commit acknowledges in fetch order: stream order
             handled[subject] = last
             if last > watermarks.get(subject, 0):
                 watermarks[subject] = last

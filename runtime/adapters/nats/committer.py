@@ -124,7 +124,9 @@ class JetStreamCommitter:
         handled: dict[str, int] = {}
         watermarks = record.watermarks
         for subject, ids in commit.acks.items():
-            last = seq_of(ids[-1])  # a commit acknowledges in fetch order: stream order
+            # The highest, not the last: entries acknowledged when a batch is prepared
+            # (undecodable, another partition's key) come before the handled ones.
+            last = max(seq_of(entry) for entry in ids)
             handled[subject] = last
             if last > watermarks.get(subject, 0):
                 watermarks[subject] = last

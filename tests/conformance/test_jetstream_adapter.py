@@ -311,3 +311,34 @@ async def test_a_subject_its_consumer_is_far_behind_on_holds_publishers_back_the
     stored = await engine.read("market.tick")
     assert len(stored) == 24  # nothing dropped to make room
     await engine.close()
+
+
+async def test_an_entry_retried_in_place_is_not_skipped_after_a_restart_for_one_past_it(
+    nats_server: JetStreamHarness, namespace: str
+) -> None:
+    # Tick 1 fails once; right after it an entry that cannot be opened, dead-lettered (and
+    # acknowledged) when the batch is prepared, before tick 1's retry. The runner stops in
+    # the retry's backoff: its next owner must still handle tick 1.
+    first_engine = open_engine(nats_server, namespace)
+    publisher = first_engine.publisher(metrics=RuntimeMetrics())
+    await publisher.publish(tick("BTC", 1), partition_key="BTC")
+    await publisher.log.append([("market.tick", b"\xff not an envelope")])
+    await publisher.publish(tick("BTC", 2), partition_key="BTC")
+    first = FlakyTicks(fail_times={1: 1})
+    slow = fast(retry_base_ms=400, retry_cap_ms=400)
+    async with running(first_engine.runner(first, slow, publisher)):
+        await wait_until(lambda: first.calls.get(1) == 1)
+        await asyncio.sleep(0.1)  # the commit before the retry is made
+    await publisher.close()
+    await first_engine.close()
+    assert first.handled == []
+
+    engine = open_engine(nats_server, namespace)
+    publisher = engine.publisher(metrics=RuntimeMetrics())
+    second = FlakyTicks()
+    async with running(engine.runner(second, fast(), publisher)):
+        await wait_until(lambda: second.handled == [1, 2])
+    await publisher.close()
+    (letter,) = await engine.dead_letters(second.name)
+    assert letter.reason == "undecodable"
+    await engine.close()

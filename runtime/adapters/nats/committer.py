@@ -28,7 +28,6 @@ from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from runtime.adapters.nats.connection import API_TIMEOUT_S, Connection, PublishItem
 from runtime.adapters.nats.dead_letters import letter_item
 from runtime.adapters.nats.errors import is_transient
-from runtime.adapters.nats.log import seq_of
 from runtime.adapters.nats.record import Partition, now_ms
 from runtime.adapters.nats.retention import SubjectRetention
 from runtime.core.logs import get_logger
@@ -121,20 +120,21 @@ class JetStreamCommitter:
             marks = record.marks
             for event_id in commit.processed:
                 marks[event_id] = now
-        handled: dict[str, int] = {}
+        # Watermarks move over what is done with no gap: an entry acknowledged when its
+        # batch was prepared (undecodable, another partition's key) may lie past one still
+        # being retried, which a crash must not skip.
+        settled = partition.settled(commit.acks)
         watermarks = record.watermarks
-        for subject, ids in commit.acks.items():
-            # The highest, not the last: entries acknowledged when a batch is prepared
-            # (undecodable, another partition's key) come before the handled ones.
-            last = max(seq_of(entry) for entry in ids)
-            handled[subject] = last
-            if last > watermarks.get(subject, 0):
-                watermarks[subject] = last
+        for subject, progress in settled.items():
+            if progress.last > watermarks.get(subject, 0):
+                watermarks[subject] = progress.last
         record.prune(now, self._ttl_ms)
         await partition.write(record, token)
+        partition.settle(commit.acks, settled)
         # 3. acknowledgements (the server's view of the group; correctness is step 2's)
-        if handled:
-            await self._acknowledge(handled)
+        replies = [p.ack_subject for p in settled.values() if p.ack_subject]
+        if replies:
+            await self._acknowledge(replies)
 
     async def _room_for(self, outputs: list[PublishItem]) -> None:
         """Wait until every output subject has room: a runner never drops its outputs. It
@@ -162,20 +162,11 @@ class JetStreamCommitter:
         ]
         return out
 
-    async def _acknowledge(self, handled: dict[str, int]) -> None:
+    async def _acknowledge(self, replies: list[str]) -> None:
         nc = await self.connection.client()
-        in_hand = self.partition.in_hand
-        sent = False
-        for subject, last in handled.items():
-            hand = in_hand.get(subject)
-            reply = ""
-            while hand and hand[0][0] <= last:
-                reply = hand.popleft()[1]
-            if reply:
-                await nc.publish(reply, _ACK)  # ack-all: every entry up to this one
-                sent = True
-        if sent:
-            await nc.flush(timeout=API_TIMEOUT_S)
+        for reply in replies:
+            await nc.publish(reply, _ACK)  # ack-all: every entry up to this one
+        await nc.flush(timeout=API_TIMEOUT_S)
 
     # -- the lease --------------------------------------------------------------------------
 

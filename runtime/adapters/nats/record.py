@@ -24,13 +24,14 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
 import orjson
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
+from runtime.adapters.nats.log import seq_of
 from runtime.core.transport import LeaseLost
 
 KvOpener = Callable[[], Awaitable[KeyValue]]  # the engine's bucket, connecting on first use
@@ -141,6 +142,9 @@ class Partition:
         self.revision: int | None = None  # None: not known (read before the next write)
         self.token: int | None = None  # the lease token this process holds the partition by
         self.in_hand: dict[str, deque[tuple[int, str]]] = {}
+        # Acknowledged entries still behind one that is not (a retry in place, or an entry
+        # acknowledged when its batch was prepared): the watermark waits for the gap.
+        self.done: dict[str, set[int]] = {}
 
     async def peek(self) -> tuple[PartitionRecord, int]:
         """The stored record and its revision (0: none yet), changing nothing held."""
@@ -197,8 +201,54 @@ class Partition:
         self.record = record
         self.revision = revision
 
+    def settled(self, acks: Mapping[str, list[bytes]]) -> dict[str, Settled]:
+        """Per subject, how far the entries in hand are done, with no gap, once ``acks``
+        are: the watermark a commit may write and the entry to acknowledge (ack-all).
+        Changes nothing (``settle`` does, once the commit is stored)."""
+        out: dict[str, Settled] = {}
+        for subject, ids in acks.items():
+            seqs = {seq_of(entry) for entry in ids}
+            hand = self.in_hand.get(subject)
+            if not hand:  # a commit made outside a fetch: what it names is all there is
+                out[subject] = Settled(max(seqs), 0, "")
+                continue
+            done = self.done.get(subject, set()) | seqs
+            count, last, reply = 0, 0, ""
+            for seq, ack_subject in hand:
+                if seq not in done:
+                    break
+                count, last, reply = count + 1, seq, ack_subject
+            if count:
+                out[subject] = Settled(last, count, reply)
+        return out
+
+    def settle(self, acks: Mapping[str, list[bytes]], settled: Mapping[str, Settled]) -> None:
+        """Take a stored commit's entries out of hand (see ``settled``)."""
+        for subject, ids in acks.items():
+            done = self.done.setdefault(subject, set())
+            done.update(seq_of(entry) for entry in ids)
+            progress = settled.get(subject)
+            hand = self.in_hand.get(subject)
+            if progress is None or not hand:
+                continue
+            for _ in range(progress.count):
+                done.discard(hand.popleft()[0])
+
     def forget_in_hand(self) -> None:
         self.in_hand.clear()
+        self.done.clear()
+
+
+class Settled:
+    """How far a subject's entries in hand are done: the last one, how many entries of the
+    hand that is, and its acknowledgement subject ("" when not in hand)."""
+
+    __slots__ = ("ack_subject", "count", "last")
+
+    def __init__(self, last: int, count: int, ack_subject: str) -> None:
+        self.last = last
+        self.count = count
+        self.ack_subject = ack_subject
 
 
 def now_ms() -> int:

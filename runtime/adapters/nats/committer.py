@@ -9,9 +9,12 @@ commit are ordered so that each guarantee holds after a crash between any two of
    is written as ONE KV value, compare-and-set on the revision this owner knows. Taking the
    lease rewrites the record, so a stale owner's write fails: ``LeaseLost`` (fencing). From
    here on the batch is committed.
-3. The inputs are acknowledged (ack-all of each subject's last entry, then a flush). A crash
-   before this: the next owner positions after the record's watermarks, so nothing is read
-   twice; acknowledgements only tell the server (and operators) how far the group is.
+   A watermark moves only over entries done with no gap (``Partition.settled``): an entry
+   acknowledged when its batch was prepared may lie past one still retried in place.
+3. The inputs are acknowledged (ack-all of the last entry done with no gap, then a flush).
+   A crash before this: the next owner positions after the record's watermarks, so nothing
+   is read twice; acknowledgements only tell the server (and operators) how far the group
+   is.
 
 The lease is a KV key with the holder, its fencing token (the key's revision when it was
 taken: strictly increasing) and its expiry in the value (2.9's KV has no per-key TTL); every

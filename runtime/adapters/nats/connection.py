@@ -31,6 +31,7 @@ from nats.js.kv import KeyValue
 
 from runtime.adapters.nats.errors import PublishRefused, Reconnected
 from runtime.adapters.nats.names import JetStreamNames
+from runtime.core.dead_letters import DLQ_MAXLEN
 from runtime.core.logs import get_logger
 from runtime.core.trace_index import DEFAULT_MAX_TRACES, DEFAULT_TRACE_TTL_S
 
@@ -150,7 +151,7 @@ class Connection:
         assert js is not None
         names = self.names
         # Events: per subject, at most what retention.py keeps below (read history, the unread
-        # backlog its backpressure bounds, and a margin); dead letters: never trimmed.
+        # backlog its backpressure bounds, and a margin).
         for config in (
             StreamConfig(
                 name=names.events_stream,
@@ -165,7 +166,8 @@ class Connection:
                 name=names.dlq_stream,
                 subjects=[names.dlq_subjects],
                 retention=RetentionPolicy.LIMITS,
-                discard=DiscardPolicy.NEW,
+                discard=DiscardPolicy.OLD,
+                max_msgs_per_subject=DLQ_MAXLEN,  # per domain, as on Redis
                 storage=StorageType.FILE,
                 duplicate_window=self.duplicate_window_s,
             ),

@@ -1,6 +1,8 @@
 """The composition root's choice of engine: one URL names the broker (DESIGN section 4).
 
 - ``redis://``, ``rediss://``, ``unix://``: one Redis server (``runtime.adapters.redis``);
+- ``redis+cluster://host:port[,host:port...]``: a Redis Cluster, from any of its nodes
+  (``runtime.adapters.redis.cluster``);
 - ``nats://``, ``tls://``: NATS with JetStream (``runtime.adapters.nats``);
 - ``memory://``: the in-memory engine of this process (tests, backtests).
 
@@ -17,8 +19,9 @@ from runtime.core.keys import Keyspace
 from runtime.core.partitioning import Partitioning
 
 REDIS_SCHEMES = ("redis", "rediss", "unix")
+CLUSTER_SCHEME = "redis+cluster"
 NATS_SCHEMES = ("nats", "tls")
-SCHEMES = (*REDIS_SCHEMES, *NATS_SCHEMES, "memory")
+SCHEMES = (*REDIS_SCHEMES, CLUSTER_SCHEME, *NATS_SCHEMES, "memory")
 
 
 class UnknownEngine(ValueError):
@@ -26,11 +29,13 @@ class UnknownEngine(ValueError):
 
 
 def engine_kind(url: str) -> str:
-    """Which engine a URL selects: "redis", "jetstream" or "memory"; UnknownEngine
-    otherwise."""
+    """Which engine a URL selects: "redis", "redis_cluster", "jetstream" or "memory";
+    UnknownEngine otherwise."""
     scheme = urlsplit(url).scheme.lower()
     if scheme in REDIS_SCHEMES:
         return "redis"
+    if scheme == CLUSTER_SCHEME:
+        return "redis_cluster"
     if scheme in NATS_SCHEMES:
         return "jetstream"
     if scheme == "memory":
@@ -77,6 +82,16 @@ def open_engine(
     from runtime.adapters.redis.engine import RedisEngine
     from runtime.adapters.redis.retention import RetentionPolicy
 
+    if kind == "redis_cluster":
+        from runtime.adapters.redis.cluster.engine import RedisClusterEngine
+
+        return RedisClusterEngine.from_url(
+            url,
+            keyspace,
+            partitioning=partitioning,
+            maxlen=maxlen or DEFAULT_MAXLEN,
+            retention=None if retain is None else RetentionPolicy(retain=retain),
+        )
     return RedisEngine.from_url(
         url,
         keyspace,

@@ -190,6 +190,9 @@ class DeliveryLoop:
         self._lease: Lease | None = None
         self._lease_lost = False
         self._initial_state: bytes | None = None
+        # The snapshot the partition's state key holds (as far as this loop knows): a commit
+        # whose snapshot equals it leaves the stored one alone (no SET of an unchanged state).
+        self._stored_state: bytes | None = None
         self._held: list[_Batch] = []  # fetched and not yet committed
         self._last_acked: dict[str, bytes] = {}  # per stream: where a recreated group starts
         self._recent: OrderedDict[str, None] = OrderedDict()  # ids handled lately
@@ -308,6 +311,7 @@ class DeliveryLoop:
         owner's, or this process's before a lost lease voided its uncommitted work)."""
         self._recent.clear()
         state = await self._with_reconnect("restore", self.committer.load_state)
+        self._stored_state = state
         if state is None:
             state = self._initial_state
         if state is not None:
@@ -684,10 +688,13 @@ class DeliveryLoop:
     async def _commit(self, commit: Commit) -> None:
         if not commit:
             return
-        commit.state = self.actor.snapshot_state()
+        state = self.actor.snapshot_state()
+        commit.state = None if state == self._stored_state else state
         commit.lease = self._lease
         store = self._traced_commit or self.committer.commit
         await self._with_reconnect("commit", lambda: store(commit))
+        if commit.state is not None:
+            self._stored_state = commit.state
         last = self._last_acked
         for stream, ids in commit.acks.items():
             # A commit acknowledges a stream's entries in the order they were fetched, which

@@ -239,9 +239,13 @@ async def test_a_second_runner_stands_by_and_takes_over_when_the_owner_stops(
     owner_runner = engine.runner(owner, fast(consumer_name="a"), publisher)
     standby_runner = engine.runner(standby, fast(consumer_name="b"), publisher)
     async with running(owner_runner):
-        await wait_until(lambda: owner_runner.running)
+        # Owning, not only running: the first to take the lease owns the partition, and an
+        # engine may take a while to start (a cluster client learns the slot map first).
+        await publish_ticks(publisher, 1)
+        await wait_until(lambda: sum(owner.counts.values()) == 8)
         async with running(standby_runner):
-            await publish_ticks(publisher, 3)
+            await wait_until(lambda: standby_runner.running)
+            await publish_ticks(publisher, 2, first=2)
             await wait_until(lambda: sum(owner.counts.values()) == 24)
             await owner_runner.stop()  # a clean stop gives the lease up
             await publish_ticks(publisher, 2, first=4)

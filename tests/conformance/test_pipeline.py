@@ -58,6 +58,7 @@ async def test_the_pipeline_on_this_engine_generates_the_backtests_signals(
     try:
         await publisher.publish_envelopes(recorded_ticks(FEED, seed=0))
         signals: dict[str, list[bytes]] = {}
+        fills: list[tuple[str, bytes]] = []
         for _ in range(600):
             stored = [
                 Envelope.FromString(data)
@@ -66,10 +67,11 @@ async def test_the_pipeline_on_this_engine_generates_the_backtests_signals(
             ]
             # Unsorted: a symbol's signals live in one partition, in the order they were made.
             signals = by_symbol(stored)
-            if signals == expected:
+            # The fills come a few hops after the last signal (risk, then execution).
+            fills = await engine.read("execution.order.filled")
+            if signals == expected and fills:
                 break
             await asyncio.sleep(0.05)
-        fills = await engine.read("execution.order.filled")
     finally:
         host.stop()
         await running

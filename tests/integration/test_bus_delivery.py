@@ -7,10 +7,11 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from quantum.events.v1.envelope_pb2 import Envelope
+from quantum.events.v1.market_pb2 import MarketTick
 
 from runtime.adapters.redis.bus import ENVELOPE_FIELD, EventBus
 from runtime.adapters.redis.runner import DomainRunner, RunnerConfig, group_name
-from runtime.core.actor import deliver
+from runtime.core.actor import HandlerContext, deliver, handles
 from runtime.core.dead_letters import read_dead_letters
 from runtime.core.keys import Keyspace
 from runtime.core.metrics import RuntimeMetrics
@@ -215,4 +216,86 @@ async def test_a_retry_cut_short_by_stop_leaves_the_prefetched_entries_pending(
     async with running(DomainRunner(again, aredis, keyspace, bus, FAST)):
         await wait_until(lambda: again.handled == [1, 2, 3])
     assert await pending(aredis, keyspace, actor.name) == 0
+    await bus.close()
+
+
+class BtcTicks(TickCounter):
+    """Counts BTC ticks only; any other tick is handled and leaves the state as it was."""
+
+    name = "btc_ticks"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ignored = 0  # not part of the state
+
+    @handles
+    def on_tick(self, tick: MarketTick, ctx: HandlerContext) -> None:
+        if tick.symbol == "BTC":
+            super().on_tick(tick, ctx)
+        else:
+            self.ignored += 1
+
+
+class RecordingCommitter:
+    """Wraps a runner's committer: notes the state each commit carries, then commits it."""
+
+    def __init__(self, inner: Committer) -> None:
+        self.inner = inner
+        self.states: list[bytes | None] = []
+
+    async def commit(self, commit: Commit) -> None:
+        await self.inner.commit(commit)
+        self.states.append(commit.state)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+async def test_a_commit_stores_the_state_only_when_the_batch_changed_it(
+    aredis: aioredis.Redis, keyspace: Keyspace
+) -> None:
+    bus = EventBus(aredis, keyspace, metrics=RuntimeMetrics())
+    actor = BtcTicks()
+    runner = DomainRunner(actor, aredis, keyspace, bus, FAST)
+    recorder = RecordingCommitter(runner.committer)
+    runner.committer = recorder
+    async with running(runner):
+        await bus.publish(tick("BTC", 1))
+        await wait_until(lambda: len(recorder.states) == 1)
+        await bus.publish(tick("ETH", 1))
+        await wait_until(lambda: len(recorder.states) == 2)
+        await bus.publish(tick("BTC", 2))
+        await wait_until(lambda: len(recorder.states) == 3)
+    first, unchanged, second = recorder.states
+    assert first is not None
+    assert b'"BTC": 1' in first
+    assert unchanged is None  # "keep the stored one": no SET of the same bytes
+    assert second is not None
+    assert b'"BTC": 2' in second
+    assert actor.ignored == 1
+    assert await aredis.get(keyspace.state(actor.name)) == actor.snapshot_state()
+    assert await pending(aredis, keyspace, actor.name) == 0
+    await bus.close()
+
+
+async def test_the_first_commit_after_a_restart_stores_the_state_even_when_unchanged(
+    aredis: aioredis.Redis, keyspace: Keyspace
+) -> None:
+    bus = EventBus(aredis, keyspace, metrics=RuntimeMetrics())
+    actor = BtcTicks()
+    state = keyspace.state(actor.name)
+    await bus.publish(tick("BTC", 1))
+    async with running(DomainRunner(actor, aredis, keyspace, bus, FAST)):
+        await wait_until(lambda: actor.counts.get("BTC") == 1)
+    await aredis.delete(state)  # lost (an operator's delete): the next life starts empty
+    again = BtcTicks()
+    runner = DomainRunner(again, aredis, keyspace, bus, FAST)
+    recorder = RecordingCommitter(runner.committer)
+    runner.committer = recorder
+    async with running(runner):
+        await bus.publish(tick("ETH", 1))
+        await wait_until(lambda: len(recorder.states) == 1)
+    # Nothing was stored to keep: the unchanged initial state is written.
+    assert recorder.states[0] == again.snapshot_state()
+    assert await aredis.get(state) == again.snapshot_state()
     await bus.close()

@@ -47,7 +47,7 @@ _UNWATCH = pack(b"UNWATCH")
 
 # KEYS: lease, token counter. ARGV: holder, ttl ms. A live lease of another holder: returns
 # minus the milliseconds it has left. Otherwise (free, expired or already ours): the token.
-_ACQUIRE = """
+ACQUIRE_LEASE = """
 local current = redis.call('GET', KEYS[1])
 if current then
   local token, holder = string.match(current, '^(%d+) (.*)$')
@@ -63,7 +63,7 @@ return token
 """
 
 # KEYS: lease. ARGV: "<token> <holder>", ttl ms (0: release). 1 when the lease was ours.
-_RENEW = """
+RENEW_LEASE = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then
   return 0
 end
@@ -110,8 +110,8 @@ class RedisCommitter:
         # runner holds was replaced from outside, so its next commit must not overwrite it.
         self.epoch_key = keyspace.state_epoch(domain)
         self._epoch: bytes | None = None
-        self._acquire = redis.register_script(_ACQUIRE)
-        self._renew = redis.register_script(_RENEW)
+        self._acquire = redis.register_script(ACQUIRE_LEASE)
+        self._renew = redis.register_script(RENEW_LEASE)
         self._watch = (
             pack(b"WATCH", lease_key, self.epoch_key)
             + pack(b"GET", lease_key)
@@ -153,7 +153,7 @@ class RedisCommitter:
         # lease (PEXPIRE) between the two also aborts the EXEC: then the lease is read again.
         while True:
             _, current, epoch = await self._conn.send_packed(self._watch, 3)
-            if current != _lease_value(lease):
+            if current != lease_value(lease):
                 await self._conn.send_packed(_UNWATCH, 1)
                 raise LeaseLost(
                     f"{self.domain}: the lease {self.lease_key} is no longer held by "
@@ -169,22 +169,9 @@ class RedisCommitter:
                 return
 
     async def _prune_traces(self) -> None:
-        """Keep the trace index within its bounds: at most ``max_traces`` traces (the oldest
-        go first) and none older than its time to live (those keys expired by themselves)."""
         self._pruned_at = time.monotonic()
         self._indexed_since_prune = 0
-        registry = self._trace_registry
-        cutoff = time.time() * 1000 - self._trace_ttl_s * 1000
-        await self.redis.zremrangebyscore(registry, "-inf", cutoff)
-        excess = await self.redis.zcard(registry) - self.max_traces
-        while excess > 0:
-            oldest: list[tuple[bytes, float]] = await self.redis.zpopmin(  # type: ignore[assignment]
-                registry, min(excess, 1_000)
-            )
-            if not oldest:
-                break
-            await self.redis.delete(*(self.keyspace.trace(t.decode()) for t, _ in oldest))
-            excess -= len(oldest)
+        await prune_trace_index(self.redis, self.keyspace, self.max_traces, self._trace_ttl_s)
 
     async def _room_for(self, commit: Commit) -> None:
         """Wait until every output stream has room: a runner never drops its outputs. It
@@ -219,10 +206,10 @@ class RedisCommitter:
         return Lease(holder, token) if token > 0 else None
 
     async def renew(self, lease: Lease, ttl_ms: int) -> bool:
-        return bool(await self._renew(keys=[self.lease_key], args=[_lease_value(lease), ttl_ms]))
+        return bool(await self._renew(keys=[self.lease_key], args=[lease_value(lease), ttl_ms]))
 
     async def release(self, lease: Lease) -> None:
-        await self._renew(keys=[self.lease_key], args=[_lease_value(lease), 0])
+        await self._renew(keys=[self.lease_key], args=[lease_value(lease), 0])
 
     def _pack(self, commit: Commit) -> tuple[list[bytes], int]:
         parts = [_MULTI]
@@ -289,5 +276,24 @@ class RedisCommitter:
         await self._conn.close()
 
 
-def _lease_value(lease: Lease) -> bytes:
+async def prune_trace_index(
+    redis: aioredis.Redis, keyspace: Keyspace, max_traces: int, trace_ttl_s: int
+) -> None:
+    """Keep the trace index within its bounds: at most ``max_traces`` traces (the oldest go
+    first) and none older than its time to live (those keys expired by themselves)."""
+    registry = keyspace.trace_registry()
+    cutoff = time.time() * 1000 - trace_ttl_s * 1000
+    await redis.zremrangebyscore(registry, "-inf", cutoff)
+    excess = await redis.zcard(registry) - max_traces
+    while excess > 0:
+        oldest: list[tuple[bytes, float]] = await redis.zpopmin(  # type: ignore[assignment]
+            registry, min(excess, 1_000)
+        )
+        if not oldest:
+            break
+        await redis.delete(*(keyspace.trace(t.decode()) for t, _ in oldest))
+        excess -= len(oldest)
+
+
+def lease_value(lease: Lease) -> bytes:
     return f"{lease.token} {lease.holder}".encode()

@@ -27,6 +27,7 @@ from typing import Any, Final, cast
 import redis.asyncio as aioredis
 from quantum.control.v1 import policy_service_pb2
 from quantum.events.v1 import policy_pb2
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -97,6 +98,15 @@ def _text(value: bytes | str | None) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
+def _connection_kwargs(redis: aioredis.Redis) -> Mapping[str, Any]:
+    """How the client connects: of its pool, or (a cluster client has a pool per node) of
+    the cluster client itself."""
+    pool = getattr(redis, "connection_pool", None)
+    if pool is not None:
+        return cast(Mapping[str, Any], pool.connection_kwargs)
+    return cast(RedisCluster, redis).get_connection_kwargs()
+
+
 def _require_audit(changed_by: str, reason: str) -> None:
     problems = []
     if not changed_by or not changed_by.strip():
@@ -136,7 +146,8 @@ class PolicyStore:
         trace_ttl_s: int = DEFAULT_TRACE_TTL_S,
         metrics: MetricsRegistry | None = None,
     ) -> None:
-        if redis.connection_pool.connection_kwargs.get("decode_responses"):
+        connection = _connection_kwargs(redis)
+        if connection.get("decode_responses"):
             raise ValueError(
                 "PolicyStore needs a Redis client with decode_responses=False: it stores bytes"
             )
@@ -155,7 +166,7 @@ class PolicyStore:
         self._snapshot = SnapshotFile(state_dir, keyspace.namespace)
         self._metrics = policy_metrics(metrics)
         self._script = redis.register_script(WRITE_POLICY)
-        socket_timeout = redis.connection_pool.connection_kwargs.get("socket_timeout")
+        socket_timeout = connection.get("socket_timeout")
         # Short blocking reads: they bound how long stop() waits for the follower.
         block_s = min(0.25, socket_timeout / 2) if socket_timeout else 0.25
         self._block_ms = max(10, int(block_s * 1000))

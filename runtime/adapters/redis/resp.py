@@ -14,6 +14,11 @@ result; ``call`` raises them as redis-py's ``ResponseError`` so the one transien
 with ``ConnectionError`` and the next call connects again; a reply that takes longer than the
 command timeout closes the connection (the stream of replies can no longer be trusted).
 
+The timeouts are kept by one timer per connection, not one ``asyncio.wait_for`` per call
+(which costs a timer, a callback and a wrapper future each time, about half of a call's
+Python): each waiting pipeline notes its deadline, and the timer, armed for the earliest one,
+fails the late pipelines with ``TimeoutError`` when it fires, then waits for the next deadline.
+
 redis-py stays for administration (groups, claims, scripts, the control plane).
 """
 
@@ -81,23 +86,73 @@ class Endpoint:
 
 
 class _Pending:
-    __slots__ = ("future", "remaining", "replies")
+    __slots__ = ("deadline", "future", "remaining", "replies", "timeout_s")
 
-    def __init__(self, future: asyncio.Future[list[Any]], count: int) -> None:
+    def __init__(
+        self, future: asyncio.Future[list[Any]], count: int, timeout_s: float, deadline: float
+    ) -> None:
         self.future = future
         self.remaining = count
         self.replies: list[Any] = []
+        self.timeout_s = timeout_s
+        self.deadline = deadline  # on the event loop's clock
 
 
 class _RespProtocol(asyncio.Protocol):
-    def __init__(self) -> None:
+    def __init__(self, where: str) -> None:
+        self.where = where
         self.reader = hiredis.Reader()
         self.waiting: deque[_Pending] = deque()
         self.transport: asyncio.Transport | None = None
         self.lost: BaseException | None = None
+        self._loop = asyncio.get_running_loop()
+        self._watchdog: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+
+    def send(self, packed: bytes, replies: int, timeout_s: float) -> asyncio.Future[list[Any]]:
+        """Write packed commands; the future of their ``replies`` replies, failed with
+        ``TimeoutError`` when they are not all in within ``timeout_s``."""
+        loop = self._loop
+        future: asyncio.Future[list[Any]] = loop.create_future()
+        deadline = loop.time() + timeout_s
+        self.waiting.append(_Pending(future, replies, timeout_s, deadline))
+        watchdog = self._watchdog
+        # Deadlines mostly grow: the timer armed for an earlier one stays (no timer per call).
+        if watchdog is None or deadline < watchdog.when():
+            if watchdog is not None:
+                watchdog.cancel()
+            self._watchdog = loop.call_at(deadline, self._check_deadlines)
+        assert self.transport is not None
+        self.transport.write(packed)
+        return future
+
+    def _check_deadlines(self) -> None:
+        self._watchdog = None
+        if not self.waiting:
+            return
+        now = self._loop.time()
+        late = [p for p in self.waiting if p.deadline <= now]
+        if not late:
+            earliest = min(p.deadline for p in self.waiting)
+            self._watchdog = self._loop.call_at(earliest, self._check_deadlines)
+            return
+        for pending in late:
+            if not pending.future.done():
+                pending.future.set_exception(
+                    TimeoutError(
+                        f"Redis at {self.where} did not answer within {pending.timeout_s} s"
+                    )
+                )
+        # Later replies would be matched to the wrong callers: start over.
+        self.abort()
+
+    def abort(self) -> None:
+        """Close the connection now; every waiting pipeline fails with ``ConnectionError``."""
+        if self.transport is not None:
+            self.transport.abort()
+        self.connection_lost(None)
 
     def data_received(self, data: bytes) -> None:
         reader = self.reader
@@ -117,6 +172,9 @@ class _RespProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = exc or ConnectionError("Redis closed the connection")
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
         error = ConnectionError(f"connection to Redis lost: {self.lost}")
         while self.waiting:
             pending = self.waiting.popleft()
@@ -163,18 +221,9 @@ class RespConnection:
         protocol = self._protocol
         if protocol is None or protocol.lost is not None or protocol.transport is None:
             protocol = await self._connect()
-        assert protocol.transport is not None
-        future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
-        protocol.waiting.append(_Pending(future, replies))
-        protocol.transport.write(packed)
+        future = protocol.send(packed, replies, timeout_s or self.timeout_s)
         try:
-            return await asyncio.wait_for(future, timeout_s or self.timeout_s)
-        except TimeoutError:
-            # Later replies would be matched to the wrong callers: start over.
-            self._drop(protocol)
-            raise TimeoutError(
-                f"Redis at {self._where()} did not answer within {timeout_s or self.timeout_s} s"
-            ) from None
+            return await future
         except asyncio.CancelledError:
             if not future.done():  # its reply would be taken by the next caller
                 self._drop(protocol)
@@ -185,9 +234,7 @@ class RespConnection:
             self._drop(self._protocol)
 
     def _drop(self, protocol: _RespProtocol) -> None:
-        if protocol.transport is not None:
-            protocol.transport.abort()
-        protocol.connection_lost(None)
+        protocol.abort()
         if self._protocol is protocol:
             self._protocol = None
 
@@ -204,13 +251,16 @@ class RespConnection:
                 return current
             e = self.endpoint
             loop = asyncio.get_running_loop()
+            where = self._where()
             try:
                 async with asyncio.timeout(e.connect_timeout_s):
                     if e.path:
-                        _, protocol = await loop.create_unix_connection(_RespProtocol, e.path)
+                        _, protocol = await loop.create_unix_connection(
+                            lambda: _RespProtocol(where), e.path
+                        )
                     else:
                         _, protocol = await loop.create_connection(
-                            _RespProtocol, e.host, e.port, ssl=e.ssl_context
+                            lambda: _RespProtocol(where), e.host, e.port, ssl=e.ssl_context
                         )
             except TimeoutError:
                 raise TimeoutError(f"connecting to Redis at {self._where()} timed out") from None

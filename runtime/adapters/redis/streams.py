@@ -103,10 +103,11 @@ class RedisEventLog:
         await self.retention.make_room(names.appends(topic for topic, _ in items))
         xadd = names.xadd
         packed = b"".join([xadd(topic, data) for topic, data in items])
-        return self._ids(await self._conn.send_packed(packed, len(items)))
+        return self.ids_of(await self._conn.send_packed(packed, len(items)))
 
     @staticmethod
-    def _ids(replies: list[Any]) -> list[str]:
+    def ids_of(replies: list[Any]) -> list[str]:
+        """The entry ids of pipelined XADD replies; an error reply raised."""
         ids: list[str] = []
         for reply in replies:
             if isinstance(reply, hiredis.ReplyError):

@@ -89,7 +89,7 @@ class RedisSubscription:
             for entry_id, fields in stream_entries:
                 # No fields: the entry was trimmed away while pending. Fields without an
                 # envelope: a foreign entry, which fails decoding (dead-lettered).
-                deliveries.append(Delivery(stream, entry_id, _envelope_field(fields), 1))
+                deliveries.append(Delivery(stream, entry_id, envelope_field(fields), 1))
         merge_by_time(deliveries)
         if pending and deliveries:
             await self._fill_deliveries(deliveries)
@@ -214,7 +214,7 @@ class RedisSubscription:
         await self._conn.close()
 
 
-def _envelope_field(fields: Any) -> bytes | None:
+def envelope_field(fields: Any) -> bytes | None:
     """The envelope of a raw entry (a flat [k, v, ...] list or a dict); b"" when it has
     none, None when the entry itself is gone."""
     if not fields:

@@ -13,6 +13,7 @@ from runtime.engines import UnknownEngine, engine_kind, open_engine
     [
         ("redis://127.0.0.1:6379/0", "redis"),
         ("unix:///tmp/redis.sock", "redis"),
+        ("redis+cluster://127.0.0.1:7000,127.0.0.1:7001", "redis_cluster"),
         ("nats://127.0.0.1:4222", "jetstream"),
         ("tls://nats.example:4222", "jetstream"),
         ("memory://", "memory"),

@@ -11,7 +11,7 @@ BASELINE := proto-baseline/release-0.1.0.binpb
 PYTEST_ARGS ?=
 
 .PHONY: help setup run test check lint typecheck imports buf-lint buf-breaking proto proto-check \
-        pytest bench baseline redis-check clean
+        pytest bench baseline redis-check nats-check clean
 
 help:
 	@echo "make run    set up everything and run the trading pipeline demo"
@@ -40,6 +40,10 @@ setup: $(VENV)/.installed node_modules/.installed
 redis-check:
 	@if [ -z "$${REDIS_URL:-}" ] && ! command -v redis-server >/dev/null && ! (exec 3<>/dev/tcp/127.0.0.1/6379) 2>/dev/null; then \
 	  echo "redis-server (>= 6.2) was not found: install it (Debian/Ubuntu: 'sudo apt-get install redis-server'; macOS: 'brew install redis') or set REDIS_URL."; exit 1; fi
+
+nats-check:
+	@if ! command -v nats-server >/dev/null && [ ! -x /usr/sbin/nats-server ]; then \
+	  echo "nats-server (>= 2.9) was not found: install it (Debian/Ubuntu: 'sudo apt-get install nats-server'; macOS: 'brew install nats-server'); the JetStream engine's tests start their own."; exit 1; fi
 
 proto: setup
 	scripts/gen_proto.sh
@@ -75,7 +79,7 @@ imports: setup
 
 check: buf-lint buf-breaking proto-check lint typecheck imports
 
-pytest: setup redis-check
+pytest: setup redis-check nats-check
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 test: check pytest

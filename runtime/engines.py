@@ -3,6 +3,7 @@
 - ``redis://``, ``rediss://``, ``unix://``: one Redis server (``runtime.adapters.redis``);
 - ``redis+cluster://host:port[,host:port...]``: a Redis Cluster, from any of its nodes
   (``runtime.adapters.redis.cluster``);
+- ``nats://``, ``tls://``: NATS with JetStream (``runtime.adapters.nats``);
 - ``memory://``: the in-memory engine of this process (tests, backtests).
 
 Everything above the engine (domains, delivery loop, publisher, host) is the same code on
@@ -20,7 +21,8 @@ from runtime.core.partitioning import Partitioning
 
 REDIS_SCHEMES = ("redis", "rediss", "unix")
 CLUSTER_SCHEME = "redis+cluster"
-SCHEMES = (*REDIS_SCHEMES, CLUSTER_SCHEME, "memory")
+NATS_SCHEMES = ("nats", "tls")
+SCHEMES = (*REDIS_SCHEMES, CLUSTER_SCHEME, *NATS_SCHEMES, "memory")
 
 
 class UnknownEngine(ValueError):
@@ -28,13 +30,15 @@ class UnknownEngine(ValueError):
 
 
 def engine_kind(url: str) -> str:
-    """Which engine a URL selects: "redis", "redis_cluster" or "memory"; UnknownEngine
-    otherwise."""
+    """Which engine a URL selects: "redis", "redis_cluster", "jetstream" or "memory";
+    UnknownEngine otherwise."""
     scheme = urlsplit(url).scheme.lower()
     if scheme in REDIS_SCHEMES:
         return "redis"
     if scheme == CLUSTER_SCHEME:
         return "redis_cluster"
+    if scheme in NATS_SCHEMES:
+        return "jetstream"
     if scheme == "memory":
         return "memory"
     raise UnknownEngine(
@@ -86,6 +90,19 @@ def open_engine(
         from runtime.adapters.memory.engine import MemoryEngine
 
         return MemoryEngine(MemoryBroker(keyspace, partitioning=partitioning))
+    if kind == "jetstream":
+        from runtime.adapters.nats.engine import JetStreamEngine
+        from runtime.adapters.nats.retention import DEFAULT_CEILING, DEFAULT_RETAIN
+        from runtime.adapters.nats.retention import RetentionPolicy as JetStreamRetention
+
+        return JetStreamEngine.from_url(
+            url,
+            keyspace,
+            partitioning=partitioning,
+            retention=JetStreamRetention(
+                retain=retain or DEFAULT_RETAIN, ceiling=maxlen or DEFAULT_CEILING
+            ),
+        )
     from runtime.adapters.redis.bus import DEFAULT_MAXLEN
     from runtime.adapters.redis.retention import RetentionPolicy
     from runtime.core.trace_index import DEFAULT_MAX_TRACES

@@ -11,8 +11,13 @@ from runtime.core.engine import Engine
 from runtime.core.partitioning import Partitioning
 from tests.conformance.harness import Harness, RedisHarness, new_namespace
 from tests.conformance.harness_cluster import RedisClusterHarness
+from tests.conformance.harness_jetstream import JetStreamHarness
 
-HARNESSES: dict[str, type] = {"redis": RedisHarness, "redis_cluster": RedisClusterHarness}
+HARNESSES: dict[str, type] = {
+    "redis": RedisHarness,
+    "redis_cluster": RedisClusterHarness,
+    "jetstream": JetStreamHarness,
+}
 ENGINES = list(HARNESSES)
 
 

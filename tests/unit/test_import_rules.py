@@ -114,3 +114,18 @@ def test_the_redis_adapter_may_import_redis_and_its_callers_reach_it_through_the
     assert f"{REDIS_ONLY_IN_ITS_ADAPTER}: nothing else imports redis or hiredis KEPT" in (
         result.stdout.replace("\n", " ")
     )
+
+
+def test_anything_but_the_jetstream_adapter_importing_nats_fails(tmp_path: Path) -> None:
+    _copy_tree(tmp_path)
+    (tmp_path / "runtime/adapters/redis/leak.py").write_text("import nats\n")
+    (tmp_path / "control_plane/leak.py").write_text("from nats.js import JetStreamContext\n")
+    (tmp_path / "runtime/adapters/nats/extra.py").write_text("import nats.errors\n")  # its own
+    result = _lint(tmp_path)
+    assert result.returncode != 0
+    assert "Only the JetStream adapter speaks NATS: nothing else imports nats BROKEN" in (
+        result.stdout.replace("\n", " ")
+    )
+    assert "runtime.adapters.redis.leak -> nats" in result.stdout
+    assert "control_plane.leak -> nats" in result.stdout
+    assert "runtime.adapters.nats.extra" not in result.stdout

@@ -1,0 +1,1 @@
+"""NATS JetStream as an engine: the only code that speaks NATS (``nats-py``)."""

@@ -1,0 +1,114 @@
+"""Every JetStream name one system uses, in one place: streams, subjects, the KV bucket and
+its keys, and consumer names, all derived from the keyspace's namespace.
+
+NATS refuses some characters where others are fine: subjects split on ``.`` and give ``*``
+and ``>`` a meaning; stream, consumer and bucket names allow even less. ``token`` turns any
+text (a namespace, a topic such as ``market.tick:3``, a group) into one safe token, and is
+injective, so two topics never share a subject.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from runtime.core.keys import Keyspace
+
+_SAFE = re.compile(r"[A-Za-z0-9-]")
+# Joins the parts of a consumer name; ``token`` never emits "_-" (an escape's '_' is followed
+# by '_', 'u' or a hex digit), so a consumer name splits back unambiguously.
+SEPARATOR = "_-"
+
+
+def token(text: str) -> str:
+    """``text`` as one token of letters, digits, '-' and '_': '_' doubles, any other
+    character becomes '_' and its code point in hex ('.' -> '_2e', past U+00FF '_u' and six
+    digits)."""
+    out: list[str] = []
+    for char in text:
+        if _SAFE.match(char):
+            out.append(char)
+        elif char == "_":
+            out.append("__")
+        else:
+            code = ord(char)
+            out.append(f"_{code:02x}" if code <= 0xFF else f"_u{code:06x}")
+    return "".join(out)
+
+
+@dataclass(frozen=True, slots=True)
+class JetStreamNames:
+    """The names of one namespace's streams, subjects, bucket and keys."""
+
+    keyspace: Keyspace
+
+    @property
+    def _ns(self) -> str:
+        return token(self.keyspace.namespace)
+
+    @property
+    def events_stream(self) -> str:
+        """The stream holding every topic's events."""
+        return f"{self._ns}{SEPARATOR}events"
+
+    @property
+    def dlq_stream(self) -> str:
+        """The stream holding every domain's dead letters."""
+        return f"{self._ns}{SEPARATOR}dlq"
+
+    @property
+    def trace_stream(self) -> str:
+        """The stream of the trace index (a subject per trace id)."""
+        return f"{self._ns}{SEPARATOR}traces"
+
+    @property
+    def bucket(self) -> str:
+        """The KV bucket of partition records, leases and heartbeats."""
+        return f"{self._ns}{SEPARATOR}kv"
+
+    @property
+    def policy_bucket(self) -> str:
+        """The KV bucket of the policy (one key, its history the policy's)."""
+        return f"{self._ns}{SEPARATOR}policy"
+
+    @property
+    def events_subjects(self) -> str:
+        return f"{self._ns}.ev.>"
+
+    @property
+    def dlq_subjects(self) -> str:
+        return f"{self._ns}.dlq.>"
+
+    def subject(self, topic: str) -> str:
+        """The subject of one topic (a partition of an event type's log)."""
+        return f"{self._ns}.ev.{token(topic)}"
+
+    @property
+    def trace_subjects(self) -> str:
+        return f"{self._ns}.trace.>"
+
+    def trace(self, trace_id: str) -> str:
+        """The subject of one trace's events in the trace index."""
+        return f"{self._ns}.trace.{token(trace_id)}"
+
+    def dlq(self, domain: str) -> str:
+        """The subject of one domain's dead letters."""
+        return f"{self._ns}.dlq.{token(domain)}"
+
+    def record_key(self, group: str) -> str:
+        """The KV key of a domain partition's record (state, marks, positions)."""
+        return f"record.{token(group)}"
+
+    def lease_key(self, group: str) -> str:
+        """The KV key of a domain partition's ownership lease."""
+        return f"lease.{token(group)}"
+
+    def heartbeat_key(self, domain: str, consumer: str) -> str:
+        return f"beat.{token(domain)}.{token(consumer)}"
+
+    @staticmethod
+    def consumer(group: str, subject: str, lease_token: int, generation: int) -> str:
+        """The durable consumer of one owner's positioning on one subject: a new owner (or a
+        new positioning) gets a new name, so a stale owner can never pull its successor's
+        entries."""
+        return SEPARATOR.join((token(group), token(subject), f"t{lease_token}", f"g{generation}"))

@@ -1,0 +1,34 @@
+"""The composition root picks the engine from the URL's scheme (``runtime.engines``)."""
+
+from __future__ import annotations
+
+import pytest
+
+from runtime.core.keys import Keyspace
+from runtime.engines import UnknownEngine, engine_kind, open_engine
+
+
+@pytest.mark.parametrize(
+    ("url", "kind"),
+    [
+        ("redis://127.0.0.1:6379/0", "redis"),
+        ("unix:///tmp/redis.sock", "redis"),
+        ("redis+cluster://127.0.0.1:7000,127.0.0.1:7001", "redis_cluster"),
+        ("nats://127.0.0.1:4222", "jetstream"),
+        ("tls://nats.example:4222", "jetstream"),
+        ("memory://", "memory"),
+    ],
+)
+def test_each_scheme_selects_its_engine(url: str, kind: str) -> None:
+    assert engine_kind(url) == kind
+
+
+def test_an_unknown_scheme_is_refused_with_the_ones_there_are() -> None:
+    with pytest.raises(UnknownEngine, match="nats://"):
+        engine_kind("kafka://127.0.0.1:9092")
+
+
+async def test_a_nats_url_opens_the_jetstream_engine_without_connecting_yet() -> None:
+    engine = open_engine("nats://127.0.0.1:1", Keyspace("units"), maxlen=500, retain=20)
+    assert engine.kind == "jetstream"
+    await engine.close()  # never connected: nothing to close but the object

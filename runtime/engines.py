@@ -92,7 +92,11 @@ def open_engine(
         return MemoryEngine(MemoryBroker(keyspace, partitioning=partitioning))
     if kind == "jetstream":
         from runtime.adapters.nats.engine import JetStreamEngine
-        from runtime.adapters.nats.retention import DEFAULT_CEILING, DEFAULT_RETAIN
+        from runtime.adapters.nats.retention import (
+            DEFAULT_BACKPRESSURE_TIMEOUT_S,
+            DEFAULT_CEILING,
+            DEFAULT_RETAIN,
+        )
         from runtime.adapters.nats.retention import RetentionPolicy as JetStreamRetention
 
         return JetStreamEngine.from_url(
@@ -100,7 +104,10 @@ def open_engine(
             keyspace,
             partitioning=partitioning,
             retention=JetStreamRetention(
-                retain=retain or DEFAULT_RETAIN, ceiling=maxlen or DEFAULT_CEILING
+                retain=settings.retain or DEFAULT_RETAIN,
+                ceiling=settings.maxlen or DEFAULT_CEILING,
+                backpressure_timeout_s=settings.backpressure_timeout_s
+                or DEFAULT_BACKPRESSURE_TIMEOUT_S,
             ),
         )
     from runtime.adapters.redis.bus import DEFAULT_MAXLEN

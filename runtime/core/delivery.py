@@ -230,12 +230,13 @@ class DeliveryLoop:
                 streams=self.streams,
             )
             while not self._stopping:
-                if not await self._become_owner():
-                    break  # stopped while standing by
-                renewal = asyncio.create_task(self._renew_loop(), name=f"{self.domain}-lease")
+                renewal: asyncio.Task[None] | None = None
                 try:
+                    if not await self._become_owner():
+                        break  # stopped while standing by
+                    renewal = asyncio.create_task(self._renew_loop(), name=f"{self.domain}-lease")
                     await self._consume()
-                except LeaseLost as exc:
+                except LeaseLost as exc:  # while taking over too: stand by again
                     self._lease = None
                     await self._restore_committed_state()
                     _log.warning(
@@ -249,9 +250,10 @@ class DeliveryLoop:
                     )
                     continue
                 finally:
-                    renewal.cancel()
-                    with contextlib.suppress(asyncio.CancelledError, Exception):
-                        await renewal
+                    if renewal is not None:
+                        renewal.cancel()
+                        with contextlib.suppress(asyncio.CancelledError, Exception):
+                            await renewal
                 break
             await self.actor.on_stop()
         finally:
@@ -620,8 +622,8 @@ class DeliveryLoop:
     ) -> bool:
         """Commit the work before a failed entry, back off, and deliver it again.
 
-        Returns False when the entry is no longer ours to retry (acknowledged elsewhere, or
-        the loop is stopping: it stays pending and comes back at the next start).
+        Returns False when the loop is stopping (the entry stays pending and comes back at
+        the next start); raises ``LeaseLost`` when the entry is no longer ours to retry.
         """
         delay = self._retry.delay(delivery.deliveries - 1)
         self.metrics.retries.labels(self.domain, envelope.event_type).inc()
@@ -642,9 +644,16 @@ class DeliveryLoop:
         if self._stopping:
             self._abandoned = True
             return False
-        return await self._with_reconnect(
+        if not await self._with_reconnect(
             "redeliver", lambda: self.subscription.redeliver(delivery)
-        )
+        ):
+            # Not ours any more (another owner has it, or it is gone): going on with the
+            # entries after it would let them overtake it. Roll back and stand by instead.
+            raise LeaseLost(
+                f"{self.domain}: entry {delivery.entry_id.decode()} of {delivery.stream} is "
+                "no longer this consumer's to retry"
+            )
+        return True
 
     def _remember(self, event_ids: list[str]) -> None:
         """Keep the ids of a committed batch in memory (a duplicate in flight is skipped

@@ -352,3 +352,32 @@ def test_group_and_state_names_match_the_redis_engines() -> None:
         assert state_key(broker, "d", partition, partitions) == redis_state(
             broker.keyspace, "d", partition, partitions
         )
+
+
+async def test_a_retry_that_finds_the_entry_no_longer_its_own_never_lets_the_next_overtake() -> (
+    None
+):
+    """``Subscription.redeliver`` answers False: the entry is not this consumer's any more
+    (taken by another owner, and it may come back). Going on with the batch would hand the
+    entries after it to the handler first; the loop rolls back and stands by instead, and
+    every entry is handled in order once it owns the partition again."""
+    broker = MemoryBroker()
+    bus = MemoryBus(broker, metrics=RuntimeMetrics())
+    actor = FlakyTicks(fail_times={1: 1})
+    runner = MemoryRunner(actor, broker, FAST, metrics=RuntimeMetrics())
+    refusals = [False]  # the first retry is refused: the entry stays pending
+
+    original = runner.subscription.redeliver
+
+    async def refuse_once(delivery: Any) -> bool:
+        if refusals:
+            return refusals.pop()
+        return await original(delivery)
+
+    runner.subscription.redeliver = refuse_once  # type: ignore[method-assign]
+    for seq in (1, 2, 3):
+        await bus.publish(tick("BTC", seq), partition_key="BTC")
+    async with running(runner):
+        await wait_until(lambda: 3 in actor.handled)
+    assert actor.handled == [1, 2, 3]
+    await bus.close()

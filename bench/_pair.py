@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import _pyspy
-from bench._common import GcClock, redis_commands, redis_cpu_s, wait_for
+from bench._common import GcClock, process_cpu_s, redis_commands, redis_cpu_s, wait_for
 from runtime.core.host import tune_gc
 
 
@@ -34,11 +34,22 @@ def measure_pair(
     consumer: Callable[..., None],
     consumer_args: tuple[Any, ...],
     profile: Path | None = None,
+    broker_pids: list[int] | None = None,
 ) -> dict[str, Any]:
-    """Run one producer and one consumer process from a common go; their figures."""
+    """Run one producer and one consumer process from a common go; their figures.
+
+    The broker's CPU comes from Redis's INFO CPU at ``url``, or, given ``broker_pids`` (a
+    cluster's nodes, a nats-server), from those processes' CPU times."""
     import redis
 
-    client = redis.Redis.from_url(url)
+    client = redis.Redis.from_url(url) if broker_pids is None else None
+
+    def broker_cpu_s() -> float:
+        if broker_pids is not None:
+            return sum(process_cpu_s(pid) for pid in broker_pids)
+        assert client is not None
+        return redis_cpu_s(client)
+
     ctx = mp.get_context("spawn")
     ready, go, result = ctx.Queue(), ctx.Event(), ctx.Queue()
     processes = [
@@ -57,13 +68,14 @@ def measure_pair(
                     _pyspy.attach(process.pid, profile.with_name(f"{profile.name}-{role}.txt"))
                 )
             time.sleep(1.0)  # py-spy attached before the go
-        client.config_resetstat()
-        server_cpu = redis_cpu_s(client)
+        if client is not None:
+            client.config_resetstat()
+        server_cpu = broker_cpu_s()
         started = time.time()
         go.set()
         reports = {name: rest for name, *rest in (result.get(timeout=600) for _ in processes)}
-        server_cpu = redis_cpu_s(client) - server_cpu
-        commands = redis_commands(client, events)
+        server_cpu = broker_cpu_s() - server_cpu
+        commands = redis_commands(client, events) if client is not None else {}
     finally:
         for process in processes:
             process.join(timeout=30)
@@ -71,7 +83,8 @@ def measure_pair(
                 process.kill()
         for spy in spies:
             spy.wait(timeout=30)
-        client.close()
+        if client is not None:
+            client.close()
     consumed_at, consumer_cpu, latencies, consumer_gc = reports["consumer"]
     published_at, producer_cpu, _, producer_gc = reports["producer"]
     cpu = {

@@ -17,8 +17,10 @@ figures include the contention for the machine's cores with Redis itself):
 
 CPU per event is reported per process (producer, consumer, redis-server from INFO CPU) and
 in total: on a shared machine it is the figure to trust; wall-clock rates swing with load.
-``--engine`` names the transport (only ``redis`` so far: the in-memory engine, when it lands,
-adds one entry to ``ENGINES``); ``--repeat N`` reports the median of N runs and every run.
+``--engine`` names the transport the runtime runs on (``redis``, ``redis_cluster``: a private
+3-master cluster, ``jetstream``: a private nats-server), each started for the run; the
+baseline is always the redis-py loop on a private single redis-server, measured in the same
+run. ``--repeat N`` reports the median of N runs and every run.
 """
 
 from __future__ import annotations
@@ -183,7 +185,12 @@ def _runtime_consumer(
 
 
 def measure_runtime(
-    url: str, events: int, api: str, rate: int = 0, profile: Path | None = None
+    url: str,
+    events: int,
+    api: str,
+    rate: int = 0,
+    profile: Path | None = None,
+    broker_pids: list[int] | None = None,
 ) -> dict[str, Any]:
     namespace = f"bench-{os.getpid()}-{api}-{rate}-{time.monotonic_ns()}"
     return measure_pair(
@@ -194,6 +201,7 @@ def measure_runtime(
         _runtime_consumer,
         (url, namespace, events, rate > 0),
         profile,
+        broker_pids,
     )
 
 
@@ -214,7 +222,48 @@ def measure_redis(args: argparse.Namespace) -> dict[str, Any]:
             server.stop()
 
 
-def _measure_all(url: str, args: argparse.Namespace) -> dict[str, Any]:
+def measure_redis_cluster(args: argparse.Namespace) -> dict[str, Any]:
+    """The runtime on a private 3-master Redis Cluster (``redis+cluster://``; CPU of the
+    three redis-servers together), the baseline on a private single redis-server."""
+    from tests.conformance.harness_cluster import RedisClusterHarness
+
+    base = start_redis_server()
+    cluster = RedisClusterHarness()
+    try:
+        pids = [server.process.pid for server in cluster.servers]
+        result = _measure_all(base.url, args, engine_url=cluster.url, broker_pids=pids)
+        return {**result, "broker": "3 redis-servers (cpu_us_per_event.redis is their sum)"}
+    finally:
+        cluster.stop()
+        base.stop()
+
+
+def measure_jetstream(args: argparse.Namespace) -> dict[str, Any]:
+    """The runtime on a private nats-server with JetStream (``nats://``; its CPU), the
+    baseline on a private single redis-server."""
+    from tests.conformance.harness_jetstream import JetStreamHarness
+
+    base = start_redis_server()
+    nats = JetStreamHarness()
+    try:
+        assert nats.process is not None
+        result = _measure_all(base.url, args, engine_url=nats.url, broker_pids=[nats.process.pid])
+        return {**result, "broker": "nats-server (cpu_us_per_event.redis is its CPU)"}
+    finally:
+        nats.stop()
+        base.stop()
+
+
+def _measure_all(
+    url: str,
+    args: argparse.Namespace,
+    *,
+    engine_url: str | None = None,
+    broker_pids: list[int] | None = None,
+) -> dict[str, Any]:
+    """The baseline on the Redis at ``url``; the runtime on ``engine_url`` (that Redis when
+    None), whose broker CPU comes from ``broker_pids`` when given."""
+    runtime_url = engine_url or url
     base = measure_baseline(url, args.events, _profile_path(args, "baseline"))
     _progress(f"baseline {base['events_per_s']:,.0f} events/s")
     result: dict[str, Any] = {
@@ -225,7 +274,13 @@ def _measure_all(url: str, args: argparse.Namespace) -> dict[str, Any]:
     }
     by_api: dict[str, Any] = {}
     for api in args.apis:
-        ours = measure_runtime(url, args.events, api, profile=_profile_path(args, api))
+        ours = measure_runtime(
+            runtime_url,
+            args.events,
+            api,
+            profile=_profile_path(args, api),
+            broker_pids=broker_pids,
+        )
         _progress(f"{api} {ours['events_per_s']:,.0f} events/s")
         by_api[api] = {
             "events_per_s": round(ours["events_per_s"]),
@@ -245,7 +300,12 @@ def _measure_all(url: str, args: argparse.Namespace) -> dict[str, Any]:
     )
     latency_events = max(2, int(args.rate * args.latency_seconds))
     paced = measure_runtime(
-        url, latency_events, "publish_nowait", rate=args.rate, profile=_profile_path(args, "paced")
+        runtime_url,
+        latency_events,
+        "publish_nowait",
+        rate=args.rate,
+        profile=_profile_path(args, "paced"),
+        broker_pids=broker_pids,
     )
     # The first second warms up connections and caches: left out when there is more.
     steady = paced["latencies"][args.rate :] or paced["latencies"]
@@ -270,7 +330,11 @@ def _profile_path(args: argparse.Namespace, label: str) -> Path | None:
     return folder / f"run{args.run_index}-{label}"
 
 
-ENGINES: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {"redis": measure_redis}
+ENGINES: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
+    "redis": measure_redis,
+    "redis_cluster": measure_redis_cluster,
+    "jetstream": measure_jetstream,
+}
 
 
 def run(argv: list[str]) -> dict[str, Any]:

@@ -62,7 +62,7 @@ from runtime.domains.market_data import CsvFeedError
 from runtime.domains.portfolio import Portfolio
 from runtime.domains.risk_safety import RiskSafety
 from runtime.drain import DRAIN_TIMEOUT_S, drain
-from runtime.engines import EngineSettings, open_engine
+from runtime.engines import EngineSettings, UnknownEngine, engine_kind, open_engine
 from runtime.feed_publishing import feed_ends_by_itself, feed_ticks, publish_feed
 from runtime.redis_acl import DomainStreams, acl_file, redis_access_denied
 from runtime.run_namespace import RunNamespace
@@ -180,6 +180,26 @@ def redis_acl(args: argparse.Namespace) -> int:
     """``quantum redis-acl``: print the ACL file (password hashes left for you to fill in)."""
     print(acl_file(Keyspace(args.namespace), domain_streams(), {}), end="")
     return 0
+
+
+def engine_problem(url: str | None) -> str | None:
+    """Why ``quantum run`` cannot run on the engine ``url`` names; None when it can (one
+    Redis or a Redis Cluster)."""
+    if not url:
+        return None
+    try:
+        kind = engine_kind(url)
+    except UnknownEngine as exc:
+        return str(exc)
+    if kind == "jetstream":
+        return (
+            "a nats:// URL selects JetStream, which runs the domains (runtime.engines, the "
+            "conformance suite), but quantum run's policy service, control plane and summary "
+            "still read Redis: give a redis:// or redis+cluster:// URL (README: Scaling out)"
+        )
+    if kind == "memory":
+        return "memory:// is the in-process engine of backtests: use quantum backtest"
+    return None
 
 
 def partition_problem(
@@ -555,6 +575,10 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, LookupError) as exc:
         message = str(exc) if EMIT_VERSIONS_ENV in str(exc) else f"{EMIT_VERSIONS_ENV}: {exc}"
         print(f"quantum run: {message}", file=sys.stderr)
+        return 2
+    refused = engine_problem(args.redis_url)
+    if refused:
+        print(f"quantum run: {refused}", file=sys.stderr)
         return 2
     layout_given = args.domains is not None or args.partition is not None
     args.domains = args.domains or FLOW_ORDER

@@ -27,10 +27,16 @@ from quantum.control.v1.replay_service_pb2_grpc import ReplayServiceStub
 from quantum.control.v1.trace_service_pb2_grpc import TraceServiceStub
 from quantum.events.v1 import policy_pb2
 from quantum.events.v1.envelope_pb2 import Envelope
+from quantum.events.v1.risk_pb2 import (
+    REJECT_REASON_CONFIDENCE_TOO_LOW,
+    REJECT_REASON_SYMBOL_NOT_ALLOWED,
+    SignalRejected,
+)
 
 from control_plane.auth import Role, TokenTable
 from control_plane.config import ControlPlaneConfig
 from control_plane.server import ControlPlane
+from runtime import report
 from runtime.adapters.redis import reads
 from runtime.adapters.redis.admin import DeadLetterRedrive, delete_matching
 from runtime.adapters.redis.client import RedisClient, keyspace_for, open_client
@@ -405,3 +411,45 @@ async def test_read_events_covers_every_partition_of_a_type_on_a_single_redis(
     finally:
         await stop_plane(p)
         await delete_matching(aredis, f"{namespace}:*")
+
+
+# -- the run summary over partitions -------------------------------------------------------
+
+
+async def test_the_run_summary_counts_every_partition_of_a_type_on_the_cluster(
+    on_cluster: Plane,
+) -> None:
+    split = Partitioning({"risk.signal.rejected": 3, "market.tick": 3})
+    keyspace = ClusterKeyspace.of(on_cluster.keyspace, split)
+    bus = open_publisher(on_cluster.redis, keyspace, producer="test", partitioning=split)
+    try:
+        await bus.publish_envelopes(ticks(1))  # before the run: not counted
+        since = await report.stream_positions(on_cluster.redis, keyspace, split)
+        tally = report.RejectionTally(on_cluster.redis, keyspace, since, split)
+        rejections = [
+            seal(
+                SignalRejected(signal_id=f"s{n}", symbol=symbol, reason=reason),
+                producer="risk_safety",
+                partition_key=symbol,
+            )
+            for n, (symbol, reason) in enumerate(
+                [(s, REJECT_REASON_SYMBOL_NOT_ALLOWED) for s in SYMBOLS]
+                + [("S1", REJECT_REASON_CONFIDENCE_TOO_LOW)]
+            )
+        ]
+        await bus.publish_envelopes([*rejections, *ticks(2)])
+        assert (
+            len({keyspace.stream(split.topic(r.event_type, r.partition_key)) for r in rejections})
+            == 3
+        )
+        await tally.catch_up()
+        summary = await report.summarize(on_cluster.redis, keyspace, since, tally, split)
+        assert summary.events["market.tick"] == 2 * len(SYMBOLS)
+        assert summary.events[report.REJECTED] == len(rejections)
+        assert summary.rejections == {
+            "REJECT_REASON_SYMBOL_NOT_ALLOWED": len(SYMBOLS),
+            "REJECT_REASON_CONFIDENCE_TOO_LOW": 1,
+        }
+        assert summary.rejections_uncounted == 0
+    finally:
+        await bus.close()

@@ -21,9 +21,11 @@ from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from quantum.control.v1 import policy_service_pb2 as policy_pb
 from quantum.control.v1 import replay_service_pb2 as pb
+from quantum.control.v1 import runtime_service_pb2 as runtime_pb
 from quantum.control.v1 import trace_service_pb2 as trace_pb
 from quantum.control.v1.policy_service_pb2_grpc import PolicyServiceStub
 from quantum.control.v1.replay_service_pb2_grpc import ReplayServiceStub
+from quantum.control.v1.runtime_service_pb2_grpc import RuntimeServiceStub
 from quantum.control.v1.trace_service_pb2_grpc import TraceServiceStub
 from quantum.events.v1 import policy_pb2
 from quantum.events.v1.envelope_pb2 import Envelope
@@ -347,7 +349,7 @@ async def test_a_state_repair_on_the_cluster_replaces_a_partition_state_and_bump
         await engine.close()
 
 
-async def test_get_trace_shows_a_chain_committed_by_a_runner_on_the_cluster(
+async def test_get_trace_and_list_domains_show_a_runner_on_the_cluster(
     cluster: RedisClusterHarness, on_cluster: Plane
 ) -> None:
     engine = engine_of(cluster, on_cluster)
@@ -365,6 +367,15 @@ async def test_get_trace_shows_a_chain_committed_by_a_runner_on_the_cluster(
         assert response.events[0].stream == on_cluster.keyspace.stream(
             SPLIT.topic("market.tick", "S5")
         )
+        domains = await RuntimeServiceStub(on_cluster.channel).ListDomains(
+            runtime_pb.ListDomainsRequest(), metadata=on_cluster.viewer
+        )
+        (counter,) = [d for d in domains.domains if d.name == "tick_counter"]
+        assert list(counter.consumes) == ["market.tick"]
+        assert {g.stream for g in counter.groups} == {
+            on_cluster.keyspace.stream(t) for t in SPLIT.topics("market.tick")
+        }
+        assert sum(g.pending for g in counter.groups) == 0
     finally:
         await engine.close()
 
@@ -374,6 +385,12 @@ async def test_health_is_serving_on_the_cluster(on_cluster: Plane) -> None:
     async with asyncio.timeout(10):
         while (await health.Check(health_pb2.HealthCheckRequest())).status != SERVING:  # noqa: ASYNC110
             await asyncio.sleep(0.05)
+    system = await RuntimeServiceStub(on_cluster.channel).GetSystemHealth(
+        runtime_pb.GetSystemHealthRequest(), metadata=on_cluster.viewer
+    )
+    components = {c.name: c for c in system.components}
+    assert components["redis"].status != runtime_pb.HEALTH_STATUS_CRITICAL, components["redis"]
+    assert components["policy"].status == runtime_pb.HEALTH_STATUS_HEALTHY
 
 
 async def test_discarding_a_namespace_deletes_its_keys_on_every_master(

@@ -85,9 +85,15 @@ class Plane:
 
 
 async def start_plane(
-    url: str, namespace: str, state_dir: Path, partitioning: Partitioning
+    url: str,
+    namespace: str,
+    state_dir: Path,
+    partitioning: Partitioning,
+    *,
+    own_publisher: bool = False,
 ) -> Plane:
-    """A control plane as ``quantum control-plane`` builds one for ``url``."""
+    """A control plane as ``quantum control-plane`` builds one for ``url``; it publishes
+    through the test's bus unless ``own_publisher`` (then through one of its own)."""
     redis = open_client(url, socket_timeout=5.0, socket_connect_timeout=2.0)
     keyspace = keyspace_for(url, namespace, partitioning)
     viewer, operator = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
@@ -102,7 +108,7 @@ async def start_plane(
         config=ControlPlaneConfig(grpc_addr="127.0.0.1:0", metrics_addr=""),
         tokens=tokens,
         domain_factories={"tick_counter": TickCounter},
-        publisher=bus,
+        publisher=None if own_publisher else bus,
         partitioning=partitioning,
     )
     port = await plane.start()
@@ -235,6 +241,27 @@ async def test_read_events_covers_every_partition_of_a_type_on_the_cluster(
     for symbol in SYMBOLS:  # each key's events in their order
         mine = [e for e in events if e.envelope.partition_key == symbol]
         assert [int(json.loads(e.payload_json)["sequence"]) for e in mine] == [1, 2, 3]
+
+
+async def test_a_publishing_replay_on_the_cluster_puts_outputs_on_their_partitions(
+    cluster: RedisClusterHarness, tmp_path: Path
+) -> None:
+    p = await start_plane(cluster.url, new_namespace(), tmp_path, SPLIT, own_publisher=True)
+    try:
+        await p.bus.publish_envelopes(ticks(2))
+        request = pb.ReplayToDomainRequest(
+            domain="tick_counter", range=pb.EventRange(event_type="market.tick"), publish=True
+        )
+        responses = [r async for r in p.replay().ReplayToDomain(request, metadata=p.operator)]
+        assert [r.processed for r in responses] == list(range(1, 2 * len(SYMBOLS) + 1))
+        assert all(r.published and not r.error for r in responses)
+        outputs = [r.event for r in await read_events(p, "portfolio.pnl.updated")]
+        assert len(outputs) == 2 * len(SYMBOLS)
+        for event in outputs:  # each on the partition of its key
+            topic = SPLIT.topic("portfolio.pnl.updated", event.envelope.partition_key)
+            assert event.stream == p.keyspace.stream(topic)
+    finally:
+        await stop_plane(p)
 
 
 async def test_the_live_feed_follows_every_partition_on_the_cluster(on_cluster: Plane) -> None:

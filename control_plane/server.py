@@ -399,7 +399,8 @@ async def serve(
     config = config_from_args(args)
     tokens = TokenTable.from_env()
     check_exposure(config.grpc_addr, tokens.enabled)
-    partitioning = Partitioning.parse(getattr(args, "stream_partitions", "") or "")
+    given = getattr(args, "stream_partitions", None)  # parsed already by quantum's parser
+    partitioning = given if isinstance(given, Partitioning) else Partitioning.parse(given or "")
     with contextlib.ExitStack() as stack:
         url = args.redis_url or stack.enter_context(redis_url())
         keyspace = keyspace_for(url, args.namespace, partitioning)

@@ -8,7 +8,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import secrets
+import signal
+import sys
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +53,7 @@ from runtime.core.delivery import DeliveryLoop, RunnerConfig
 from runtime.core.envelope import seal
 from runtime.core.keys import Keyspace
 from runtime.core.partitioning import Partitioning
+from runtime.core.redis_server import free_port
 from tests.conformance.harness import new_namespace
 from tests.conformance.harness_cluster import RedisClusterHarness
 from tests.control_plane.support import tick_envelopes, wait_until
@@ -497,3 +501,60 @@ async def test_the_run_summary_counts_every_partition_of_a_type_on_the_cluster(
         assert summary.rejections_uncounted == 0
     finally:
         await bus.close()
+
+
+# -- quantum control-plane, standing alone -----------------------------------------------
+
+
+async def test_quantum_control_plane_serves_a_cluster_from_its_url(
+    cluster: RedisClusterHarness, tmp_path: Path
+) -> None:
+    namespace, token, port = new_namespace(), secrets.token_urlsafe(24), free_port()
+    command = [
+        str(Path(sys.executable).parent / "quantum"),
+        "control-plane",
+        *("--redis-url", cluster.url, "--namespace", namespace),
+        *("--stream-partitions", "market.tick=3"),
+        *("--grpc-addr", f"127.0.0.1:{port}", "--metrics-addr", ""),
+        *("--state-dir", str(tmp_path)),
+    ]
+    env = {**os.environ, "QUANTUM_TOKENS": f"vera:viewer:{token}"}
+    process = await asyncio.create_subprocess_exec(
+        *command, env=env, stdout=asyncio.subprocess.DEVNULL
+    )
+    redis = open_client(cluster.url, socket_connect_timeout=2.0)
+    keyspace = keyspace_for(cluster.url, namespace, SPLIT)
+    bus = open_publisher(redis, keyspace, producer="test", partitioning=SPLIT)
+    channel = aio.insecure_channel(f"127.0.0.1:{port}")
+    try:
+        health = health_pb2_grpc.HealthStub(channel)
+        async with asyncio.timeout(30):
+            while True:
+                assert process.returncode is None, "quantum control-plane exited"
+                with contextlib.suppress(aio.AioRpcError):
+                    reply = await health.Check(health_pb2.HealthCheckRequest(), timeout=1)
+                    if reply.status == SERVING:
+                        break
+                await asyncio.sleep(0.1)
+        published = ticks(2)
+        await bus.publish_envelopes(published)
+        request = pb.ReadEventsRequest(range=pb.EventRange(event_type="market.tick"))
+        metadata = (("authorization", f"Bearer {token}"),)
+        events = [
+            r.event async for r in ReplayServiceStub(channel).ReadEvents(request, metadata=metadata)
+        ]
+        assert sorted(e.envelope.event_id for e in events) == sorted(p.event_id for p in published)
+        assert len({e.stream for e in events}) == 3
+    finally:
+        await channel.close()
+        await bus.close()
+        await redis.aclose()
+        process.send_signal(signal.SIGTERM)
+        try:
+            async with asyncio.timeout(30):
+                exit_code = await process.wait()
+        except TimeoutError:
+            process.kill()
+            await process.wait()
+            raise
+    assert exit_code == 0

@@ -24,10 +24,10 @@ from control_plane.errors import (
     bad_field,
     invalid_argument,
 )
+from control_plane.event_streams import EventStreams
 from runtime.adapters.redis.admin import DeadLetterRedrive, purge_dead_letters
 from runtime.adapters.redis.client import RedisClient
 from runtime.adapters.redis.reads import Entry, entries_by_id, hmget, xrange
-from runtime.core.keys import Keyspace
 from runtime.core.logs import get_logger
 
 log = get_logger("control_plane.dead_letters")
@@ -38,11 +38,6 @@ AUDIT_MAXLEN = 10_000
 
 KnownDomains = Callable[[], Awaitable[Sequence[str]]]
 StreamMaxlen = Callable[[str], int]
-
-
-def redriven_key(keyspace: Keyspace, domain: str) -> str:
-    """The hash of redriven dead letters of a domain: dead-letter entry id -> new entry id."""
-    return f"{keyspace.dlq(domain)}:redriven"
 
 
 def page_size_of(value: int, field_path: str = "page_size") -> int:
@@ -113,12 +108,13 @@ class DeadLetterDesk:
     def __init__(
         self,
         redis: RedisClient,
-        keyspace: Keyspace,
+        streams: EventStreams,
         known_domains: KnownDomains,
         stream_maxlen: StreamMaxlen,
     ) -> None:
         self._redis = redis
-        self._keyspace = keyspace
+        self._streams = streams
+        self._keyspace = streams.keyspace
         self._known_domains = known_domains
         self._stream_maxlen = stream_maxlen
         self._redrive = DeadLetterRedrive(redis)
@@ -146,7 +142,7 @@ class DeadLetterDesk:
         entries = await xrange(self._redis, self._keyspace.dlq(domain), start, "+", page_size + 1)
         page, more = entries[:page_size], len(entries) > page_size
         ids = [entry_id for entry_id, _ in page]
-        redriven = await hmget(self._redis, redriven_key(self._keyspace, domain), ids)
+        redriven = await hmget(self._redis, self._keyspace.redriven(domain), ids)
         letters = [
             _letter(domain, entry_id, fields, done)
             for entry_id, (_, fields), done in zip(ids, page, redriven, strict=True)
@@ -160,23 +156,24 @@ class DeadLetterDesk:
         domain = await self.known_domain(request.domain)
         letters = await self._letters(domain, list(request.entry_ids))
         response = pb.RedriveDeadLettersResponse()
-        prefix = self._keyspace.stream("")
         for entry_id, fields in letters:
             stream = _text(fields, b"original_stream")
-            if not stream.startswith(prefix):
+            topic = self._streams.topic_of(stream)
+            if topic is None:
+                example = self._keyspace.stream("<type>")
                 raise ControlPlaneError(
                     grpc.StatusCode.FAILED_PRECONDITION,
                     f"dead letter {entry_id} names original stream {stream!r}, which is not an "
-                    f"event stream of this system ({prefix}<type>); it was not redriven",
+                    f"event stream of this system ({example}); it was not redriven",
                     Reason.INVALID_REQUEST,
                     {"entry_id": entry_id},
                 )
             if await self._redrive(
-                redriven_key(self._keyspace, domain),
+                self._keyspace.redriven(domain),
                 stream,
                 entry_id,
                 fields.get(b"payload", b""),
-                self._stream_maxlen(stream.removeprefix(prefix)),
+                self._stream_maxlen(topic),
             ):
                 response.redriven += 1
                 response.entry_ids.append(entry_id)
@@ -198,7 +195,7 @@ class DeadLetterDesk:
         await purge_dead_letters(
             self._redis,
             self._keyspace.dlq(domain),
-            redriven_key(self._keyspace, domain),
+            self._keyspace.redriven(domain),
             ids,
             self._keyspace.audit(),
             {

@@ -16,9 +16,11 @@ from dataclasses import dataclass
 from google.protobuf.timestamp_pb2 import Timestamp
 from quantum.control.v1.runtime_service_pb2 import ConsumerGroupInfo, DomainInfo
 
+from control_plane.event_streams import EventStreams
 from runtime.adapters.redis.client import RedisClient
 from runtime.adapters.redis.reads import groups_each, hvals_each
 from runtime.core.keys import Keyspace
+from runtime.core.partitioning import Partitioning, event_type_of
 from runtime.core.registry import EventRegistry, default_registry
 
 # A domain that beat within this many seconds is RUNNING; within STALE_AFTER_S, DEGRADED.
@@ -71,16 +73,24 @@ class DomainInspector:
         keyspace: Keyspace,
         consumes: Mapping[str, Sequence[str]] | None = None,
         registry: EventRegistry | None = None,
+        *,
+        partitioning: Partitioning | None = None,
     ) -> None:
         self._redis = redis
         self._keyspace = keyspace
         self._registry = registry or default_registry()
+        self._event_streams = EventStreams(keyspace, self._registry, partitioning)
         self._consumes = {name: list(types) for name, types in (consumes or {}).items()}
 
     def _streams(self) -> list[str]:
-        # One stream per registered event type: never a SCAN of the whole keyspace, which
-        # costs O(all keys) on every health check. Streams that do not exist are skipped.
-        return [self._keyspace.stream(name) for name in self._registry.names()]
+        # The streams of every registered event type (each partition's): never a SCAN of the
+        # whole keyspace, which costs O(all keys) on every health check. Streams that do not
+        # exist are skipped.
+        return self._event_streams.registered()
+
+    def _event_type(self, stream: str) -> str:
+        topic = self._event_streams.topic_of(stream)
+        return event_type_of(topic) if topic is not None else stream
 
     async def domain_names(self) -> list[str]:
         """Every known domain, sorted: consumer groups of the event streams plus the domains
@@ -119,9 +129,8 @@ class DomainInspector:
             newest = max((_int(v) for v in values), default=0)
             age_s = (now_ms - newest) / 1000 if newest else None
             domain_groups = groups.get(name, [])
-            prefix = self._keyspace.stream("")
             consumes = self._consumes.get(name) or sorted(
-                {g.stream.removeprefix(prefix) for g in domain_groups}
+                {self._event_type(g.stream) for g in domain_groups}
             )
             domain = DomainInfo(
                 name=name, consumes=consumes, groups=domain_groups, state=_state(age_s)

@@ -1,8 +1,14 @@
-"""Reading a range of one event stream, by entry id or by time, page by page."""
+"""Reading a range of one event type, by entry id or by time, page by page.
+
+A type split over several partitions (``EventStreams``) is read from each of its streams
+and merged by entry id, which orders by time: each partition in its own order, a key's
+events (one partition) in theirs.
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import heapq
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -11,11 +17,11 @@ from quantum.events.v1.envelope_pb2 import Envelope
 
 from control_plane.entry_ids import MAX_ID_PART, is_entry_id
 from control_plane.errors import FieldViolation, invalid_argument
+from control_plane.event_streams import EventStreams
 from control_plane.stored_events import ENVELOPE_FIELD, parse_envelope
 from runtime.adapters.redis.client import RedisClient
-from runtime.adapters.redis.reads import xrange
-from runtime.core.keys import Keyspace
-from runtime.core.registry import EventRegistry
+from runtime.adapters.redis.reads import Entry, xrange
+from runtime.core.delivery import entry_order
 
 PAGE = 512
 _TOO_LATE = "is beyond the range of stream entry ids (2**64-1 ms after 1970)"
@@ -29,21 +35,22 @@ def _milliseconds(ts: Timestamp) -> int:
 
 @dataclass(frozen=True, slots=True)
 class StreamRange:
-    """A checked range: the stream key and inclusive XRANGE bounds."""
+    """A checked range: the type's stream keys (one per partition) and inclusive XRANGE
+    bounds."""
 
     event_type: str
-    stream: str
+    streams: tuple[str, ...]
     start: str
     end: str
     limit: int  # 0: no limit
 
 
 def check_range(
-    event_range: EventRange, keyspace: Keyspace, registry: EventRegistry, prefix: str = "range"
+    event_range: EventRange, streams: EventStreams, prefix: str = "range"
 ) -> StreamRange:
     """Validate a request's range; raises INVALID_ARGUMENT naming every bad field."""
     violations: list[FieldViolation] = []
-    known = registry.names()
+    known = streams.registry.names()
     if not event_range.event_type:
         violations.append(FieldViolation(f"{prefix}.event_type", "is required"))
     elif event_range.event_type not in known:
@@ -86,41 +93,68 @@ def check_range(
     end = event_range.end_id or (str(end_ms) if end_ms is not None else "+")
     return StreamRange(
         event_range.event_type,
-        keyspace.stream(event_range.event_type),
+        tuple(streams.of_type(event_range.event_type)),
         start,
         end,
         int(event_range.limit),
     )
 
 
-async def read_range(
-    redis: RedisClient, stream_range: StreamRange
-) -> AsyncIterator[tuple[str, Envelope | None]]:
-    """Every entry of the range, oldest first: (entry id, envelope or None if undecodable)."""
-    start = stream_range.start
-    remaining = stream_range.limit or None
-    while remaining is None or remaining > 0:
-        count = PAGE if remaining is None else min(PAGE, remaining)
-        entries = await xrange(redis, stream_range.stream, start, stream_range.end, count)
-        for entry_id, fields in entries:
-            data = fields.get(ENVELOPE_FIELD)
-            yield entry_id, parse_envelope(data) if data is not None else None
-        if remaining is not None:
-            remaining -= len(entries)
-        if len(entries) < count:
+async def _entries(
+    redis: RedisClient, stream: str, start: str, end: str
+) -> AsyncGenerator[Entry, None]:
+    """Every entry of one stream from ``start`` to ``end``, a page at a time."""
+    while True:
+        entries = await xrange(redis, stream, start, end, PAGE)
+        for entry in entries:
+            yield entry
+        if len(entries) < PAGE:
             return
         start = "(" + entries[-1][0]
 
 
+async def read_range(
+    redis: RedisClient, stream_range: StreamRange
+) -> AsyncIterator[tuple[str, str, Envelope | None]]:
+    """Every entry of the range, oldest first over the type's streams: (stream, entry id,
+    envelope or None if undecodable)."""
+    readers = [
+        _entries(redis, stream, stream_range.start, stream_range.end)
+        for stream in stream_range.streams
+    ]
+    heads: list[tuple[tuple[int, int], int, str, Entry]] = []
+    try:
+        for index, reader in enumerate(readers):
+            first = await anext(reader, None)
+            if first is not None:
+                heads.append((entry_order(first[0]), index, stream_range.streams[index], first))
+        heapq.heapify(heads)
+        remaining = stream_range.limit or None
+        while heads and (remaining is None or remaining > 0):
+            _, index, stream, (entry_id, fields) = heapq.heappop(heads)
+            data = fields.get(ENVELOPE_FIELD)
+            yield stream, entry_id, parse_envelope(data) if data is not None else None
+            if remaining is not None:
+                remaining -= 1
+            following = await anext(readers[index], None)
+            if following is not None:
+                heapq.heappush(heads, (entry_order(following[0]), index, stream, following))
+    finally:
+        for reader in readers:
+            await reader.aclose()
+
+
 async def count_range(redis: RedisClient, stream_range: StreamRange) -> int:
-    """How many entries the range holds (reads the ids page by page)."""
+    """How many entries the range holds (reads the ids page by page, stream by stream)."""
     total = 0
-    start = stream_range.start
-    while True:
-        entries = await xrange(redis, stream_range.stream, start, stream_range.end, 4096)
-        total += len(entries)
-        if stream_range.limit and total >= stream_range.limit:
-            return stream_range.limit
-        if len(entries) < 4096:
-            return total
-        start = "(" + entries[-1][0]
+    for stream in stream_range.streams:
+        start = stream_range.start
+        while True:
+            entries = await xrange(redis, stream, start, stream_range.end, 4096)
+            total += len(entries)
+            if stream_range.limit and total >= stream_range.limit:
+                return stream_range.limit
+            if len(entries) < 4096:
+                break
+            start = "(" + entries[-1][0]
+    return total

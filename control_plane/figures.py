@@ -15,14 +15,17 @@ from decimal import Decimal, InvalidOperation
 
 from quantum.events.v1.portfolio_pb2 import PnlUpdated
 
+from control_plane.event_streams import EventStreams
 from control_plane.health import SystemHealth
 from control_plane.stored_events import ENVELOPE_FIELD, parse_envelope
 from runtime.adapters.redis.client import RedisClient
 from runtime.adapters.redis.reads import newest
+from runtime.core.delivery import entry_order
 from runtime.core.envelope import EnvelopeError, open_payload
 from runtime.core.keys import Keyspace
 from runtime.core.logs import get_logger
 from runtime.core.metrics import PORTFOLIO_FIGURES, RuntimeMetrics, runtime_metrics
+from runtime.core.partitioning import Partitioning
 from runtime.core.registry import EventRegistry
 
 log = get_logger("control_plane.figures")
@@ -69,9 +72,10 @@ class FiguresPoller:
         *,
         metrics: RuntimeMetrics | None = None,
         interval_s: float = POLL_EVERY_S,
+        partitioning: Partitioning | None = None,
     ) -> None:
         self._redis = redis
-        self._stream = keyspace.stream(PNL_EVENT)
+        self._streams = EventStreams(keyspace, registry, partitioning).of_type(PNL_EVENT)
         self._registry = registry
         self._health = system_health
         self._metrics = metrics or runtime_metrics()
@@ -100,10 +104,10 @@ class FiguresPoller:
     async def poll_once(self) -> None:
         """Read the newest PnL update and refresh the health once."""
         await self._health.measure()  # sets quantum_component_health as a side effect
-        entry = await newest(self._redis, self._stream)
-        if entry is None:
+        entries = [e for e in [await newest(self._redis, s) for s in self._streams] if e]
+        if not entries:
             return
-        entry_id, fields = entry
+        entry_id, fields = max(entries, key=lambda entry: entry_order(entry[0]))
         if entry_id == self._last_entry:
             return
         self._last_entry = entry_id

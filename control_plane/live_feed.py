@@ -1,4 +1,5 @@
-"""One reader of every event stream, fanned out to live subscribers through bounded queues.
+"""One reader of every event stream (each partition of each type), fanned out to live
+subscribers through bounded queues.
 
 The runtime never waits for a subscriber: a single task follows the streams with XREAD and
 hands each matching event to each subscriber with ``put_nowait``. A subscriber whose queue
@@ -10,19 +11,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Collection
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import grpc
 from quantum.control.v1.stored_event_pb2 import StoredEvent
 
 from control_plane.errors import ControlPlaneError, Reason
+from control_plane.event_streams import EventStreams
 from control_plane.stored_events import ENVELOPE_FIELD, parse_envelope, stored_event
 from runtime.adapters.redis.client import RedisClient
 from runtime.adapters.redis.errors import RedisUnreachable
 from runtime.adapters.redis.reads import last_entry_ids, xread
 from runtime.core.keys import Keyspace
 from runtime.core.logs import get_logger
+from runtime.core.partitioning import Partitioning
 from runtime.core.registry import EventRegistry
 
 log = get_logger("control_plane.live_feed")
@@ -120,10 +123,11 @@ class LiveFeed:
         block_ms: int = 500,
         batch: int = 512,
         cut_off_grace_s: float = CUT_OFF_GRACE_S,
+        partitioning: Partitioning | None = None,
     ) -> None:
         self.cut_off_grace_s = cut_off_grace_s
         self._redis = redis
-        self._keyspace = keyspace
+        self._streams = EventStreams(keyspace, registry, partitioning)
         self._registry = registry
         self._queue_size = queue_size
         self._block_ms = block_ms
@@ -175,9 +179,6 @@ class LiveFeed:
             with contextlib.suppress(asyncio.CancelledError):
                 await reader
 
-    def _streams(self, names: Collection[str]) -> list[str]:
-        return [self._keyspace.stream(name) for name in sorted(names)]
-
     async def _read(self) -> None:
         # A reader that died would leave every subscriber waiting forever: on an unexpected
         # error, log it and follow again from the streams' current ends.
@@ -190,7 +191,7 @@ class LiveFeed:
                 await asyncio.sleep(1.0)
 
     async def _follow(self) -> None:
-        streams = self._streams(self._registry.names())
+        streams = self._streams.registered()  # every partition of every type
         # "$" would race with events added between subscribe() and the first XREAD: start
         # from each stream's current last id instead.
         last_ids = await self._last_ids(streams)

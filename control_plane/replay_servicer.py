@@ -25,13 +25,13 @@ from control_plane.errors import (
     bad_field,
 )
 from control_plane.event_ranges import check_range, count_range, read_range
+from control_plane.event_streams import EventStreams
 from control_plane.state_repair import StateRepairer
 from control_plane.stored_events import stored_event
-from runtime.adapters.redis.bus import DEFAULT_MAXLEN, EventBus
+from runtime.adapters.redis.bus import DEFAULT_MAXLEN
 from runtime.adapters.redis.client import RedisClient
+from runtime.adapters.redis.publishers import maxlen_of
 from runtime.core.actor import Actor, deliver
-from runtime.core.keys import Keyspace
-from runtime.core.registry import EventRegistry
 
 _DOMAIN_RE = re.compile(r"[a-z][a-z0-9_]{0,63}")
 
@@ -45,12 +45,11 @@ class EnvelopePublisher(Protocol):
 ActorFactory = Callable[[], Actor]
 
 
-def stream_maxlen(publisher: EnvelopePublisher | None, event_type: str) -> int:
-    """The MAXLEN a redrive trims ``event_type``'s stream to: the bus's own, so a redrive
+def stream_maxlen(publisher: EnvelopePublisher | None, topic: str) -> int:
+    """The MAXLEN a redrive trims ``topic``'s stream to: the bus's own, so a redrive
     never trims a stream harder than publishing to it does."""
-    if isinstance(publisher, EventBus):
-        return publisher.maxlen_of(event_type)  # the bus's per-stream rule, not a copy
-    return DEFAULT_MAXLEN
+    maxlen = maxlen_of(publisher, topic)  # the bus's per-stream rule, not a copy
+    return DEFAULT_MAXLEN if maxlen is None else maxlen
 
 
 def check_domain_name(value: str, field_path: str = "domain") -> str:
@@ -65,23 +64,22 @@ class ReplayServicer(pb_grpc.ReplayServiceServicer):
     def __init__(
         self,
         redis: RedisClient,
-        keyspace: Keyspace,
-        registry: EventRegistry,
+        streams: EventStreams,
         domain_factories: Mapping[str, ActorFactory],
         publisher: EnvelopePublisher | None,
         known_domains: KnownDomains | None = None,
     ) -> None:
         self._redis = redis
-        self._keyspace = keyspace
-        self._registry = registry
+        self._streams = streams
+        self._registry = streams.registry
         self._factories = dict(domain_factories)
         self._publisher = publisher
-        self._repairer = StateRepairer(redis, keyspace, registry, self._factories)
+        self._repairer = StateRepairer(redis, streams, self._factories)
         self._dead_letters = DeadLetterDesk(
             redis,
-            keyspace,
+            streams,
             known_domains or self._hosted_domains,
-            lambda event_type: stream_maxlen(publisher, event_type),
+            lambda topic: stream_maxlen(publisher, topic),
         )
 
     async def _hosted_domains(self) -> list[str]:
@@ -90,19 +88,19 @@ class ReplayServicer(pb_grpc.ReplayServiceServicer):
     async def ReadEvents(
         self, request: pb.ReadEventsRequest, context: aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[pb.ReadEventsResponse]:
-        stream_range = check_range(request.range, self._keyspace, self._registry)
-        async for entry_id, envelope in read_range(self._redis, stream_range):
+        stream_range = check_range(request.range, self._streams)
+        async for stream, entry_id, envelope in read_range(self._redis, stream_range):
             if envelope is None:
                 continue
             yield pb.ReadEventsResponse(
-                event=stored_event(stream_range.stream, entry_id, envelope, self._registry)
+                event=stored_event(stream, entry_id, envelope, self._registry)
             )
 
     async def ReplayToDomain(
         self, request: pb.ReplayToDomainRequest, context: aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[pb.ReplayToDomainResponse]:
         domain = check_domain_name(request.domain)
-        stream_range = check_range(request.range, self._keyspace, self._registry)
+        stream_range = check_range(request.range, self._streams)
         if request.publish:
             require(current_principal(), Role.OPERATOR, "ReplayToDomain with publish=true")
         factory = self._factories.get(domain)
@@ -128,20 +126,18 @@ class ReplayServicer(pb_grpc.ReplayServiceServicer):
         await actor.on_start()
         processed = 0
         try:
-            async for entry_id, envelope in read_range(self._redis, stream_range):
+            async for stream, entry_id, envelope in read_range(self._redis, stream_range):
                 processed += 1
                 response = pb.ReplayToDomainResponse(
                     processed=processed, total=max(total, processed)
                 )
                 if envelope is None:
-                    response.input.stream = stream_range.stream
+                    response.input.stream = stream
                     response.input.entry_id = entry_id
                     response.error = "the entry does not hold a decodable envelope"
                     yield response
                     continue
-                response.input.CopyFrom(
-                    stored_event(stream_range.stream, entry_id, envelope, self._registry)
-                )
+                response.input.CopyFrom(stored_event(stream, entry_id, envelope, self._registry))
                 try:
                     outputs = await deliver(actor, envelope, self._registry)
                 except Exception as exc:  # the handler's failure is reported, the replay goes on

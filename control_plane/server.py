@@ -43,6 +43,7 @@ from control_plane.config import (
     check_exposure,
 )
 from control_plane.domains import DomainInspector
+from control_plane.event_streams import EventStreams
 from control_plane.figures import FiguresPoller
 from control_plane.health import (
     CRITICAL,
@@ -62,14 +63,15 @@ from control_plane.replay_servicer import ActorFactory, EnvelopePublisher, Repla
 from control_plane.runtime_servicer import RuntimeServicer
 from control_plane.span_interceptor import SpanPerCall
 from control_plane.trace_servicer import TraceServicer
-from runtime.adapters.redis.bus import EventBus
-from runtime.adapters.redis.client import RedisClient, open_client
+from runtime.adapters.redis.client import RedisClient, keyspace_for, open_client
 from runtime.adapters.redis.errors import AccessDenied
 from runtime.adapters.redis.policy_store import PolicyStore
+from runtime.adapters.redis.publishers import StreamPublisher, open_publisher
 from runtime.core import otel
 from runtime.core.actor import Actor
 from runtime.core.keys import Keyspace
 from runtime.core.logs import add_logging_arguments, get_logger
+from runtime.core.partitioning import Partitioning
 from runtime.core.policy.status import PolicyHealth
 from runtime.core.registry import EventRegistry, default_registry
 
@@ -151,7 +153,11 @@ class ControlPlane:
         registry: EventRegistry | None = None,
         extra_checks: Sequence[ComponentCheck] | None = None,
         metrics_snapshot: SnapshotSource | None = None,
+        partitioning: Partitioning | None = None,
     ) -> None:
+        """``redis`` and ``keyspace`` as ``open_client`` and ``keyspace_for`` give them (a
+        cluster client and hash-tagged keys for a ``redis+cluster://`` URL); ``partitioning``
+        the run's stream partitions, so that reads of a type cover every partition."""
         self.config = config or ControlPlaneConfig()
         self._metrics_snapshot = metrics_snapshot  # default: this process's runtime metrics
         configured = tokens if tokens is not None else TokenTable.from_env()
@@ -162,12 +168,19 @@ class ControlPlane:
         self.policy_store = policy_store
         self.registry = registry or default_registry()
         factories = dict(domain_factories or {})
-        self._own_bus: EventBus | None = None
+        self._own_bus: StreamPublisher | None = None
         if publisher is None:
-            self._own_bus = EventBus(redis, keyspace, producer="control_plane")
+            self._own_bus = open_publisher(
+                redis, keyspace, producer="control_plane", partitioning=partitioning
+            )
             publisher = self._own_bus
+        self.streams = EventStreams(keyspace, self.registry, partitioning)
         self.inspector = DomainInspector(
-            redis, keyspace, _consumes(factories, self.registry), self.registry
+            redis,
+            keyspace,
+            _consumes(factories, self.registry),
+            self.registry,
+            partitioning=partitioning,
         )
         checks = (
             list(extra_checks)
@@ -182,18 +195,25 @@ class ControlPlane:
             disk_path=self.config.disk_path,
         )
         self.live_feed = LiveFeed(
-            redis, keyspace, self.registry, queue_size=self.config.subscriber_queue_size
+            redis,
+            keyspace,
+            self.registry,
+            queue_size=self.config.subscriber_queue_size,
+            partitioning=partitioning,
         )
-        self.figures = FiguresPoller(redis, keyspace, self.registry, self.system_health)
+        self.figures = FiguresPoller(
+            redis, keyspace, self.registry, self.system_health, partitioning=partitioning
+        )
         self.health_servicer = HealthServicer()
         self.serving_watcher = ServingWatcher(self.health_servicer, redis, SERVICE_NAMES)
         self._servicers = (
             PolicyServicer(policy_store),
-            TraceServicer(redis, keyspace, self.registry, self.live_feed),
+            TraceServicer(
+                redis, keyspace, self.registry, self.live_feed, partitioning=partitioning
+            ),
             ReplayServicer(
                 redis,
-                keyspace,
-                self.registry,
+                self.streams,
                 factories,
                 publisher,
                 known_domains=self.inspector.domain_names,
@@ -319,6 +339,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--redis-url", default=os.environ.get("REDIS_URL"))
     parser.add_argument("--namespace", default="quantum")
     parser.add_argument(
+        "--stream-partitions",
+        default="",
+        help="the run's stream partitions, as quantum run was given them: TYPE=N[,TYPE=N...]",
+    )
+    parser.add_argument(
         "--state-dir", type=Path, default=Path(os.environ.get("QUANTUM_STATE_DIR", "state"))
     )
     add_logging_arguments(parser)
@@ -374,13 +399,17 @@ async def serve(
     config = config_from_args(args)
     tokens = TokenTable.from_env()
     check_exposure(config.grpc_addr, tokens.enabled)
-    keyspace = Keyspace(args.namespace)
+    given = getattr(args, "stream_partitions", None)  # parsed already by quantum's parser
+    partitioning = given if isinstance(given, Partitioning) else Partitioning.parse(given or "")
     with contextlib.ExitStack() as stack:
         url = args.redis_url or stack.enter_context(redis_url())
+        keyspace = keyspace_for(url, args.namespace, partitioning)
         redis = open_client(url, socket_timeout=5.0, socket_connect_timeout=2.0)
         store = PolicyStore(redis, keyspace, state_dir=Path(args.state_dir))
         await store.start()
-        plane = ControlPlane(redis, keyspace, store, config=config, tokens=tokens)
+        plane = ControlPlane(
+            redis, keyspace, store, config=config, tokens=tokens, partitioning=partitioning
+        )
         try:
             await plane.start()
             if ready is not None:

@@ -7,9 +7,11 @@ several streams merged by entry id, as the runner reads them), skipping the ones
 and stores the resulting snapshot under the runner's own key (``runner.state_key``).
 
 The store is one MULTI/EXEC: the state, an INCR of ``Keyspace.state_epoch(domain)`` and the
-repair record. The epoch is the hand-over to a running runner, which holds its state in memory
-and would write it back at its next commit: a runner that sees the epoch move reloads the
-state from Redis first (and its commit refuses to overwrite a state newer than its epoch).
+repair record (on a Redis Cluster, the record first, then the state and the epoch of the
+partition's group, ``admin.state_epoch_key``). The epoch is the hand-over to a running
+runner, which holds its state in memory and would write it back at its next commit: a runner
+that sees the epoch move reloads the state from Redis first (and its commit refuses to
+overwrite a state newer than its epoch).
 
 What a rebuild cannot know: it runs under today's policy, with outputs discarded and the
 paper exchange the factory builds, so a domain whose decisions depend on the policy of the
@@ -28,14 +30,13 @@ from quantum.control.v1 import replay_service_pb2 as pb
 from quantum.events.v1.envelope_pb2 import Envelope
 
 from control_plane.errors import ControlPlaneError, Reason, bad_field
+from control_plane.event_streams import EventStreams
 from control_plane.stored_events import ENVELOPE_FIELD, parse_envelope
-from runtime.adapters.redis.admin import store_repaired_state
+from runtime.adapters.redis.admin import state_epoch_key, store_repaired_state
 from runtime.adapters.redis.client import RedisClient
 from runtime.adapters.redis.reads import counter, xrange, xrevrange
 from runtime.adapters.redis.runner import entry_order, partition_of, state_key
 from runtime.core.actor import Actor, deliver
-from runtime.core.keys import Keyspace
-from runtime.core.registry import EventRegistry
 
 PAGE = 1000
 MAX_REFUSED_SHOWN = 20
@@ -56,13 +57,13 @@ class StateRepairer:
     def __init__(
         self,
         redis: RedisClient,
-        keyspace: Keyspace,
-        registry: EventRegistry,
+        streams: EventStreams,
         factories: Mapping[str, ActorFactory],
     ) -> None:
         self._redis = redis
-        self._keyspace = keyspace
-        self._registry = registry
+        self._streams = streams
+        self._keyspace = streams.keyspace
+        self._registry = streams.registry
         self._factories = factories
 
     def actor(self, domain: str) -> Actor:
@@ -105,6 +106,7 @@ class StateRepairer:
             replayed, refused = await self._rebuild(actor, request.partition, partitions)
         state = actor.snapshot_state() or b""
         key = state_key(self._keyspace, domain, request.partition, partitions)
+        epoch_key = state_epoch_key(self._keyspace, domain, request.partition, partitions)
         record = pb.StateRepair(
             domain=domain,
             mode=request.mode,
@@ -120,9 +122,9 @@ class StateRepairer:
             refused_inputs=refused[:MAX_REFUSED_SHOWN], stored=not request.dry_run
         )
         if request.dry_run:
-            record.state_epoch = await counter(self._redis, self._keyspace.state_epoch(domain))
+            record.state_epoch = await counter(self._redis, epoch_key)
         else:
-            record.state_epoch = await self._store(domain, key, state, record)
+            record.state_epoch = await self._store(key, epoch_key, state, record)
         response.repair.CopyFrom(record)
         return response
 
@@ -151,8 +153,8 @@ class StateRepairer:
 
     async def _retained_inputs(self, actor: Actor) -> list[_Input]:
         found: list[_Input] = []
-        for event_type in type(actor).consumes(self._registry):
-            stream = self._keyspace.stream(event_type.name)
+        consumed = [event_type.name for event_type in type(actor).consumes(self._registry)]
+        for stream in self._streams.of_types(consumed):
             start = "-"
             while True:
                 entries = await xrange(self._redis, stream, start, "+", PAGE)
@@ -166,7 +168,7 @@ class StateRepairer:
         found.sort(key=lambda item: entry_order(item.entry_id))  # stable: per-stream order kept
         return found
 
-    async def _store(self, domain: str, key: str, state: bytes, record: pb.StateRepair) -> int:
+    async def _store(self, key: str, epoch_key: str, state: bytes, record: pb.StateRepair) -> int:
         """State, epoch and record in one MULTI/EXEC; returns the new epoch (the record
         names it)."""
 
@@ -178,7 +180,7 @@ class StateRepairer:
             self._redis,
             state_key=key,
             state=state,
-            epoch_key=self._keyspace.state_epoch(domain),
+            epoch_key=epoch_key,
             repairs_key=self._keyspace.state_repairs(),
             record=serialized,
             records_kept=MAX_RECORDS_KEPT,

@@ -14,11 +14,13 @@ from quantum.control.v1 import trace_service_pb2_grpc as pb_grpc
 from quantum.events.v1.envelope_pb2 import Envelope
 
 from control_plane.errors import ControlPlaneError, Reason, bad_field
+from control_plane.event_streams import EventStreams
 from control_plane.live_feed import EventFilter, LiveFeed
 from control_plane.stored_events import parse_envelope, stored_event
 from runtime.adapters.redis.client import RedisClient
 from runtime.adapters.redis.reads import lrange_all
 from runtime.core.keys import Keyspace
+from runtime.core.partitioning import Partitioning
 from runtime.core.registry import EventRegistry
 
 _TRACE_ID_RE = re.compile(r"[0-9a-f]{32}")
@@ -62,10 +64,17 @@ def causal_order(envelopes: Iterable[Envelope]) -> list[Envelope]:
 
 class TraceServicer(pb_grpc.TraceServiceServicer):
     def __init__(
-        self, redis: RedisClient, keyspace: Keyspace, registry: EventRegistry, feed: LiveFeed
+        self,
+        redis: RedisClient,
+        keyspace: Keyspace,
+        registry: EventRegistry,
+        feed: LiveFeed,
+        *,
+        partitioning: Partitioning | None = None,
     ) -> None:
         self._redis = redis
         self._keyspace = keyspace
+        self._streams = EventStreams(keyspace, registry, partitioning)
         self._registry = registry
         self._feed = feed
 
@@ -87,8 +96,7 @@ class TraceServicer(pb_grpc.TraceServiceServicer):
         return pb.GetTraceResponse(
             trace_id=trace_id,
             events=[
-                stored_event(self._keyspace.stream(e.event_type), "", e, self._registry)
-                for e in ordered
+                stored_event(self._streams.of_event(e), "", e, self._registry) for e in ordered
             ],
         )
 

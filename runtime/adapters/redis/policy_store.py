@@ -28,6 +28,7 @@ import redis.asyncio as aioredis
 from quantum.control.v1 import policy_service_pb2
 from quantum.events.v1 import policy_pb2
 from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import ClusterError, SlotNotCoveredError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -64,7 +65,16 @@ _SNAPSHOT_MIN_SPACING_S: Final = 0.1
 _BACKOFF_MIN_S: Final = 0.05
 _BACKOFF_MAX_S: Final = 2.0
 
-_REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
+# Redis (or, on a cluster, the master of the policy's slot) cannot serve now: ClusterError
+# covers ClusterDownError and MasterDownError, redis-py's "TTL exhausted" after redirects.
+_REDIS_DOWN = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    OSError,
+    ClusterError,
+    SlotNotCoveredError,
+    TryAgainError,
+)
 
 _log = get_logger("runtime.core.policy")
 

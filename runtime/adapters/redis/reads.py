@@ -8,11 +8,12 @@ the caller's business.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
-from runtime.adapters.redis.client import RedisClient
+from runtime.adapters.redis.client import RedisClient, is_cluster
 from runtime.adapters.redis.errors import ResponseError
 
 Entry = tuple[str, dict[bytes, bytes]]
@@ -79,11 +80,23 @@ async def entries_by_id(
     return [cast(dict[bytes, bytes], reply[0][1]) if reply else None for reply in replies]
 
 
+# How often a cluster read of several streams looks again while it waits for new entries.
+CLUSTER_POLL_S = 0.05
+
+
 async def xread(
     redis: RedisClient, last_ids: dict[str, str], count: int, block_ms: int | None
 ) -> list[tuple[str, list[Entry]]]:
     """New entries of several streams after ``last_ids``, waiting up to ``block_ms`` (None:
-    not at all)."""
+    not at all).
+
+    On a cluster one XREAD keeps to one slot, so the streams are read one XREAD each, in a
+    pipeline (routed per master) that does not block, again every ``CLUSTER_POLL_S`` until
+    something comes or ``block_ms`` has passed; the streams that have entries come oldest
+    first entry first.
+    """
+    if is_cluster(redis):
+        return await _xread_each(redis, last_ids, count, block_ms)
     streams: dict[Any, Any] = dict(last_ids)
     reply = cast(
         list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes]]]]] | None,
@@ -93,6 +106,35 @@ async def xread(
         (_id(stream), [(_id(entry_id), fields) for entry_id, fields in entries])
         for stream, entries in reply or ()
     ]
+
+
+async def _xread_each(
+    redis: RedisClient, last_ids: dict[str, str], count: int, block_ms: int | None
+) -> list[tuple[str, list[Entry]]]:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + (block_ms or 0) / 1000
+    while True:
+        async with redis.pipeline(transaction=False) as pipe:
+            for stream, last_id in last_ids.items():
+                pipe.xread({stream: last_id}, count=count)
+            replies = cast(
+                list[list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes]]]]] | None],
+                await pipe.execute(),
+            )
+        found = [
+            (stream, [(_id(entry_id), fields) for entry_id, fields in reply[0][1]])
+            for stream, reply in zip(last_ids, replies, strict=True)
+            if reply and reply[0][1]
+        ]
+        if found or block_ms is None or loop.time() >= deadline:
+            found.sort(key=lambda item: _order(item[1][0][0]))
+            return found
+        await asyncio.sleep(min(CLUSTER_POLL_S, max(0.0, deadline - loop.time())))
+
+
+def _order(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
 
 
 async def lrange_all(redis: RedisClient, key: str) -> list[bytes]:

@@ -306,6 +306,7 @@ async def _services(
                 domain_factories=actor_factories(ReplayPolicy(store), args.equity),
                 publisher=bus,
                 metrics_snapshot=metrics_snapshot,
+                partitioning=partitioning,
             )
             await plane.start()
         if args.metrics_port_file is not None:  # a worker: its supervisor serves these

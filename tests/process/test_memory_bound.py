@@ -1,4 +1,4 @@
-"""A max-speed feed of 200,000 ticks, then one of 400,000, through the six domains: every
+"""A max-speed feed of 100,000 ticks, then one of 200,000, through the six domains: every
 domain handles every tick, and Redis ends each run at the size the README's "Sizing Redis"
 gives, the same after twice as many ticks.
 
@@ -28,7 +28,7 @@ from tests.process.pipeline import ROOT, quantum_run, write_feed
 
 pytestmark = pytest.mark.slow
 
-TICKS = 200_000
+TICKS = 100_000
 RETAIN = 1_000
 MAX_TRACES = 5_000
 DEDUPE_HORIZON_S = 5
@@ -159,6 +159,9 @@ def _run(server: RedisServer, workdir: Path, ticks: int, namespace: str) -> RunF
     return figures
 
 
+# Two max-speed runs in one process: 2,700-7,600 ticks/s on a shared 2-core machine, whose
+# speed swings with its other work; the bound allows the slowest seen with room to spare.
+@pytest.mark.timeout(480)
 def test_memory_is_bounded_and_does_not_grow_with_the_run(
     redis_server: RedisServer, tmp_path: Path
 ) -> None:

@@ -244,13 +244,12 @@ class _Services:
     store: PolicyStore
     bus: Publisher
     since: dict[str, report.StreamPosition] = field(default_factory=dict)
+    summary: report.RunSummary | None = None
 
     @property
     def keyspace(self) -> Keyspace:
         """The engine's names for this run's namespace (a cluster's carry hash tags)."""
         return self.engine.keyspace
-
-    summary: report.RunSummary | None = None
 
 
 @contextlib.asynccontextmanager
@@ -531,7 +530,8 @@ async def feed_resume_point(
     With the ticks split in partitions, each partition's newest tick says how far that
     partition got; the feed resumes at the first tick some partition does not hold yet (a
     crash may have stored a later tick of one partition and not an earlier one of another:
-    that later one is published again, and its consumers' marks skip it).
+    that later one is then published a second time, a duplicate tick like those a retried
+    publish makes).
     """
     if appended <= 0:
         return 0

@@ -126,11 +126,11 @@ def main() -> None:
     # -- producer: publisher and XADD packing ------------------------------------------------
     names = StreamNames(Keyspace("bench"), maxlen=1_000_000)
     measure("StreamNames.xadd (hiredis pack)", lambda: names.xadd("market.tick", data))
-    stream, maxlen = names.of("market.tick")
+    stream, _maxlen = names.of("market.tick")
     prefix = b"".join(
-        b"$%d\r\n%s\r\n" % (len(p), p) for p in (b"XADD", stream, b"MAXLEN", b"~", maxlen, b"*")
+        b"$%d\r\n%b\r\n" % (len(p), p) for p in (b"XADD", stream.encode(), b"*", b"envelope")
     )
-    prefix = b"*8\r\n" + prefix + b"$8\r\nenvelope\r\n"
+    prefix = b"*5\r\n" + prefix
     assert prefix + b"$%d\r\n%s\r\n" % (len(data), data) == names.xadd("market.tick", data)
     measure("alt: XADD by prefix + %-format", lambda: prefix + b"$%d\r\n%s\r\n" % (len(data), data))
     asyncio.run(_publisher_steps(tick))
@@ -161,8 +161,7 @@ def main() -> None:
         BATCH,
     )
     ids = [new_event_id() for _ in range(BATCH)]
-    committer = RedisCommitter.__new__(RedisCommitter)  # no connection: _pack only
-    _init_committer(committer, names)
+    committer = _committer(names)  # _pack only: its client never connects
     commit = Commit()
     for i, eid in enumerate(ids):
         commit.ack(Delivery("bench:stream:market.tick", f"1-{i}".encode(), data, 1))
@@ -239,18 +238,25 @@ def _parse(reply: bytes) -> Any:
     return reader.gets()
 
 
-def _init_committer(committer: RedisCommitter, names: StreamNames) -> None:
+def _committer(names: StreamNames) -> RedisCommitter:
+    """A committer for packing only: its client (redis-py connects lazily) is never used."""
+    import redis.asyncio as aioredis
+
+    from runtime.adapters.redis.retention import StreamRetention
+
+    client = aioredis.Redis.from_url("redis://127.0.0.1:1")
     keyspace = Keyspace("bench")
-    committer.keyspace = keyspace
-    committer.names = names
-    committer.domain = "bench_sink"
-    committer.state_key = "bench:state:bench_sink"
-    committer._group_b = b"bench:group:bench_sink"
-    committer._processed_prefix = keyspace.processed("bench_sink") + ":"
-    committer._processed_ttl = b"604800"
-    committer._trace_ttl = b"604800"
-    committer._dlq = b"dlq"
-    committer._dlq_maxlen = b"10000"
+    return RedisCommitter(
+        client,
+        keyspace,
+        names,
+        StreamRetention(client, None),
+        domain="bench_sink",
+        group="bench_sink",
+        state_key=keyspace.state("bench_sink"),
+        lease_key=keyspace.lease("bench_sink"),
+        processed_ttl_s=604_800,
+    )
 
 
 if __name__ == "__main__":

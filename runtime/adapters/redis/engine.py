@@ -8,6 +8,8 @@ from collections.abc import Mapping
 import redis.asyncio as aioredis
 
 from runtime.adapters.redis.bus import DEFAULT_MAXLEN, ENVELOPE_FIELD, EventBus
+from runtime.adapters.redis.client import RedisClient
+from runtime.adapters.redis.reads import xrange
 from runtime.adapters.redis.retention import RetentionPolicy
 from runtime.adapters.redis.runner import DomainRunner
 from runtime.core.actor import Actor
@@ -85,27 +87,44 @@ class RedisEngine:
         )
 
     async def read(self, topic: str, *, count: int = 10_000) -> list[tuple[str, bytes]]:
-        entries = await self._range(self.keyspace.stream(topic), count)
-        return [(entry_id, fields.get(ENVELOPE_FIELD, b"")) for entry_id, fields in entries]
+        return await read_topic(self.redis, self.keyspace, topic, count)
 
     async def dead_letters(self, domain: str, *, count: int = 10_000) -> list[DeadLetter]:
-        entries = await self._range(self.keyspace.dlq(domain), count)
-        return [DeadLetter.from_fields(entry_id, fields) for entry_id, fields in entries]
+        return await read_dead_letters(self.redis, self.keyspace, domain, count)
 
     async def load_state(
         self, domain: str, partition: int = 0, partitions: int = 1
     ) -> bytes | None:
-        data: bytes | None = await self.redis.get(  # type: ignore[assignment]
-            self.keyspace.state(domain, partition, partitions)
-        )
-        return data
-
-    async def _range(self, key: str, count: int) -> list[tuple[str, dict[bytes, bytes]]]:
-        entries: list[tuple[bytes, dict[bytes, bytes]]] = await self.redis.xrange(  # type: ignore[assignment]
-            key, count=count
-        )
-        return [(entry_id.decode(), fields) for entry_id, fields in entries]
+        return await load_state(self.redis, self.keyspace, domain, partition, partitions)
 
     async def close(self) -> None:
         if self._owns_client:
             await self.redis.aclose()
+
+
+# The stored reads an Engine answers, the same on one Redis and on a cluster (whose client
+# routes each key to its master): one place for both engines.
+
+
+async def read_topic(
+    client: RedisClient, keyspace: Keyspace, topic: str, count: int
+) -> list[tuple[str, bytes]]:
+    """A topic's first ``count`` entries: (entry id, envelope bytes as stored)."""
+    entries = await xrange(client, keyspace.stream(topic), count=count)
+    return [(entry_id, fields.get(ENVELOPE_FIELD, b"")) for entry_id, fields in entries]
+
+
+async def read_dead_letters(
+    client: RedisClient, keyspace: Keyspace, domain: str, count: int
+) -> list[DeadLetter]:
+    """A domain's first ``count`` dead letters."""
+    entries = await xrange(client, keyspace.dlq(domain), count=count)
+    return [DeadLetter.from_fields(entry_id, fields) for entry_id, fields in entries]
+
+
+async def load_state(
+    client: RedisClient, keyspace: Keyspace, domain: str, partition: int, partitions: int
+) -> bytes | None:
+    """The state snapshot a domain partition's last commit stored."""
+    data = await client.get(keyspace.state(domain, partition, partitions))
+    return data if isinstance(data, bytes) else None

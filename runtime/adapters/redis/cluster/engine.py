@@ -9,13 +9,15 @@ from typing import cast
 
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 
+from runtime.adapters.redis.client import RedisClient
 from runtime.adapters.redis.cluster.keys import ClusterKeyspace
 from runtime.adapters.redis.cluster.nodes import ClusterRouter
 from runtime.adapters.redis.cluster.runner import ClusterDomainRunner
 from runtime.adapters.redis.cluster.streams import ClusterEventBus
 from runtime.adapters.redis.cluster.url import parse_cluster_url
+from runtime.adapters.redis.engine import load_state, read_dead_letters, read_topic
 from runtime.adapters.redis.retention import RetentionPolicy
-from runtime.adapters.redis.streams import DEFAULT_MAXLEN, ENVELOPE_FIELD
+from runtime.adapters.redis.streams import DEFAULT_MAXLEN
 from runtime.core.actor import Actor
 from runtime.core.dead_letters import DeadLetter
 from runtime.core.delivery import DeliveryLoop, RunnerConfig
@@ -106,25 +108,21 @@ class RedisClusterEngine:
             max_traces=self.max_traces,
         )
 
+    # The stored reads are the single-Redis engine's: the cluster client routes each key.
     async def read(self, topic: str, *, count: int = 10_000) -> list[tuple[str, bytes]]:
-        entries = await self._range(self.keyspace.stream(topic), count)
-        return [(entry_id, fields.get(ENVELOPE_FIELD, b"")) for entry_id, fields in entries]
+        return await read_topic(self._reads, self.keyspace, topic, count)
 
     async def dead_letters(self, domain: str, *, count: int = 10_000) -> list[DeadLetter]:
-        entries = await self._range(self.keyspace.dlq(domain), count)
-        return [DeadLetter.from_fields(entry_id, fields) for entry_id, fields in entries]
+        return await read_dead_letters(self._reads, self.keyspace, domain, count)
 
     async def load_state(
         self, domain: str, partition: int = 0, partitions: int = 1
     ) -> bytes | None:
-        data = await self.client.get(self.keyspace.state(domain, partition, partitions))
-        return data if isinstance(data, bytes) else None
+        return await load_state(self._reads, self.keyspace, domain, partition, partitions)
 
-    async def _range(self, key: str, count: int) -> list[tuple[str, dict[bytes, bytes]]]:
-        entries = cast(
-            list[tuple[bytes, dict[bytes, bytes]]], await self.client.xrange(key, count=count)
-        )
-        return [(entry_id.decode(), fields) for entry_id, fields in entries]
+    @property
+    def _reads(self) -> RedisClient:
+        return cast(RedisClient, self.client)
 
     async def close(self) -> None:
         if self._owns_client:

@@ -49,7 +49,7 @@ from runtime.core.logs import configure_logging
 from runtime.core.metrics import RuntimeMetrics
 from runtime.core.publisher import Publisher
 from runtime.core.redis_server import start_redis_server
-from runtime.engines import open_engine
+from runtime.engines import EngineSettings, open_engine
 
 IN_FLIGHT = 4  # producer batches awaiting Redis at a time
 PRODUCER_APIS = ("publish_many", "publish_nowait", "publish")
@@ -100,7 +100,7 @@ def _runtime_producer(
     install_uvloop()
 
     async def main() -> None:
-        engine = open_engine(url, Keyspace(namespace), maxlen=2_000_000)
+        engine = open_engine(url, Keyspace(namespace), settings=EngineSettings(maxlen=2_000_000))
         bus = engine.publisher(producer="market_data", metrics=RuntimeMetrics())
         tick = payload_tick()
         await bus.publish_many([tick])  # connected, caches warm: not counted
@@ -155,7 +155,7 @@ def _runtime_consumer(
     install_uvloop()
 
     async def main() -> None:
-        engine = open_engine(url, Keyspace(namespace), maxlen=2_000_000)
+        engine = open_engine(url, Keyspace(namespace), settings=EngineSettings(maxlen=2_000_000))
         metrics = RuntimeMetrics()
         bus = engine.publisher(producer=BenchSink.name, metrics=metrics)
         actor = BenchSink(events, measure=measure)

@@ -69,21 +69,11 @@ def open_engine(
     keyspace: Keyspace,
     *,
     partitioning: Partitioning | None = None,
-    maxlen: int | None = None,
-    retain: int | None = None,
     settings: EngineSettings | None = None,
 ) -> Engine:
-    """The engine ``url`` names, with its own client (closed by ``Engine.close``).
-
-    ``settings`` (or the shorthands ``maxlen`` and ``retain``) size its logs.
-    """
+    """The engine ``url`` names, with its own client (closed by ``Engine.close``), its logs
+    sized by ``settings``."""
     settings = settings or EngineSettings()
-    settings = EngineSettings(
-        maxlen=maxlen or settings.maxlen,
-        retain=retain or settings.retain,
-        backpressure_timeout_s=settings.backpressure_timeout_s,
-        max_traces=settings.max_traces,
-    )
     kind = engine_kind(url)
     if kind == "memory":
         from runtime.adapters.memory.broker import MemoryBroker

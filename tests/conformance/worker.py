@@ -17,7 +17,7 @@ from runtime.core.host import install_uvloop
 from runtime.core.keys import Keyspace
 from runtime.core.logs import configure_logging
 from runtime.core.partitioning import Partitioning
-from runtime.engines import open_engine
+from runtime.engines import EngineSettings, open_engine
 from tests.process.actors import TickCounter
 
 
@@ -27,8 +27,8 @@ async def main(url: str, namespace: str, consumer: str, partitions: str) -> int:
         url,
         Keyspace(namespace),
         partitioning=Partitioning.parse(partitions),
-        maxlen=1_000_000,
-        retain=1_000_000,  # every output is kept: the test counts them all
+        # every output is kept: the test counts them all
+        settings=EngineSettings(maxlen=1_000_000, retain=1_000_000),
     )
     config = RunnerConfig(
         consumer_name=consumer,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from runtime.core.keys import Keyspace
-from runtime.engines import UnknownEngine, engine_kind, open_engine
+from runtime.engines import EngineSettings, UnknownEngine, engine_kind, open_engine
 
 
 @pytest.mark.parametrize(
@@ -29,6 +29,8 @@ def test_an_unknown_scheme_is_refused_with_the_ones_there_are() -> None:
 
 
 async def test_a_nats_url_opens_the_jetstream_engine_without_connecting_yet() -> None:
-    engine = open_engine("nats://127.0.0.1:1", Keyspace("units"), maxlen=500, retain=20)
+    engine = open_engine(
+        "nats://127.0.0.1:1", Keyspace("units"), settings=EngineSettings(maxlen=500, retain=20)
+    )
     assert engine.kind == "jetstream"
     await engine.close()  # never connected: nothing to close but the object

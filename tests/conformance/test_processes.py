@@ -8,8 +8,6 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-import signal
-import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -23,6 +21,7 @@ from runtime.core.publisher import Publisher
 from tests.conformance.conftest import TICKS_IN_FOUR
 from tests.conformance.harness import Harness
 from tests.process.actors import TickCounter, tick
+from tests.process.test_process_crashes import Worker as ProcessWorker
 
 pytestmark = pytest.mark.slow
 
@@ -31,39 +30,13 @@ SYMBOLS = [f"SYM{i}" for i in range(10)]
 SPEC = "market.tick=4"
 
 
-class Worker:
-    """One worker subprocess at a time; ``start`` waits until it is consuming."""
+class Worker(ProcessWorker):
+    """The process suite's worker (start waits for "ready"; kill, terminate, stop by PID),
+    running ``tests.conformance.worker`` on any engine's URL."""
 
     def __init__(self, url: str, namespace: str) -> None:
         self.args = [sys.executable, "-m", "tests.conformance.worker", url, namespace, "w1", SPEC]
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def spawn(self) -> None:
-        self.process = subprocess.Popen(
-            self.args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
-        )
-
-    async def start(self) -> None:
-        self.spawn()
-        assert self.process is not None
-        assert self.process.stdout is not None
-        line = await asyncio.to_thread(self.process.stdout.readline)
-        assert line.strip() == b"ready", f"worker did not start: {line!r}"
-
-    def kill(self) -> None:
-        assert self.process is not None
-        self.process.kill()
-        self.process.wait(10)
-
-    def terminate(self) -> int:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(30)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(10)
+        self.process = None
 
 
 @pytest.fixture

@@ -25,6 +25,7 @@ from runtime.core.host import default_consumer_name, tune_gc
 from runtime.core.keys import Keyspace
 from runtime.core.logs import get_logger
 from runtime.core.metrics import RuntimeMetrics
+from runtime.core.operator_store import OperatorStore
 from runtime.core.partitioning import Partitioning
 from runtime.core.publisher import Publisher
 
@@ -72,6 +73,11 @@ class Engine(Protocol):
         self, domain: str, partition: int = 0, partitions: int = 1
     ) -> bytes | None:
         """The state snapshot a domain partition's last commit stored (None: none yet)."""
+        ...
+
+    def operator_store(self) -> OperatorStore:
+        """What operators and a run's summary read and change on this engine (sharing its
+        connections); ``OperationUnsupported`` on an engine without one."""
         ...
 
     async def close(self) -> None: ...

@@ -9,6 +9,7 @@ from runtime.core.dead_letters import DeadLetter
 from runtime.core.delivery import DeliveryLoop, RunnerConfig
 from runtime.core.keys import Keyspace
 from runtime.core.metrics import RuntimeMetrics
+from runtime.core.operator_store import OperationUnsupported, OperatorStore
 from runtime.core.partitioning import Partitioning
 from runtime.core.publisher import Publisher
 
@@ -47,6 +48,12 @@ class MemoryEngine:
         self, domain: str, partition: int = 0, partitions: int = 1
     ) -> bytes | None:
         return self.broker.states.get(self.keyspace.state(domain, partition, partitions))
+
+    def operator_store(self) -> OperatorStore:
+        raise OperationUnsupported(
+            "the in-memory engine of backtests keeps no log for operators: run on Redis, a "
+            "Redis Cluster or JetStream to use the control plane"
+        )
 
     async def close(self) -> None:
         return None

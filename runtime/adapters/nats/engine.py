@@ -22,8 +22,10 @@ from quantum.events.v1.envelope_pb2 import Envelope
 from runtime.adapters.nats.committer import JetStreamCommitter
 from runtime.adapters.nats.connection import DEFAULT_DUPLICATE_WINDOW_S, Connection
 from runtime.adapters.nats.dead_letters import decode_letter
+from runtime.adapters.nats.keys import JetStreamKeyspace
 from runtime.adapters.nats.log import JetStreamLog, entry_id
 from runtime.adapters.nats.names import JetStreamNames
+from runtime.adapters.nats.operator_admin import JetStreamOperatorStore
 from runtime.adapters.nats.policy_store import JetStreamPolicyStore
 from runtime.adapters.nats.record import Partition, PartitionRecord
 from runtime.adapters.nats.retention import RetentionPolicy, SubjectRetention
@@ -135,9 +137,10 @@ class JetStreamEngine:
     ) -> None:
         self.url = url
         self.trace_index = trace_index  # commits index their traces (costs a publish each)
-        self.keyspace = keyspace
+        # Logs named as subjects (keys.JetStreamKeyspace), groups as any engine names them.
+        self.keyspace: Keyspace = JetStreamKeyspace.of(keyspace)
         self.partitioning = partitioning or UNPARTITIONED
-        self.names = JetStreamNames(keyspace)
+        self.names = JetStreamNames(Keyspace(keyspace.namespace))
         policy = retention or RetentionPolicy()
         self.connection = Connection(
             url,
@@ -189,6 +192,9 @@ class JetStreamEngine:
         """The PolicyStore on this engine's NATS (a KV bucket of its namespace); ``start()``
         it before use."""
         return JetStreamPolicyStore(self.connection, initial=initial, staleness_s=staleness_s)
+
+    def operator_store(self) -> JetStreamOperatorStore:
+        return JetStreamOperatorStore(self)
 
     async def read(self, topic: str, *, count: int = 10_000) -> list[tuple[str, bytes]]:
         return [

@@ -72,6 +72,32 @@ class JetStreamNames:
         return f"{self._ns}{SEPARATOR}policy"
 
     @property
+    def ops_stream(self) -> str:
+        """The stream of operators' records: the audit log and the state repairs."""
+        return f"{self._ns}{SEPARATOR}ops"
+
+    @property
+    def ops_subjects(self) -> str:
+        return f"{self._ns}.ops.>"
+
+    def ops(self, name: str) -> str:
+        """The subject of one operators' log (``audit``, ``repairs``)."""
+        return f"{self._ns}.ops.{token(name)}"
+
+    def stream_of(self, subject: str) -> str:
+        """The stream that holds ``subject`` (one of this namespace's subjects)."""
+        kind = subject.removeprefix(f"{self._ns}.").partition(".")[0]
+        stream = {
+            "ev": self.events_stream,
+            "dlq": self.dlq_stream,
+            "trace": self.trace_stream,
+            "ops": self.ops_stream,
+        }.get(kind)
+        if stream is None or not subject.startswith(f"{self._ns}."):
+            raise ValueError(f"{subject!r} is not a subject of namespace {self.keyspace.namespace}")
+        return stream
+
+    @property
     def events_subjects(self) -> str:
         return f"{self._ns}.ev.>"
 

@@ -9,6 +9,7 @@ import redis.asyncio as aioredis
 
 from runtime.adapters.redis.bus import DEFAULT_MAXLEN, ENVELOPE_FIELD, EventBus
 from runtime.adapters.redis.client import RedisClient
+from runtime.adapters.redis.operator_store import RedisOperatorStore
 from runtime.adapters.redis.reads import xrange
 from runtime.adapters.redis.retention import RetentionPolicy
 from runtime.adapters.redis.runner import DomainRunner
@@ -96,6 +97,9 @@ class RedisEngine:
         self, domain: str, partition: int = 0, partitions: int = 1
     ) -> bytes | None:
         return await load_state(self.redis, self.keyspace, domain, partition, partitions)
+
+    def operator_store(self) -> RedisOperatorStore:
+        return RedisOperatorStore(self.redis, self.keyspace)
 
     async def close(self) -> None:
         if self._owns_client:

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, cast
 
 from runtime.adapters.redis.client import RedisClient, is_cluster
 from runtime.adapters.redis.errors import ResponseError
+from runtime.core.operator_store import Entry as Entry
+from runtime.core.operator_store import GroupProgress
 
-Entry = tuple[str, dict[bytes, bytes]]
 # One consumer group as XINFO GROUPS describes it (field names as str or bytes).
 GroupInfo = Mapping[object, object]
 
@@ -171,16 +171,7 @@ async def groups_each(redis: RedisClient, streams: Sequence[str]) -> list[list[G
     return [None if isinstance(reply, BaseException) else reply for reply in replies]
 
 
-@dataclass(frozen=True, slots=True)
-class GroupPosition:
-    """Where one consumer group of a stream stands."""
-
-    group: str
-    last_delivered_id: str
-    pending: int
-
-
-async def read_positions(redis: RedisClient, stream: str) -> tuple[str, list[GroupPosition]] | None:
+async def read_positions(redis: RedisClient, stream: str) -> tuple[str, list[GroupProgress]] | None:
     """The stream's last entry id and where each of its groups stands; None when the stream
     is missing or empty (nothing to read)."""
     try:
@@ -191,7 +182,7 @@ async def read_positions(redis: RedisClient, stream: str) -> tuple[str, list[Gro
     if not last:
         return None
     positions = [
-        GroupPosition(
+        GroupProgress(
             _text(group["name"]),
             _text(group["last-delivered-id"]),
             int(group.get("pending") or 0),

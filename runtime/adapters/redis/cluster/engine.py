@@ -16,6 +16,7 @@ from runtime.adapters.redis.cluster.runner import ClusterDomainRunner
 from runtime.adapters.redis.cluster.streams import ClusterEventBus
 from runtime.adapters.redis.cluster.url import parse_cluster_url
 from runtime.adapters.redis.engine import load_state, read_dead_letters, read_topic
+from runtime.adapters.redis.operator_store import RedisOperatorStore
 from runtime.adapters.redis.retention import RetentionPolicy
 from runtime.adapters.redis.streams import DEFAULT_MAXLEN
 from runtime.core.actor import Actor
@@ -123,6 +124,9 @@ class RedisClusterEngine:
     @property
     def _reads(self) -> RedisClient:
         return cast(RedisClient, self.client)
+
+    def operator_store(self) -> RedisOperatorStore:
+        return RedisOperatorStore(cast(RedisClient, self.client), self.cluster_keyspace)
 
     async def close(self) -> None:
         if self._owns_client:

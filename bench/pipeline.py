@@ -50,6 +50,7 @@ from bench._common import (
 )
 from runtime.adapters.redis.bus import EventBus
 from runtime.adapters.redis.host import install_uvloop, run_actors
+from runtime.adapters.redis.operator_store import RedisOperatorStore
 from runtime.adapters.redis.policy_store import PolicyStore
 from runtime.adapters.redis.runner import RunnerConfig
 from runtime.bootstrap import actor_factories
@@ -163,7 +164,7 @@ class Pipeline:
 
     async def drained(self) -> None:
         owned = groups_of(self.keyspace, self.actors)
-        if not await drain(self.redis, owned, timeout_s=600):
+        if not await drain(RedisOperatorStore(self.redis, self.keyspace), owned, timeout_s=600):
             raise TimeoutError("the pipeline did not drain within ten minutes")
 
     async def stop(self) -> None:

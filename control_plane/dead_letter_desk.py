@@ -25,10 +25,8 @@ from control_plane.errors import (
     invalid_argument,
 )
 from control_plane.event_streams import EventStreams
-from runtime.adapters.redis.admin import DeadLetterRedrive, purge_dead_letters
-from runtime.adapters.redis.client import RedisClient
-from runtime.adapters.redis.reads import Entry, entries_by_id, hmget, xrange
 from runtime.core.logs import get_logger
+from runtime.core.operator_store import Entry, OperatorStore
 
 log = get_logger("control_plane.dead_letters")
 
@@ -107,17 +105,16 @@ class DeadLetterDesk:
 
     def __init__(
         self,
-        redis: RedisClient,
+        store: OperatorStore,
         streams: EventStreams,
         known_domains: KnownDomains,
         stream_maxlen: StreamMaxlen,
     ) -> None:
-        self._redis = redis
+        self._store = store
         self._streams = streams
         self._keyspace = streams.keyspace
         self._known_domains = known_domains
         self._stream_maxlen = stream_maxlen
-        self._redrive = DeadLetterRedrive(redis)
 
     async def known_domain(self, domain: str) -> str:
         """``domain`` when the system knows it; DOMAIN_UNKNOWN with the list otherwise."""
@@ -139,10 +136,10 @@ class DeadLetterDesk:
                 return pb.ListDeadLettersResponse()
             start = following
         domain = await self.known_domain(request.domain)
-        entries = await xrange(self._redis, self._keyspace.dlq(domain), start, "+", page_size + 1)
+        entries = await self._store.range(self._keyspace.dlq(domain), start, "+", page_size + 1)
         page, more = entries[:page_size], len(entries) > page_size
         ids = [entry_id for entry_id, _ in page]
-        redriven = await hmget(self._redis, self._keyspace.redriven(domain), ids)
+        redriven = await self._store.redriven(domain, ids)
         letters = [
             _letter(domain, entry_id, fields, done)
             for entry_id, (_, fields), done in zip(ids, page, redriven, strict=True)
@@ -168,10 +165,10 @@ class DeadLetterDesk:
                     Reason.INVALID_REQUEST,
                     {"entry_id": entry_id},
                 )
-            if await self._redrive(
-                self._keyspace.redriven(domain),
-                stream,
+            if await self._store.redrive(
+                domain,
                 entry_id,
+                stream,
                 fields.get(b"payload", b""),
                 self._stream_maxlen(topic),
             ):
@@ -192,12 +189,9 @@ class DeadLetterDesk:
         domain = await self.known_domain(request.domain)
         ids = [entry_id for entry_id, _ in await self._letters(domain, list(request.entry_ids))]
         principal = current_principal()
-        await purge_dead_letters(
-            self._redis,
-            self._keyspace.dlq(domain),
-            self._keyspace.redriven(domain),
+        await self._store.purge_dead_letters(
+            domain,
             ids,
-            self._keyspace.audit(),
             {
                 "action": "dead_letters.purge",
                 "by": principal.changed_by,
@@ -219,12 +213,12 @@ class DeadLetterDesk:
             found: list[Entry] = []
             start = "-"
             while True:
-                entries = await xrange(self._redis, key, start, "+", 1000)
+                entries = await self._store.range(key, start, "+", 1000)
                 found.extend(entries)
                 if len(entries) < 1000:
                     return found
                 start = "(" + entries[-1][0]
-        replies = await entries_by_id(self._redis, key, entry_ids)
+        replies = await self._store.entries_by_id(key, entry_ids)
         missing = [
             entry_id for entry_id, reply in zip(entry_ids, replies, strict=True) if reply is None
         ]

@@ -1,9 +1,9 @@
 """What the control plane knows about the domains: consumer groups, lag, pending, heartbeats.
 
-Everything is read from Redis, so the control plane also describes domains running in other
-processes: a domain is every consumer group of this namespace's event streams (one per
-registered event type; the group name is the domain name) plus every domain the composition
-root registered.
+Everything is read from the broker (``OperatorStore``), so the control plane also describes
+domains running in other processes: a domain is every consumer group of this namespace's
+event streams (one per registered event type; the group name is the domain name) plus every
+domain the composition root registered.
 """
 
 from __future__ import annotations
@@ -17,9 +17,8 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from quantum.control.v1.runtime_service_pb2 import ConsumerGroupInfo, DomainInfo
 
 from control_plane.event_streams import EventStreams
-from runtime.adapters.redis.client import RedisClient
-from runtime.adapters.redis.reads import groups_each, hvals_each
 from runtime.core.keys import Keyspace
+from runtime.core.operator_store import OperatorStore
 from runtime.core.partitioning import Partitioning, event_type_of
 from runtime.core.registry import EventRegistry, default_registry
 
@@ -47,36 +46,19 @@ def domain_of_group(group: str) -> str:
     return _PARTITION_SUFFIX.sub("", group)
 
 
-def _text(value: object) -> str:
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    return "" if value is None else str(value)
-
-
-def _group_field(group: Mapping[object, object], name: str) -> object:
-    return group.get(name, group.get(name.encode()))
-
-
-def _int(value: object) -> int:
-    try:
-        return int(_text(value) or 0)
-    except ValueError:
-        return 0
-
-
 class DomainInspector:
     """Reads the domains' consumer groups and heartbeats."""
 
     def __init__(
         self,
-        redis: RedisClient,
+        store: OperatorStore,
         keyspace: Keyspace,
         consumes: Mapping[str, Sequence[str]] | None = None,
         registry: EventRegistry | None = None,
         *,
         partitioning: Partitioning | None = None,
     ) -> None:
-        self._redis = redis
+        self._store = store
         self._keyspace = keyspace
         self._registry = registry or default_registry()
         self._event_streams = EventStreams(keyspace, self._registry, partitioning)
@@ -95,38 +77,37 @@ class DomainInspector:
     async def domain_names(self) -> list[str]:
         """Every known domain, sorted: consumer groups of the event streams plus the domains
         this process registered. Cheaper than ``figures`` (no heartbeats)."""
-        replies = await groups_each(self._redis, self._streams())
+        replies = await self._store.groups_each(self._streams())
         names = set(self._consumes)
         for reply in replies:
             if reply is not None:
-                names.update(domain_of_group(_text(_group_field(g, "name"))) for g in reply)
+                names.update(domain_of_group(g.name) for g in reply)
         return sorted(names)
 
     async def figures(self) -> list[DomainFigures]:
         """Every known domain with its groups, newest heartbeat, total lag and pending."""
         streams = self._streams()
-        replies = await groups_each(self._redis, streams)
+        replies = await self._store.groups_each(streams)
         groups: dict[str, list[ConsumerGroupInfo]] = {}
         for stream, reply in zip(streams, replies, strict=True):
             if reply is None:
                 continue
             for group in reply:
-                lag_value = _group_field(group, "lag")
                 info = ConsumerGroupInfo(
                     stream=stream,
-                    group=_text(_group_field(group, "name")),
-                    consumers=_int(_group_field(group, "consumers")),
-                    pending=_int(_group_field(group, "pending")),
-                    lag=_int(lag_value) if lag_value is not None else 0,
-                    last_delivered_id=_text(_group_field(group, "last-delivered-id")),
+                    group=group.name,
+                    consumers=group.consumers,
+                    pending=group.pending,
+                    lag=group.lag or 0,
+                    last_delivered_id=group.last_delivered_id,
                 )
                 groups.setdefault(domain_of_group(info.group), []).append(info)
         names = sorted(set(groups) | set(self._consumes))
-        beats = await hvals_each(self._redis, [self._keyspace.heartbeat(name) for name in names])
+        beats = await self._store.heartbeats_each(names)
         now_ms = time.time() * 1000
         result = []
         for name, values in zip(names, beats, strict=True):
-            newest = max((_int(v) for v in values), default=0)
+            newest = max(values, default=0)
             age_s = (now_ms - newest) / 1000 if newest else None
             domain_groups = groups.get(name, [])
             consumes = self._consumes.get(name) or sorted(

@@ -19,9 +19,8 @@ from control_plane.entry_ids import MAX_ID_PART, is_entry_id
 from control_plane.errors import FieldViolation, invalid_argument
 from control_plane.event_streams import EventStreams
 from control_plane.stored_events import ENVELOPE_FIELD, parse_envelope
-from runtime.adapters.redis.client import RedisClient
-from runtime.adapters.redis.reads import Entry, xrange
 from runtime.core.delivery import entry_order
+from runtime.core.operator_store import Entry, OperatorStore
 
 PAGE = 512
 _TOO_LATE = "is beyond the range of stream entry ids (2**64-1 ms after 1970)"
@@ -101,11 +100,11 @@ def check_range(
 
 
 async def _entries(
-    redis: RedisClient, stream: str, start: str, end: str
+    store: OperatorStore, stream: str, start: str, end: str
 ) -> AsyncGenerator[Entry, None]:
     """Every entry of one stream from ``start`` to ``end``, a page at a time."""
     while True:
-        entries = await xrange(redis, stream, start, end, PAGE)
+        entries = await store.range(stream, start, end, PAGE)
         for entry in entries:
             yield entry
         if len(entries) < PAGE:
@@ -114,12 +113,12 @@ async def _entries(
 
 
 async def read_range(
-    redis: RedisClient, stream_range: StreamRange
+    store: OperatorStore, stream_range: StreamRange
 ) -> AsyncIterator[tuple[str, str, Envelope | None]]:
     """Every entry of the range, oldest first over the type's streams: (stream, entry id,
     envelope or None if undecodable)."""
     readers = [
-        _entries(redis, stream, stream_range.start, stream_range.end)
+        _entries(store, stream, stream_range.start, stream_range.end)
         for stream in stream_range.streams
     ]
     heads: list[tuple[tuple[int, int], int, str, Entry]] = []
@@ -144,13 +143,13 @@ async def read_range(
             await reader.aclose()
 
 
-async def count_range(redis: RedisClient, stream_range: StreamRange) -> int:
+async def count_range(store: OperatorStore, stream_range: StreamRange) -> int:
     """How many entries the range holds (reads the ids page by page, stream by stream)."""
     total = 0
     for stream in stream_range.streams:
         start = stream_range.start
         while True:
-            entries = await xrange(redis, stream, start, stream_range.end, 4096)
+            entries = await store.range(stream, start, stream_range.end, 4096)
             total += len(entries)
             if stream_range.limit and total >= stream_range.limit:
                 return stream_range.limit

@@ -18,13 +18,12 @@ from quantum.events.v1.portfolio_pb2 import PnlUpdated
 from control_plane.event_streams import EventStreams
 from control_plane.health import SystemHealth
 from control_plane.stored_events import ENVELOPE_FIELD, parse_envelope
-from runtime.adapters.redis.client import RedisClient
-from runtime.adapters.redis.reads import newest
 from runtime.core.delivery import entry_order
 from runtime.core.envelope import EnvelopeError, open_payload
 from runtime.core.keys import Keyspace
 from runtime.core.logs import get_logger
 from runtime.core.metrics import PORTFOLIO_FIGURES, RuntimeMetrics, runtime_metrics
+from runtime.core.operator_store import OperatorStore
 from runtime.core.partitioning import Partitioning
 from runtime.core.registry import EventRegistry
 
@@ -65,7 +64,7 @@ class FiguresPoller:
 
     def __init__(
         self,
-        redis: RedisClient,
+        store: OperatorStore,
         keyspace: Keyspace,
         registry: EventRegistry,
         system_health: SystemHealth,
@@ -74,7 +73,7 @@ class FiguresPoller:
         interval_s: float = POLL_EVERY_S,
         partitioning: Partitioning | None = None,
     ) -> None:
-        self._redis = redis
+        self._store = store
         self._streams = EventStreams(keyspace, registry, partitioning).of_type(PNL_EVENT)
         self._registry = registry
         self._health = system_health
@@ -104,7 +103,7 @@ class FiguresPoller:
     async def poll_once(self) -> None:
         """Read the newest PnL update and refresh the health once."""
         await self._health.measure()  # sets quantum_component_health as a side effect
-        entries = [e for e in [await newest(self._redis, s) for s in self._streams] if e]
+        entries = [e for e in [await self._store.newest(s) for s in self._streams] if e]
         if not entries:
             return
         entry_id, fields = max(entries, key=lambda entry: entry_order(entry[0]))

@@ -19,12 +19,11 @@ from quantum.control.v1.stored_event_pb2 import StoredEvent
 
 from control_plane.errors import ControlPlaneError, Reason
 from control_plane.event_streams import EventStreams
+from control_plane.runtime_errors import BrokerUnreachable
 from control_plane.stored_events import ENVELOPE_FIELD, parse_envelope, stored_event
-from runtime.adapters.redis.client import RedisClient
-from runtime.adapters.redis.errors import RedisUnreachable
-from runtime.adapters.redis.reads import last_entry_ids, xread
 from runtime.core.keys import Keyspace
 from runtime.core.logs import get_logger
+from runtime.core.operator_store import OperatorStore
 from runtime.core.partitioning import Partitioning
 from runtime.core.registry import EventRegistry
 
@@ -115,7 +114,7 @@ class LiveFeed:
 
     def __init__(
         self,
-        redis: RedisClient,
+        store: OperatorStore,
         keyspace: Keyspace,
         registry: EventRegistry,
         *,
@@ -126,7 +125,7 @@ class LiveFeed:
         partitioning: Partitioning | None = None,
     ) -> None:
         self.cut_off_grace_s = cut_off_grace_s
-        self._redis = redis
+        self._store = store
         self._streams = EventStreams(keyspace, registry, partitioning)
         self._registry = registry
         self._queue_size = queue_size
@@ -198,9 +197,9 @@ class LiveFeed:
         self._started.set()
         while self._subscribers:
             try:
-                reply = await xread(self._redis, last_ids, self._batch, self._block_ms)
-            except RedisUnreachable as exc:
-                log.warning("live_feed_redis_unavailable", error=str(exc))
+                reply = await self._store.read_after(last_ids, self._batch, self._block_ms)
+            except BrokerUnreachable as exc:
+                log.warning("live_feed_broker_unavailable", error=str(exc))
                 await asyncio.sleep(0.5)
                 continue
             for stream, entries in reply:
@@ -211,9 +210,9 @@ class LiveFeed:
     async def _last_ids(self, streams: list[str]) -> dict[str, str]:
         while True:
             try:
-                return await last_entry_ids(self._redis, streams)
-            except RedisUnreachable as exc:
-                log.warning("live_feed_redis_unavailable", error=str(exc))
+                return await self._store.last_entry_ids(streams)
+            except BrokerUnreachable as exc:
+                log.warning("live_feed_broker_unavailable", error=str(exc))
                 self._started.set()
                 await asyncio.sleep(0.5)
 

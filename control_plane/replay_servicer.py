@@ -29,9 +29,9 @@ from control_plane.event_streams import EventStreams
 from control_plane.state_repair import StateRepairer
 from control_plane.stored_events import stored_event
 from runtime.adapters.redis.bus import DEFAULT_MAXLEN
-from runtime.adapters.redis.client import RedisClient
 from runtime.adapters.redis.publishers import maxlen_of
 from runtime.core.actor import Actor, deliver
+from runtime.core.operator_store import OperatorStore
 
 _DOMAIN_RE = re.compile(r"[a-z][a-z0-9_]{0,63}")
 
@@ -63,20 +63,20 @@ def check_domain_name(value: str, field_path: str = "domain") -> str:
 class ReplayServicer(pb_grpc.ReplayServiceServicer):
     def __init__(
         self,
-        redis: RedisClient,
+        store: OperatorStore,
         streams: EventStreams,
         domain_factories: Mapping[str, ActorFactory],
         publisher: EnvelopePublisher | None,
         known_domains: KnownDomains | None = None,
     ) -> None:
-        self._redis = redis
+        self._store = store
         self._streams = streams
         self._registry = streams.registry
         self._factories = dict(domain_factories)
         self._publisher = publisher
-        self._repairer = StateRepairer(redis, streams, self._factories)
+        self._repairer = StateRepairer(store, streams, self._factories)
         self._dead_letters = DeadLetterDesk(
-            redis,
+            store,
             streams,
             known_domains or self._hosted_domains,
             lambda topic: stream_maxlen(publisher, topic),
@@ -89,7 +89,7 @@ class ReplayServicer(pb_grpc.ReplayServiceServicer):
         self, request: pb.ReadEventsRequest, context: aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[pb.ReadEventsResponse]:
         stream_range = check_range(request.range, self._streams)
-        async for stream, entry_id, envelope in read_range(self._redis, stream_range):
+        async for stream, entry_id, envelope in read_range(self._store, stream_range):
             if envelope is None:
                 continue
             yield pb.ReadEventsResponse(
@@ -122,11 +122,11 @@ class ReplayServicer(pb_grpc.ReplayServiceServicer):
                 Reason.DOMAIN_UNKNOWN,
                 {"domain": domain},
             )
-        total = await count_range(self._redis, stream_range)
+        total = await count_range(self._store, stream_range)
         await actor.on_start()
         processed = 0
         try:
-            async for stream, entry_id, envelope in read_range(self._redis, stream_range):
+            async for stream, entry_id, envelope in read_range(self._store, stream_range):
                 processed += 1
                 response = pb.ReplayToDomainResponse(
                     processed=processed, total=max(total, processed)

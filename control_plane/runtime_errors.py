@@ -13,6 +13,7 @@ from __future__ import annotations
 import grpc
 
 from control_plane.errors import ControlPlaneError, FieldViolation, Reason, invalid_argument
+from runtime.adapters.nats.errors import NatsError, NatsUnreachable
 from runtime.adapters.redis.errors import (
     AuthenticationError,
     BusyLoadingError,
@@ -21,7 +22,11 @@ from runtime.adapters.redis.errors import (
     RedisUnreachable,
     ResponseError,
 )
+from runtime.core.operator_store import OperationUnsupported
 from runtime.core.policy.errors import PolicyUnavailable, PolicyValidationError, VersionConflict
+
+# The broker (Redis or NATS) could not be reached or did not answer in time.
+BrokerUnreachable: tuple[type[Exception], ...] = (*RedisUnreachable, *NatsUnreachable)
 
 
 def translate(exc: BaseException) -> ControlPlaneError | None:
@@ -50,6 +55,22 @@ def translate(exc: BaseException) -> ControlPlaneError | None:
             grpc.StatusCode.UNAVAILABLE,
             f"Redis is unreachable ({exc}); retry when it is back",
             Reason.REDIS_UNAVAILABLE,
+        )
+    if isinstance(exc, NatsUnreachable):
+        return ControlPlaneError(
+            grpc.StatusCode.UNAVAILABLE,
+            f"NATS is unreachable ({type(exc).__name__}: {exc}); retry when it is back",
+            Reason.BROKER_UNAVAILABLE,
+        )
+    if isinstance(exc, NatsError):
+        return ControlPlaneError(
+            grpc.StatusCode.FAILED_PRECONDITION,
+            f"JetStream refused the request ({type(exc).__name__}: {exc})",
+            Reason.BROKER_UNAVAILABLE,
+        )
+    if isinstance(exc, OperationUnsupported):
+        return ControlPlaneError(
+            grpc.StatusCode.UNIMPLEMENTED, str(exc), Reason.OPERATION_UNSUPPORTED
         )
     if isinstance(exc, ResponseError):
         return redis_reply_error(exc)

@@ -63,17 +63,19 @@ from control_plane.replay_servicer import ActorFactory, EnvelopePublisher, Repla
 from control_plane.runtime_servicer import RuntimeServicer
 from control_plane.span_interceptor import SpanPerCall
 from control_plane.trace_servicer import TraceServicer
-from runtime.adapters.redis.client import RedisClient, keyspace_for, open_client
 from runtime.adapters.redis.errors import AccessDenied
-from runtime.adapters.redis.policy_store import PolicyStore
+from runtime.adapters.redis.operator_store import RedisOperatorStore
 from runtime.adapters.redis.publishers import StreamPublisher, open_publisher
 from runtime.core import otel
 from runtime.core.actor import Actor
 from runtime.core.keys import Keyspace
 from runtime.core.logs import add_logging_arguments, get_logger
+from runtime.core.operator_store import OperatorStore
 from runtime.core.partitioning import Partitioning
+from runtime.core.policy.ports import PolicyService
 from runtime.core.policy.status import PolicyHealth
 from runtime.core.registry import EventRegistry, default_registry
+from runtime.engines import open_engine, open_operator_side
 
 log = get_logger("control_plane.server")
 
@@ -98,7 +100,7 @@ def _consumes(
     return found
 
 
-def policy_check(store: PolicyStore) -> ComponentCheck:
+def policy_check(store: PolicyService) -> ComponentCheck:
     """The PolicyStore as a health component."""
 
     async def check() -> ComponentHealth:
@@ -142,9 +144,9 @@ class ControlPlane:
 
     def __init__(
         self,
-        redis: RedisClient,
+        store: OperatorStore,
         keyspace: Keyspace,
-        policy_store: PolicyStore,
+        policy_store: PolicyService,
         *,
         config: ControlPlaneConfig | None = None,
         tokens: TokenTable | None = None,
@@ -155,28 +157,32 @@ class ControlPlane:
         metrics_snapshot: SnapshotSource | None = None,
         partitioning: Partitioning | None = None,
     ) -> None:
-        """``redis`` and ``keyspace`` as ``open_client`` and ``keyspace_for`` give them (a
-        cluster client and hash-tagged keys for a ``redis+cluster://`` URL); ``partitioning``
-        the run's stream partitions, so that reads of a type cover every partition."""
+        """``store`` and ``keyspace`` those of the run's engine (``Engine.operator_store``,
+        ``Engine.keyspace``: hash-tagged keys on a Redis Cluster, subjects on JetStream);
+        ``partitioning`` the run's stream partitions, so that reads of a type cover every
+        partition. ``publisher`` is where replays and redrives publish: the engine's; on Redis
+        the control plane opens its own when none is given."""
         self.config = config or ControlPlaneConfig()
         self._metrics_snapshot = metrics_snapshot  # default: this process's runtime metrics
         configured = tokens if tokens is not None else TokenTable.from_env()
         check_exposure(self.config.grpc_addr, configured.enabled)
         self.tokens = configured if configured.enabled else self._local_tokens()
-        self.redis = redis
+        self.store = store
         self.keyspace = keyspace
         self.policy_store = policy_store
         self.registry = registry or default_registry()
         factories = dict(domain_factories or {})
         self._own_bus: StreamPublisher | None = None
         if publisher is None:
+            if not isinstance(store, RedisOperatorStore):
+                raise ValueError(f"give the control plane the {store.kind} engine's publisher")
             self._own_bus = open_publisher(
-                redis, keyspace, producer="control_plane", partitioning=partitioning
+                store.redis, keyspace, producer="control_plane", partitioning=partitioning
             )
             publisher = self._own_bus
         self.streams = EventStreams(keyspace, self.registry, partitioning)
         self.inspector = DomainInspector(
-            redis,
+            store,
             keyspace,
             _consumes(factories, self.registry),
             self.registry,
@@ -188,31 +194,31 @@ class ControlPlane:
             else [policy_check(policy_store), exchange_check(self.inspector)]
         )
         self.system_health = SystemHealth(
-            redis,
+            store,
             self.inspector,
             extra_checks=checks,
             postgres_dsn=self.config.postgres_dsn,
             disk_path=self.config.disk_path,
         )
         self.live_feed = LiveFeed(
-            redis,
+            store,
             keyspace,
             self.registry,
             queue_size=self.config.subscriber_queue_size,
             partitioning=partitioning,
         )
         self.figures = FiguresPoller(
-            redis, keyspace, self.registry, self.system_health, partitioning=partitioning
+            store, keyspace, self.registry, self.system_health, partitioning=partitioning
         )
         self.health_servicer = HealthServicer()
-        self.serving_watcher = ServingWatcher(self.health_servicer, redis, SERVICE_NAMES)
+        self.serving_watcher = ServingWatcher(self.health_servicer, store, SERVICE_NAMES)
         self._servicers = (
             PolicyServicer(policy_store),
             TraceServicer(
-                redis, keyspace, self.registry, self.live_feed, partitioning=partitioning
+                store, keyspace, self.registry, self.live_feed, partitioning=partitioning
             ),
             ReplayServicer(
-                redis,
+                store,
                 self.streams,
                 factories,
                 publisher,
@@ -403,13 +409,27 @@ async def serve(
     partitioning = given if isinstance(given, Partitioning) else Partitioning.parse(given or "")
     with contextlib.ExitStack() as stack:
         url = args.redis_url or stack.enter_context(redis_url())
-        keyspace = keyspace_for(url, args.namespace, partitioning)
-        redis = open_client(url, socket_timeout=5.0, socket_connect_timeout=2.0)
-        store = PolicyStore(redis, keyspace, state_dir=Path(args.state_dir))
-        await store.start()
-        plane = ControlPlane(
-            redis, keyspace, store, config=config, tokens=tokens, partitioning=partitioning
-        )
+        engine = open_engine(url, Keyspace(args.namespace), partitioning=partitioning)
+        side = open_operator_side(url, engine, state_dir=Path(args.state_dir), socket_timeout=5.0)
+        # Replays and redrives publish through the engine's publisher; on Redis the control
+        # plane opens its own (ControlPlane).
+        bus = engine.publisher(producer="control_plane") if engine.kind == "jetstream" else None
+        store = side.policy
+        try:
+            await store.start()
+            plane = ControlPlane(
+                side.store,
+                engine.keyspace,
+                store,
+                config=config,
+                tokens=tokens,
+                partitioning=partitioning,
+                publisher=bus,
+            )
+        except BaseException:
+            await side.close()
+            await engine.close()
+            raise
         try:
             await plane.start()
             if ready is not None:
@@ -421,8 +441,11 @@ async def serve(
             await stop.wait()
         finally:
             await plane.stop()
+            if bus is not None:
+                await bus.close()
             await store.stop()
-            await redis.aclose()
+            await side.close()
+            await engine.close()
     return 0
 
 

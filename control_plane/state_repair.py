@@ -32,11 +32,10 @@ from quantum.events.v1.envelope_pb2 import Envelope
 from control_plane.errors import ControlPlaneError, Reason, bad_field
 from control_plane.event_streams import EventStreams
 from control_plane.stored_events import ENVELOPE_FIELD, parse_envelope
-from runtime.adapters.redis.admin import state_epoch_key, store_repaired_state
-from runtime.adapters.redis.client import RedisClient
-from runtime.adapters.redis.reads import counter, xrange, xrevrange
-from runtime.adapters.redis.runner import entry_order, partition_of, state_key
 from runtime.core.actor import Actor, deliver
+from runtime.core.delivery import entry_order
+from runtime.core.operator_store import OperatorStore
+from runtime.core.partitioning import partition_of
 
 PAGE = 1000
 MAX_REFUSED_SHOWN = 20
@@ -56,11 +55,11 @@ class StateRepairer:
 
     def __init__(
         self,
-        redis: RedisClient,
+        store: OperatorStore,
         streams: EventStreams,
         factories: Mapping[str, ActorFactory],
     ) -> None:
-        self._redis = redis
+        self._store = store
         self._streams = streams
         self._keyspace = streams.keyspace
         self._registry = streams.registry
@@ -105,8 +104,7 @@ class StateRepairer:
         if request.mode == pb.REPAIR_MODE_REBUILD:
             replayed, refused = await self._rebuild(actor, request.partition, partitions)
         state = actor.snapshot_state() or b""
-        key = state_key(self._keyspace, domain, request.partition, partitions)
-        epoch_key = state_epoch_key(self._keyspace, domain, request.partition, partitions)
+        key = self._store.state_name(domain, request.partition, partitions)
         record = pb.StateRepair(
             domain=domain,
             mode=request.mode,
@@ -122,9 +120,13 @@ class StateRepairer:
             refused_inputs=refused[:MAX_REFUSED_SHOWN], stored=not request.dry_run
         )
         if request.dry_run:
-            record.state_epoch = await counter(self._redis, epoch_key)
+            record.state_epoch = await self._store.state_epoch(
+                domain, request.partition, partitions
+            )
         else:
-            record.state_epoch = await self._store(key, epoch_key, state, record)
+            record.state_epoch = await self._store_state(
+                domain, request.partition, partitions, state, record
+            )
         response.repair.CopyFrom(record)
         return response
 
@@ -157,7 +159,7 @@ class StateRepairer:
         for stream in self._streams.of_types(consumed):
             start = "-"
             while True:
-                entries = await xrange(self._redis, stream, start, "+", PAGE)
+                entries = await self._store.range(stream, start, "+", PAGE)
                 for entry_id, fields in entries:
                     data = fields.get(ENVELOPE_FIELD)
                     envelope = parse_envelope(data) if data is not None else None
@@ -168,22 +170,18 @@ class StateRepairer:
         found.sort(key=lambda item: entry_order(item.entry_id))  # stable: per-stream order kept
         return found
 
-    async def _store(self, key: str, epoch_key: str, state: bytes, record: pb.StateRepair) -> int:
-        """State, epoch and record in one MULTI/EXEC; returns the new epoch (the record
-        names it)."""
+    async def _store_state(
+        self, domain: str, partition: int, partitions: int, state: bytes, record: pb.StateRepair
+    ) -> int:
+        """State, epoch and record (``OperatorStore.store_repaired_state``); returns the new
+        epoch (the record names it)."""
 
         def serialized(epoch: int) -> bytes:
             record.state_epoch = epoch
             return record.SerializeToString()
 
-        return await store_repaired_state(
-            self._redis,
-            state_key=key,
-            state=state,
-            epoch_key=epoch_key,
-            repairs_key=self._keyspace.state_repairs(),
-            record=serialized,
-            records_kept=MAX_RECORDS_KEPT,
+        return await self._store.store_repaired_state(
+            domain, partition, partitions, state, serialized, MAX_RECORDS_KEPT
         )
 
     async def history(self, domain: str, page_size: int) -> list[pb.StateRepair]:
@@ -191,7 +189,9 @@ class StateRepairer:
         found: list[pb.StateRepair] = []
         end = "+"
         while len(found) < page_size:
-            entries = await xrevrange(self._redis, self._keyspace.state_repairs(), end, "-", PAGE)
+            entries = await self._store.range_reverse(
+                self._keyspace.state_repairs(), end, "-", PAGE
+            )
             for entry_id, fields in entries:
                 record = _record(fields.get(b"record", b""))
                 if record is not None and (not domain or record.domain == domain):

@@ -17,9 +17,8 @@ from control_plane.errors import ControlPlaneError, Reason, bad_field
 from control_plane.event_streams import EventStreams
 from control_plane.live_feed import EventFilter, LiveFeed
 from control_plane.stored_events import parse_envelope, stored_event
-from runtime.adapters.redis.client import RedisClient
-from runtime.adapters.redis.reads import lrange_all
 from runtime.core.keys import Keyspace
+from runtime.core.operator_store import OperatorStore
 from runtime.core.partitioning import Partitioning
 from runtime.core.registry import EventRegistry
 
@@ -65,14 +64,14 @@ def causal_order(envelopes: Iterable[Envelope]) -> list[Envelope]:
 class TraceServicer(pb_grpc.TraceServiceServicer):
     def __init__(
         self,
-        redis: RedisClient,
+        store: OperatorStore,
         keyspace: Keyspace,
         registry: EventRegistry,
         feed: LiveFeed,
         *,
         partitioning: Partitioning | None = None,
     ) -> None:
-        self._redis = redis
+        self._store = store
         self._keyspace = keyspace
         self._streams = EventStreams(keyspace, registry, partitioning)
         self._registry = registry
@@ -82,7 +81,7 @@ class TraceServicer(pb_grpc.TraceServiceServicer):
         self, request: pb.GetTraceRequest, context: aio.ServicerContext[Any, Any]
     ) -> pb.GetTraceResponse:
         trace_id = check_trace_id(request.trace_id)
-        items = await lrange_all(self._redis, self._keyspace.trace(trace_id))
+        items = await self._store.trace_items(trace_id)
         envelopes = [e for e in (parse_envelope(item) for item in items) if e is not None]
         if not envelopes:
             raise ControlPlaneError(

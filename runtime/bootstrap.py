@@ -35,10 +35,7 @@ from control_plane.server import ControlPlane, config_from_args
 from control_plane.server import main as control_plane_main
 from runtime import report
 from runtime.adapters.redis.bus import ENVELOPE_FIELD, PublishTimeout
-from runtime.adapters.redis.client import RedisClient, open_client, ping
-from runtime.adapters.redis.errors import AccessDenied, RedisError
-from runtime.adapters.redis.policy_store import PolicyStore
-from runtime.adapters.redis.reads import newest
+from runtime.adapters.redis.errors import AccessDenied
 from runtime.core import otel
 from runtime.core.actor import Actor
 from runtime.core.delivery import RunnerConfig
@@ -48,10 +45,11 @@ from runtime.core.host import default_consumer_name, install_uvloop, tune_gc
 from runtime.core.keys import Keyspace
 from runtime.core.logs import configure_logging, get_logger
 from runtime.core.metrics import runtime_metrics
+from runtime.core.operator_store import OperatorStore
 from runtime.core.partitioning import UNPARTITIONED, Partitioning
 from runtime.core.policy import RiskMode, TradingState
 from runtime.core.policy.model import Policy
-from runtime.core.policy.ports import PolicyReader, PolicyWriter
+from runtime.core.policy.ports import PolicyReader, PolicyService, PolicyWriter
 from runtime.core.publisher import DEFAULT_MAX_BUFFER, Publisher
 from runtime.core.redis_server import RedisServerNotFound, redis_url
 from runtime.core.upcasting import EMIT_VERSIONS_ENV, process_emit_versions
@@ -62,7 +60,14 @@ from runtime.domains.market_data import CsvFeedError
 from runtime.domains.portfolio import Portfolio
 from runtime.domains.risk_safety import RiskSafety
 from runtime.drain import DRAIN_TIMEOUT_S, drain
-from runtime.engines import EngineSettings, UnknownEngine, engine_kind, open_engine
+from runtime.engines import (
+    EngineSettings,
+    OperatorSide,
+    UnknownEngine,
+    engine_kind,
+    open_engine,
+    open_operator_side,
+)
 from runtime.feed_publishing import feed_ends_by_itself, feed_ticks, publish_feed
 from runtime.redis_acl import DomainStreams, acl_file, redis_access_denied
 from runtime.run_namespace import RunNamespace
@@ -184,19 +189,13 @@ def redis_acl(args: argparse.Namespace) -> int:
 
 def engine_problem(url: str | None) -> str | None:
     """Why ``quantum run`` cannot run on the engine ``url`` names; None when it can (one
-    Redis or a Redis Cluster)."""
+    Redis, a Redis Cluster or NATS JetStream)."""
     if not url:
         return None
     try:
         kind = engine_kind(url)
     except UnknownEngine as exc:
         return str(exc)
-    if kind == "jetstream":
-        return (
-            "a nats:// URL selects JetStream, which runs the domains (runtime.engines, the "
-            "conformance suite), but quantum run's policy service, control plane and summary "
-            "still read Redis: give a redis:// or redis+cluster:// URL (README: Scaling out)"
-        )
     if kind == "memory":
         return "memory:// is the in-process engine of backtests: use quantum backtest"
     return None
@@ -222,26 +221,27 @@ def partition_problem(
     return None
 
 
-async def _check_credentials(redis: RedisClient) -> None:
-    """Fail at once on a refused user or password (AuthenticationError, NoPermissionError);
-    an unreachable Redis is the PolicyStore's to judge (it may start from its snapshot)."""
+async def _check_credentials(side: OperatorSide) -> None:
+    """Fail at once on a refused user or password (Redis's AuthenticationError,
+    NoPermissionError); an unreachable broker is the PolicyStore's to judge (it may start
+    from its snapshot)."""
     try:
-        await ping(redis)
+        await side.store.ping()
     except AccessDenied:
-        await redis.aclose()
+        await side.close()
         raise
-    except RedisError:
+    except Exception:
         pass
 
 
 @dataclass
 class _Services:
-    """What every ``quantum run`` process shares: Redis, the namespace, policy and bus."""
+    """What every ``quantum run`` process shares: the engine and its operator side, the
+    namespace, policy and bus."""
 
-    redis: RedisClient
+    side: OperatorSide
     space: RunNamespace
     engine: Engine
-    store: PolicyStore
     bus: Publisher
     since: dict[str, report.StreamPosition] = field(default_factory=dict)
     summary: report.RunSummary | None = None
@@ -250,6 +250,16 @@ class _Services:
     def keyspace(self) -> Keyspace:
         """The engine's names for this run's namespace (a cluster's carry hash tags)."""
         return self.engine.keyspace
+
+    @property
+    def reads(self) -> OperatorStore:
+        """The engine's log and records as the summary, the drain and operators read them."""
+        return self.side.store
+
+    @property
+    def store(self) -> PolicyService:
+        """The PolicyStore (on the engine's broker)."""
+        return self.side.policy
 
 
 @contextlib.asynccontextmanager
@@ -266,8 +276,6 @@ async def _services(
             file=sys.stderr,
             flush=True,
         )
-    redis = open_client(url, socket_connect_timeout=2.0)
-    await _check_credentials(redis)
     partitioning: Partitioning = args.stream_partitions
     engine = open_engine(
         url,
@@ -281,24 +289,30 @@ async def _services(
     )
     keyspace = engine.keyspace
     state_dir = Path(args.state_dir)
-    store = PolicyStore(redis, keyspace, state_dir=state_dir)
+    side = open_operator_side(url, engine, state_dir=state_dir)
+    try:
+        await _check_credentials(side)
+    except BaseException:
+        await engine.close()
+        raise
+    reads, store = side.store, side.policy
     bus = engine.publisher(producer="runtime")
     plane: ControlPlane | None = None
     worker_metrics: MetricsEndpoint | None = None
     tally: report.RejectionTally | None = None
     tally_task: asyncio.Task[None] | None = None
-    services = _Services(redis, space, engine, store, bus)
+    services = _Services(side, space, engine, bus)
     started = False
     try:
         await store.start()
         started = True
         if not args.supervised:
-            services.since = await report.stream_positions(redis, keyspace, partitioning)
-            tally = report.RejectionTally(redis, keyspace, services.since, partitioning)
+            services.since = await report.stream_positions(reads, keyspace, partitioning)
+            tally = report.RejectionTally(reads, keyspace, services.since, partitioning)
             tally_task = asyncio.create_task(tally.run(), name="rejection-tally")
         if not args.no_control_plane:
             plane = ControlPlane(
-                redis,
+                reads,
                 keyspace,
                 store,
                 config=config_from_args(args),
@@ -326,7 +340,7 @@ async def _services(
             try:
                 await tally.catch_up()
                 services.summary = await report.summarize(
-                    redis, keyspace, services.since, tally, partitioning
+                    reads, keyspace, services.since, tally, partitioning
                 )
             except Exception:
                 log.exception("summary_failed")
@@ -334,12 +348,12 @@ async def _services(
             await store.stop()
         if space.owned:
             try:
-                deleted = await space.discard(redis, state_dir)
+                deleted = await space.discard(reads, state_dir)
                 log.info("namespace_deleted", namespace=space.name, keys=deleted)
-            except Exception as exc:  # Redis gone: say what is left behind, do not hide the run
+            except Exception as exc:  # broker gone: say what is left behind, do not hide the run
                 log.warning("namespace_not_deleted", namespace=space.name, error=str(exc))
+        await side.close()
         await engine.close()
-        await redis.aclose()
 
 
 def _stop_when_stdin_closes(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
@@ -371,7 +385,7 @@ async def _host(args: argparse.Namespace, url: str) -> int:
 
 
 async def _host_domains(args: argparse.Namespace, services: _Services) -> int:
-    redis, keyspace, bus = services.redis, services.keyspace, services.bus
+    keyspace, bus = services.keyspace, services.bus
     factories = actor_factories(services.store, args.equity)
     hosted = [name for name in args.domains if name != FEED_DOMAIN]
     actors = [factories[name]() for name in hosted]
@@ -425,7 +439,7 @@ async def _host_domains(args: argparse.Namespace, services: _Services) -> int:
                 await asyncio.wait_for(feed_task, timeout=5.0)
         with contextlib.suppress(PublishTimeout):  # the bus logs what it could not send
             await bus.flush(timeout=STOP_TIMEOUT_S)
-        if not runtime_task.done() and not await drain(redis, runtime.runners):
+        if not runtime_task.done() and not await drain(services.reads, runtime.runners):
             log.warning("drain_timeout", seconds=DRAIN_TIMEOUT_S)
         runtime.stop()
         exit_code = await _stopped(runtime, runtime_task) or exit_code
@@ -483,9 +497,9 @@ async def _supervise(
         async def argv(worker: Worker) -> list[str]:
             skip = 0
             if worker.starts and FEED_DOMAIN in worker.domains:  # resume after what is out
-                now = await report.stream_positions(services.redis, services.keyspace, partitioning)
+                now = await report.stream_positions(services.reads, services.keyspace, partitioning)
                 skip = await feed_resume_point(
-                    services.redis,
+                    services.reads,
                     services.keyspace,
                     feed_ticks(args, start),
                     report.entries_added(now, TICK_STREAM, partitioning) - ticks_before,
@@ -516,7 +530,7 @@ async def _supervise(
 
 
 async def feed_resume_point(
-    redis: RedisClient,
+    reads: OperatorStore,
     keyspace: Keyspace,
     ticks: Iterable[MarketTick],
     appended: int,
@@ -538,7 +552,7 @@ async def feed_resume_point(
     topics = partitioning.topics(TICK_STREAM)
     newest_of: dict[str, tuple[str, int]] = {}
     for topic in topics:
-        entry = await newest(redis, keyspace.stream(topic))
+        entry = await reads.newest(keyspace.stream(topic))
         if entry is not None:
             last = MarketTick.FromString(decode_envelope(entry[1][ENVELOPE_FIELD]).payload)
             newest_of[topic] = (last.symbol, last.sequence)

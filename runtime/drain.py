@@ -7,11 +7,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from runtime.adapters.redis.client import RedisClient
-from runtime.adapters.redis.reads import read_positions
 from runtime.core.actor import Actor
 from runtime.core.delivery import entry_order
 from runtime.core.keys import Keyspace
+from runtime.core.operator_store import OperatorStore
 
 DRAIN_TIMEOUT_S = 10.0
 
@@ -44,7 +43,7 @@ def groups_of(keyspace: Keyspace, actors: Sequence[Actor]) -> list[GroupStreams]
     ]
 
 
-async def backlog_cleared(redis: RedisClient, owned: Sequence[Owned]) -> bool:
+async def backlog_cleared(store: OperatorStore, owned: Sequence[Owned]) -> bool:
     """True when every group this process runs has read its streams to the end and holds
     nothing. Only those exact groups: another process's partition of the same domain is its
     own business (its drain, its health).
@@ -54,7 +53,7 @@ async def backlog_cleared(redis: RedisClient, owned: Sequence[Owned]) -> bool:
     """
     for consumer in owned:
         for stream in consumer.streams:
-            positions = await read_positions(redis, stream)
+            positions = await store.read_positions(stream)
             if positions is None:  # no such stream yet, or empty: nothing to read
                 continue
             last_id = entry_order(positions[0])
@@ -68,7 +67,7 @@ async def backlog_cleared(redis: RedisClient, owned: Sequence[Owned]) -> bool:
 
 
 async def drain(
-    redis: RedisClient,
+    store: OperatorStore,
     owned: Sequence[Owned],
     timeout_s: float = DRAIN_TIMEOUT_S,
 ) -> bool:
@@ -77,7 +76,7 @@ async def drain(
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
     while loop.time() < deadline:
-        if await backlog_cleared(redis, owned):
+        if await backlog_cleared(store, owned):
             return True
         await asyncio.sleep(0.05)
     return False

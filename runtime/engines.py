@@ -12,12 +12,16 @@ each; only this choice and the partition counts change between deployments.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import urlsplit
 
 from runtime.core.engine import Engine
 from runtime.core.keys import Keyspace
+from runtime.core.operator_store import OperatorStore
 from runtime.core.partitioning import Partitioning
+from runtime.core.policy.ports import PolicyService
 
 REDIS_SCHEMES = ("redis", "rediss", "unix")
 CLUSTER_SCHEME = "redis+cluster"
@@ -125,3 +129,48 @@ def open_engine(
     from runtime.adapters.redis.engine import RedisEngine
 
     return RedisEngine.from_url(url, keyspace, **options)
+
+
+@dataclass
+class OperatorSide:
+    """What a process beside its engine needs to serve operators and summarise a run: the
+    engine's ``OperatorStore`` and its PolicyStore. On Redis both use a client of their own
+    (its timeouts are the caller's, the runners' connections stay theirs); on JetStream they
+    share the engine's connection."""
+
+    store: OperatorStore
+    policy: PolicyService
+    _close: Callable[[], Awaitable[None]] | None = None
+
+    async def close(self) -> None:
+        """Close what was opened for it (not the engine)."""
+        if self._close is not None:
+            await self._close()
+
+
+def open_operator_side(
+    url: str,
+    engine: Engine,
+    *,
+    state_dir: Path,
+    socket_timeout: float | None = None,
+) -> OperatorSide:
+    """The operator side of ``engine`` (opened from ``url``); ``state_dir`` keeps the Redis
+    PolicyStore's snapshot (JetStream keeps the policy's history in its KV bucket)."""
+    if engine.kind == "memory":
+        engine.operator_store()  # raises OperationUnsupported, saying why
+    if engine.kind == "jetstream":
+        from runtime.adapters.nats.engine import JetStreamEngine
+
+        assert isinstance(engine, JetStreamEngine)
+        return OperatorSide(engine.operator_store(), engine.policy_store())
+    from runtime.adapters.redis.client import open_client
+    from runtime.adapters.redis.operator_store import RedisOperatorStore
+    from runtime.adapters.redis.policy_store import PolicyStore
+
+    redis = open_client(url, socket_connect_timeout=2.0, socket_timeout=socket_timeout)
+    return OperatorSide(
+        RedisOperatorStore(redis, engine.keyspace),
+        PolicyStore(redis, engine.keyspace, state_dir=state_dir),
+        redis.aclose,
+    )

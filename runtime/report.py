@@ -1,7 +1,8 @@
-"""The end-of-run summary: what flowed through the streams during one run, read from Redis.
+"""The end-of-run summary: what flowed through the streams during one run, read from the broker.
 
-It reads Redis rather than in-process counters, so it tells the same story whether the
-domains ran in this process or in several (``quantum run --workers N`` or ``--domains ...``).
+It reads the broker (``OperatorStore``) rather than in-process counters, so it tells the same
+story whether the domains ran in this process or in several (``quantum run --workers N`` or
+``--domains ...``).
 Every figure is of this run only, and none depends on what the streams still retain:
 - events per type: each stream's ``entries-added`` counter, minus its value at the start;
 - rejections by reason: a ``RejectionTally`` that follows the rejection stream while the run
@@ -19,12 +20,11 @@ from decimal import Decimal
 
 from quantum.events.v1 import portfolio_pb2, risk_pb2
 
-from runtime.adapters.redis.client import RedisClient
-from runtime.adapters.redis.reads import newest, stream_counters, xread
 from runtime.core.decimals import DecimalError, parse_decimal
 from runtime.core.envelope import decode_envelope, open_payload
 from runtime.core.keys import Keyspace
 from runtime.core.logs import get_logger
+from runtime.core.operator_store import OperatorStore
 from runtime.core.partitioning import UNPARTITIONED, Partitioning
 from runtime.core.registry import default_registry
 
@@ -78,25 +78,25 @@ class StreamPosition:
     entries_added: int = 0
 
 
-async def _position(redis: RedisClient, stream: str) -> StreamPosition:
-    counters = await stream_counters(redis, stream)
+async def _position(store: OperatorStore, stream: str) -> StreamPosition:
+    counters = await store.stream_counters(stream)
     if counters is None:  # no such stream yet
         return StreamPosition()
     return StreamPosition(*counters)
 
 
-async def stream_position(redis: RedisClient, keyspace: Keyspace, topic: str) -> StreamPosition:
+async def stream_position(store: OperatorStore, keyspace: Keyspace, topic: str) -> StreamPosition:
     """Where one topic's stream stands now (an event type, or one partition of it)."""
-    return await _position(redis, keyspace.stream(topic))
+    return await _position(store, keyspace.stream(topic))
 
 
 async def stream_positions(
-    redis: RedisClient, keyspace: Keyspace, partitioning: Partitioning = UNPARTITIONED
+    store: OperatorStore, keyspace: Keyspace, partitioning: Partitioning = UNPARTITIONED
 ) -> dict[str, StreamPosition]:
     """Where every topic's stream stands now (every partition of every event type): where
     this run's events begin."""
     return {
-        topic: await _position(redis, keyspace.stream(topic))
+        topic: await _position(store, keyspace.stream(topic))
         for name in default_registry().names()
         for topic in partitioning.topics(name)
     }
@@ -124,12 +124,12 @@ class RejectionTally:
 
     def __init__(
         self,
-        redis: RedisClient,
+        store: OperatorStore,
         keyspace: Keyspace,
         after: dict[str, StreamPosition],
         partitioning: Partitioning = UNPARTITIONED,
     ) -> None:
-        self._redis = redis
+        self._store = store
         # Where the run began on each partition of the rejections' log (topic -> stream).
         self._last_ids = {
             keyspace.stream(topic): after.get(topic, StreamPosition()).last_id
@@ -140,7 +140,7 @@ class RejectionTally:
         self.counted = 0
 
     async def _read(self, block_ms: int | None) -> int:
-        streams = await xread(self._redis, dict(self._last_ids), _TALLY_BATCH, block_ms)
+        streams = await self._store.read_after(self._last_ids, _TALLY_BATCH, block_ms)
         read = 0
         for stream, entries in streams:
             for entry_id, fields in entries:
@@ -172,7 +172,7 @@ class RejectionTally:
 
 
 async def summarize(
-    redis: RedisClient,
+    store: OperatorStore,
     keyspace: Keyspace,
     since: dict[str, StreamPosition],
     tally: RejectionTally | None = None,
@@ -186,7 +186,7 @@ async def summarize(
     still retained.
     """
     summary = RunSummary()
-    now = await stream_positions(redis, keyspace, partitioning)
+    now = await stream_positions(store, keyspace, partitioning)
     for name in default_registry().names():
         added = entries_added(now, name, partitioning) - entries_added(since, name, partitioning)
         if added <= 0:
@@ -198,12 +198,12 @@ async def summarize(
             summary.closed_positions = added
         elif name == REJECTED:
             if tally is None:
-                tally = RejectionTally(redis, keyspace, since, partitioning)
+                tally = RejectionTally(store, keyspace, since, partitioning)
                 await tally.catch_up()
             summary.rejections = tally.reasons
             summary.rejections_uncounted = max(0, added - tally.counted)
         elif name == "portfolio.pnl.updated":
-            last = await _newest_pnl(redis, keyspace, partitioning)
+            last = await _newest_pnl(store, keyspace, partitioning)
             summary.realized_pnl = _figure(last.realized_pnl) or Decimal(0)
             summary.unrealized_pnl = _figure(last.unrealized_pnl) or Decimal(0)
             summary.equity = _figure(last.equity)
@@ -212,13 +212,13 @@ async def summarize(
 
 
 async def _newest_pnl(
-    redis: RedisClient, keyspace: Keyspace, partitioning: Partitioning
+    store: OperatorStore, keyspace: Keyspace, partitioning: Partitioning
 ) -> portfolio_pb2.PnlUpdated:
     """The newest PnL update (by event time, over the type's partitions): it is cumulative."""
     name = "portfolio.pnl.updated"
     newest_of: list[tuple[tuple[int, int], portfolio_pb2.PnlUpdated]] = []
     for topic in partitioning.topics(name):
-        entry = await newest(redis, keyspace.stream(topic))
+        entry = await store.newest(keyspace.stream(topic))
         if entry is None:
             continue
         envelope = decode_envelope(entry[1][b"envelope"])

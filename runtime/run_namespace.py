@@ -3,8 +3,8 @@
 Without ``--namespace`` a run is a fresh, reproducible demo: it takes a namespace no earlier
 run used (``quantum-run-<UTC time>-<random>``), so its streams, consumer groups, domain state
 and policy start empty (the policy from its defaults, PnL from the starting equity), and it
-deletes that namespace and its policy snapshot when it ends, so nothing piles up in Redis or
-in the state directory. With ``--namespace NAME`` the run is persistent: it resumes whatever
+deletes that namespace and its policy snapshot when it ends, so nothing piles up in the broker
+or in the state directory. With ``--namespace NAME`` the run is persistent: it resumes whatever
 NAME holds (positions, policy, unread events) and leaves it there for the next run.
 """
 
@@ -15,13 +15,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from runtime.adapters.redis.admin import delete_matching
-from runtime.adapters.redis.client import RedisClient
 from runtime.core.keys import Keyspace
+from runtime.core.operator_store import OperatorStore
 from runtime.core.policy.snapshot import SnapshotFile
 
 FRESH_PREFIX = "quantum-run-"
-_DELETE_CHUNK = 500
 
 
 def fresh_namespace(now: datetime | None = None) -> str:
@@ -48,13 +46,14 @@ class RunNamespace:
     def name(self) -> str:
         return self.keyspace.namespace
 
-    async def discard(self, redis: RedisClient, state_dir: Path) -> int:
-        """Delete every key of an owned namespace and its policy snapshot; the keys deleted.
+    async def discard(self, store: OperatorStore, state_dir: Path) -> int:
+        """Delete everything an owned namespace stored (``store``: the run's engine's) and its
+        policy snapshot; how many keys (streams and buckets on JetStream) were deleted.
 
         A namespace given with ``--namespace`` is never touched (returns 0).
         """
         if not self.owned:
             return 0
-        deleted = await delete_matching(redis, self.keyspace.pattern(), _DELETE_CHUNK)
+        deleted = await store.delete_namespace()
         SnapshotFile(state_dir, self.name).path.unlink(missing_ok=True)
         return deleted

@@ -16,6 +16,7 @@ from control_plane.auth import Role, TokenTable
 from control_plane.config import ControlPlaneConfig, TlsConfig
 from control_plane.server import ControlPlane
 from runtime.adapters.redis.bus import EventBus
+from runtime.adapters.redis.operator_store import RedisOperatorStore
 from runtime.adapters.redis.policy_store import PolicyStore
 from runtime.core.actor import Actor
 from runtime.core.keys import Keyspace
@@ -68,7 +69,7 @@ async def start_harness(
     await store.start()
     bus = EventBus(redis, keyspace, producer="test", metrics=RuntimeMetrics())
     plane = ControlPlane(
-        redis,
+        RedisOperatorStore(redis, keyspace),
         keyspace,
         store,
         config=ControlPlaneConfig(

@@ -17,6 +17,7 @@ from quantum.control.v1.runtime_service_pb2_grpc import RuntimeServiceStub
 from control_plane.domains import DomainInspector
 from control_plane.health import SystemHealth
 from control_plane.server import SERVICE_NAMES
+from runtime.adapters.redis.operator_store import RedisOperatorStore
 from runtime.core.keys import Keyspace
 from runtime.core.redis_server import RedisServer, free_port
 from tests.control_plane.conftest import Harness, start_harness, stop_harness
@@ -108,9 +109,10 @@ async def test_list_domains_shows_groups_lag_and_pending(harness: Harness) -> No
 async def test_a_configured_postgres_that_does_not_answer_is_critical(
     aredis: aioredis.Redis, keyspace: Keyspace
 ) -> None:
+    store = RedisOperatorStore(aredis, keyspace)
     health = SystemHealth(
-        aredis,
-        DomainInspector(aredis, keyspace),
+        store,
+        DomainInspector(store, keyspace),
         postgres_dsn=f"postgresql://quantum@127.0.0.1:{free_port()}/quantum",
     )
     response = await health.check()
@@ -129,7 +131,7 @@ async def test_listing_domains_reads_the_registered_streams_without_scanning(
         await client.xadd(stream, {"envelope": b"x"})
         await client.xgroup_create(stream, "tick_counter", id="0")
         await client.config_resetstat()
-        figures = await DomainInspector(client, keyspace).figures()
+        figures = await DomainInspector(RedisOperatorStore(client, keyspace), keyspace).figures()
         assert [f.info.name for f in figures] == ["tick_counter"]
         assert [g.stream for g in figures[0].info.groups] == [stream]
         stats = await client.info("commandstats")

@@ -23,6 +23,7 @@ from clients.wire_errors import details_of
 from control_plane.auth import TokenTable
 from control_plane.config import ControlPlaneConfig
 from control_plane.server import ControlPlane
+from runtime.adapters.redis.operator_store import RedisOperatorStore
 from runtime.adapters.redis.policy_store import PolicyStore
 from runtime.core.keys import Keyspace
 from tests.control_plane.test_quantumctl import quantumctl
@@ -42,7 +43,7 @@ async def _start(redis: aioredis.Redis, keyspace: Keyspace, state_dir: Path) -> 
     store = PolicyStore(redis, keyspace, state_dir=state_dir)
     await store.start()
     plane = ControlPlane(
-        redis,
+        RedisOperatorStore(redis, keyspace),
         keyspace,
         store,
         config=ControlPlaneConfig(grpc_addr="127.0.0.1:0", metrics_addr="", state_dir=state_dir),

@@ -47,6 +47,7 @@ from runtime.adapters.redis.admin import DeadLetterRedrive, delete_matching
 from runtime.adapters.redis.client import RedisClient, keyspace_for, open_client
 from runtime.adapters.redis.cluster.engine import RedisClusterEngine
 from runtime.adapters.redis.cluster.keys import ClusterKeyspace, slot_of
+from runtime.adapters.redis.operator_store import RedisOperatorStore
 from runtime.adapters.redis.policy_store import PolicyStore
 from runtime.adapters.redis.publishers import StreamPublisher, open_publisher
 from runtime.core.delivery import DeliveryLoop, RunnerConfig
@@ -106,7 +107,7 @@ async def start_plane(
     await store.start()
     bus = open_publisher(redis, keyspace, producer="test", partitioning=partitioning)
     plane = ControlPlane(
-        redis,
+        RedisOperatorStore(redis, keyspace),
         keyspace,
         store,
         config=ControlPlaneConfig(grpc_addr="127.0.0.1:0", metrics_addr=""),
@@ -472,8 +473,9 @@ async def test_the_run_summary_counts_every_partition_of_a_type_on_the_cluster(
     bus = open_publisher(on_cluster.redis, keyspace, producer="test", partitioning=split)
     try:
         await bus.publish_envelopes(ticks(1))  # before the run: not counted
-        since = await report.stream_positions(on_cluster.redis, keyspace, split)
-        tally = report.RejectionTally(on_cluster.redis, keyspace, since, split)
+        reads = RedisOperatorStore(on_cluster.redis, keyspace)
+        since = await report.stream_positions(reads, keyspace, split)
+        tally = report.RejectionTally(reads, keyspace, since, split)
         rejections = [
             seal(
                 SignalRejected(signal_id=f"s{n}", symbol=symbol, reason=reason),
@@ -491,7 +493,7 @@ async def test_the_run_summary_counts_every_partition_of_a_type_on_the_cluster(
             == 3
         )
         await tally.catch_up()
-        summary = await report.summarize(on_cluster.redis, keyspace, since, tally, split)
+        summary = await report.summarize(reads, keyspace, since, tally, split)
         assert summary.events["market.tick"] == 2 * len(SYMBOLS)
         assert summary.events[report.REJECTED] == len(rejections)
         assert summary.rejections == {

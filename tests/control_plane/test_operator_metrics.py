@@ -18,6 +18,7 @@ from quantum.control.v1.policy_service_pb2_grpc import PolicyServiceStub
 from quantum.events.v1.portfolio_pb2 import PnlUpdated
 
 from control_plane.health import ServingWatcher
+from runtime.adapters.redis.operator_store import RedisOperatorStore
 from runtime.core.keys import Keyspace
 from runtime.core.metrics import RuntimeMetrics, runtime_metrics
 from tests.control_plane.conftest import Harness, start_harness, stop_harness
@@ -139,13 +140,21 @@ def _closed_port() -> int:
 
 async def test_redis_health_gauges_follow_ping(aredis: aioredis.Redis) -> None:
     metrics = RuntimeMetrics()
-    watcher = ServingWatcher(HealthServicer(), aredis, [], metrics=metrics)
+    watcher = ServingWatcher(
+        HealthServicer(), RedisOperatorStore(aredis, Keyspace()), [], metrics=metrics
+    )
     await watcher.check_once()
     assert metrics.redis_up.value() == 1
     assert 0 < metrics.redis_ping.value() < 1
 
     gone = aioredis.Redis(port=_closed_port(), socket_connect_timeout=0.5)
-    lost = ServingWatcher(HealthServicer(), gone, [], metrics=metrics, interval_s=0.2)
+    lost = ServingWatcher(
+        HealthServicer(),
+        RedisOperatorStore(gone, Keyspace()),
+        [],
+        metrics=metrics,
+        interval_s=0.2,
+    )
     try:
         await lost.check_once()
     finally:

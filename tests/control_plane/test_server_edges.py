@@ -21,6 +21,7 @@ from quantum.events.v1 import policy_pb2
 from clients.control_client import ControlClient, TlsOptions
 from control_plane.config import ConfigError, ControlPlaneConfig, TlsConfig
 from control_plane.server import ControlPlane
+from runtime.adapters.redis.operator_store import RedisOperatorStore
 from runtime.adapters.redis.policy_store import PolicyStore
 from runtime.core import tracing
 from runtime.core.envelope import decode_envelope
@@ -150,7 +151,12 @@ async def test_a_failed_start_leaves_no_task_running(
             taken.bind(("127.0.0.1", 0))
             taken.listen()
             addr = f"127.0.0.1:{taken.getsockname()[1]}"
-            plane = ControlPlane(aredis, keyspace, store, config=ControlPlaneConfig(grpc_addr=addr))
+            plane = ControlPlane(
+                RedisOperatorStore(aredis, keyspace),
+                keyspace,
+                store,
+                config=ControlPlaneConfig(grpc_addr=addr),
+            )
             with pytest.raises(ConfigError, match="cannot listen"):
                 await plane.start()
         watchers = [

@@ -12,6 +12,7 @@ from quantum.control.v1.runtime_service_pb2 import ConsumerGroupInfo
 from control_plane.domains import DomainInspector
 from control_plane.health import SystemHealth
 from control_plane.stuck_groups import StuckGroupWatch
+from runtime.adapters.redis.operator_store import RedisOperatorStore
 from runtime.core.keys import Keyspace
 
 
@@ -38,7 +39,8 @@ async def test_health_is_degraded_while_a_domains_group_does_not_move(
     for _ in range(3):
         await aredis.xadd(stream, {"envelope": b"x"})
     await aredis.xgroup_create(stream, keyspace.group("tick_counter"), id="0")
-    health = SystemHealth(aredis, DomainInspector(aredis, keyspace), cache_s=0.0, stuck_after_s=0.3)
+    store = RedisOperatorStore(aredis, keyspace)
+    health = SystemHealth(store, DomainInspector(store, keyspace), cache_s=0.0, stuck_after_s=0.3)
 
     async def tick_counter() -> pb.ComponentHealth:
         await aredis.hset(keyspace.heartbeat("tick_counter"), "c1", str(int(time.time() * 1000)))

@@ -15,6 +15,7 @@ from quantum.control.v1.trace_service_pb2_grpc import TraceServiceStub
 from clients.wire_errors import details_of
 from control_plane.live_feed import EventFilter, LiveFeed, Subscription
 from control_plane.trace_servicer import causal_order
+from runtime.adapters.redis.operator_store import RedisOperatorStore
 from runtime.core.keys import Keyspace
 from runtime.core.registry import default_registry
 from tests.control_plane.conftest import Harness, start_harness, stop_harness
@@ -189,7 +190,7 @@ async def test_a_subscribe_cancelled_before_the_reader_starts_leaves_no_subscrip
     server = await asyncio.start_server(silent, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     client = aioredis.Redis(host="127.0.0.1", port=port)
-    feed = LiveFeed(client, keyspace, default_registry())
+    feed = LiveFeed(RedisOperatorStore(client, keyspace), keyspace, default_registry())
     try:
         pending = asyncio.create_task(feed.subscribe(EventFilter()))
         await wait_until(lambda: feed.subscriber_count == 1)

@@ -7,6 +7,7 @@ from quantum.events.v1.common_pb2 import Side
 from quantum.events.v1.portfolio_pb2 import PnlUpdated
 from quantum.events.v1.risk_pb2 import RejectReason, SignalRejected
 
+from runtime.adapters.redis.operator_store import RedisOperatorStore
 from runtime.core.envelope import seal
 from runtime.core.keys import Keyspace
 from runtime.report import RejectionTally, StreamPosition, stream_positions, summarize
@@ -44,17 +45,17 @@ async def _publish_run(
 async def _earlier_run(redis: aioredis.Redis, keyspace: Keyspace) -> dict[str, StreamPosition]:
     earlier = SignalRejected(signal_id="old", reason=RejectReason.REJECT_REASON_NO_PRICE)
     await _add(redis, keyspace, earlier, maxlen=5)  # from an earlier run: not counted
-    return await stream_positions(redis, keyspace)
+    return await stream_positions(RedisOperatorStore(redis, keyspace), keyspace)
 
 
 async def test_counts_and_reasons_survive_trimming_and_only_this_run_counts(
     aredis: aioredis.Redis, keyspace: Keyspace
 ) -> None:
     since = await _earlier_run(aredis, keyspace)
-    tally = RejectionTally(aredis, keyspace, since)
+    tally = RejectionTally(RedisOperatorStore(aredis, keyspace), keyspace, since)
 
     await _publish_run(aredis, keyspace, tally)
-    summary = await summarize(aredis, keyspace, since, tally)
+    summary = await summarize(RedisOperatorStore(aredis, keyspace), keyspace, since, tally)
 
     assert summary.events == {"risk.signal.rejected": 30, "portfolio.pnl.updated": 2}
     assert str(summary.equity) == "99950.5"
@@ -72,7 +73,7 @@ async def test_without_a_tally_the_reasons_not_retained_are_reported_as_not_read
     since = await _earlier_run(aredis, keyspace)
     await _publish_run(aredis, keyspace)
 
-    summary = await summarize(aredis, keyspace, since)
+    summary = await summarize(RedisOperatorStore(aredis, keyspace), keyspace, since)
 
     assert summary.events == {"risk.signal.rejected": 30, "portfolio.pnl.updated": 2}
     assert str(summary.equity) == "99950.5"

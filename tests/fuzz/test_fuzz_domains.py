@@ -30,6 +30,7 @@ from quantum.events.v1.envelope_pb2 import Envelope
 
 from runtime.adapters.redis.bus import ENVELOPE_FIELD, EventBus
 from runtime.adapters.redis.host import Runtime
+from runtime.adapters.redis.operator_store import RedisOperatorStore
 from runtime.adapters.redis.policy_store import PolicyStore
 from runtime.adapters.redis.runner import RunnerConfig, state_key
 from runtime.core.actor import Actor
@@ -170,7 +171,7 @@ async def test_hostile_entries_in_every_input_stream(
         for case, entry_id in zip(sample, ids, strict=True):
             injected.setdefault(keyspace.stream(case.event_type.name), []).append(entry_id.decode())
         deadline = asyncio.get_running_loop().time() + WITHIN_S
-        while not await backlog_cleared(aredis, runtime.runners):
+        while not await backlog_cleared(RedisOperatorStore(aredis, keyspace), runtime.runners):
             assert not task.done(), "the runtime stopped"
             assert asyncio.get_running_loop().time() < deadline, "the domains stalled"
             await asyncio.sleep(0.05)

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 
+from runtime.adapters.redis.operator_store import RedisOperatorStore
 from runtime.core.keys import Keyspace
 from runtime.drain import backlog_cleared, drain
 
@@ -24,6 +25,7 @@ async def test_another_partitions_backlog_does_not_hold_this_process_drain(
     await aredis.xadd(stream, {"envelope": b"x"})
     await aredis.xgroup_create(stream, mine, id="$")  # read to the end
     await aredis.xgroup_create(stream, theirs, id="0")  # one entry behind
-    assert await backlog_cleared(aredis, [Owned(mine, [stream])])
-    assert not await backlog_cleared(aredis, [Owned(theirs, [stream])])
-    assert await drain(aredis, [Owned(mine, [stream])], timeout_s=1.0)
+    store = RedisOperatorStore(aredis, keyspace)
+    assert await backlog_cleared(store, [Owned(mine, [stream])])
+    assert not await backlog_cleared(store, [Owned(theirs, [stream])])
+    assert await drain(store, [Owned(mine, [stream])], timeout_s=1.0)

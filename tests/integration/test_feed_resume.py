@@ -9,6 +9,7 @@ import redis.asyncio as aioredis
 from quantum.events.v1.market_pb2 import MarketTick
 
 from runtime.adapters.redis.bus import ENVELOPE_FIELD
+from runtime.adapters.redis.operator_store import RedisOperatorStore
 from runtime.bootstrap import feed_resume_point
 from runtime.core.keys import Keyspace
 from runtime.core.partitioning import Partitioning
@@ -33,7 +34,12 @@ async def test_a_tick_appended_twice_does_not_make_the_feed_skip_one(
     write_feed(path, 20, seed=1)
     feed = list(CsvFeed(path))
     await _append(aredis, keyspace, feed, [0, 1, 2, 3, 3, 4])  # tick 3 twice: 6 entries
-    assert await feed_resume_point(aredis, keyspace, CsvFeed(path), appended=6) == 5
+    assert (
+        await feed_resume_point(
+            RedisOperatorStore(aredis, keyspace), keyspace, CsvFeed(path), appended=6
+        )
+        == 5
+    )
 
 
 async def test_without_duplicates_it_resumes_after_every_appended_tick(
@@ -41,9 +47,19 @@ async def test_without_duplicates_it_resumes_after_every_appended_tick(
 ) -> None:
     path = tmp_path / "feed.csv"
     write_feed(path, 20, seed=1)
-    assert await feed_resume_point(aredis, keyspace, CsvFeed(path), appended=0) == 0
+    assert (
+        await feed_resume_point(
+            RedisOperatorStore(aredis, keyspace), keyspace, CsvFeed(path), appended=0
+        )
+        == 0
+    )
     await _append(aredis, keyspace, list(CsvFeed(path)), list(range(9)))
-    assert await feed_resume_point(aredis, keyspace, CsvFeed(path), appended=9) == 9
+    assert (
+        await feed_resume_point(
+            RedisOperatorStore(aredis, keyspace), keyspace, CsvFeed(path), appended=9
+        )
+        == 9
+    )
 
 
 FOUR = Partitioning({"market.tick": 4})
@@ -68,7 +84,12 @@ async def test_over_partitions_it_resumes_after_every_appended_tick(
     feed = list(CsvFeed(path))
     assert len({FOUR.topic("market.tick", t.symbol) for t in feed[:12]}) > 1
     await _append_split(aredis, keyspace, feed, list(range(12)))
-    assert await feed_resume_point(aredis, keyspace, iter(feed), 12, FOUR) == 12
+    assert (
+        await feed_resume_point(
+            RedisOperatorStore(aredis, keyspace), keyspace, iter(feed), 12, FOUR
+        )
+        == 12
+    )
 
 
 async def test_over_partitions_it_resumes_at_the_first_tick_a_partition_lacks(
@@ -84,4 +105,9 @@ async def test_over_partitions_it_resumes_at_the_first_tick_a_partition_lacks(
     gap = next(i for i in range(3, 12) if topic[i] != topic[11])  # not stored
     stored = [i for i in range(12) if not (topic[i] == topic[gap] and i >= gap)]
     await _append_split(aredis, keyspace, feed, stored)
-    assert await feed_resume_point(aredis, keyspace, iter(feed), len(stored), FOUR) == gap
+    assert (
+        await feed_resume_point(
+            RedisOperatorStore(aredis, keyspace), keyspace, iter(feed), len(stored), FOUR
+        )
+        == gap
+    )

@@ -36,6 +36,16 @@ _TRANSIENT_NATS = (
 
 _TRANSIENT = (*_TRANSIENT_NATS, Reconnected, ConsumerGone, asyncio.TimeoutError, TimeoutError)
 
+# The server could not be reached or did not answer in time (for callers outside this
+# package, which may catch these but not import nats: ``except NatsUnreachable``).
+NatsUnreachable: tuple[type[Exception], ...] = (
+    *_TRANSIENT_NATS,
+    nats.errors.ConnectionClosedError,
+    Reconnected,
+)
+# Any error nats-py raises (an APIError is JetStream's refusal of a request).
+NatsError: tuple[type[Exception], ...] = (nats.errors.Error,)
+
 
 def is_transient(exc: BaseException) -> bool:
     """True for what a retry after a pause can fix: the server unreachable or restarting, a

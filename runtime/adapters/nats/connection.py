@@ -47,6 +47,9 @@ ACK_TIMEOUT_S = 5.0
 TRACE_INDEX_MAX_MSGS = DEFAULT_MAX_TRACES * 10
 # JetStream API and KV calls: a reply lost to a dropped connection costs this long.
 API_TIMEOUT_S = 2
+# The operators' logs (audit, state repairs): each append trims its subject to the length
+# its caller asks for (``operator_admin``); this bound only backs that up.
+OPS_MAX_PER_SUBJECT = 100_000
 
 
 class PublishItem:
@@ -103,11 +106,11 @@ class Connection:
 
     # -- opening ----------------------------------------------------------------------------
 
-    async def client(self) -> Client:
-        """The connected client: the first call connects and makes sure the streams and the
-        bucket exist."""
+    async def client(self, *, ensure: bool = True) -> Client:
+        """The connected client: the first call connects and (unless ``ensure`` is False)
+        makes sure the streams and the bucket exist."""
         nc = self._nc
-        if nc is not None and self._js is not None and self._kv is not None:
+        if nc is not None and self._js is not None and (self._kv is not None or not ensure):
             return nc
         async with self._opening:
             if self._closed:
@@ -132,14 +135,19 @@ class Connection:
                 self._js = self._nc.jetstream(timeout=API_TIMEOUT_S)
                 self._ack_prefix = self._nc.new_inbox()
                 self._ack_sub = await self._nc.subscribe(self._ack_prefix + ".*", cb=self._on_ack)
-            if self._kv is None:
+            if self._kv is None and ensure:
                 await self._ensure_streams()
             return self._nc
 
-    async def jetstream(self) -> JetStreamContext:
-        await self.client()
+    async def jetstream(self, *, ensure: bool = True) -> JetStreamContext:
+        """The JetStream context; with ``ensure`` False it creates no stream (to delete)."""
+        await self.client(ensure=ensure)
         assert self._js is not None
         return self._js
+
+    def forget_streams(self) -> None:
+        """The namespace's streams and bucket were deleted: the next use creates them again."""
+        self._kv = None
 
     async def kv(self) -> KeyValue:
         await self.client()
@@ -178,6 +186,15 @@ class Connection:
                 discard=DiscardPolicy.OLD,  # an index: the oldest traces go first
                 max_age=float(DEFAULT_TRACE_TTL_S),
                 max_msgs=TRACE_INDEX_MAX_MSGS,
+                storage=StorageType.FILE,
+                duplicate_window=self.duplicate_window_s,
+            ),
+            StreamConfig(
+                name=names.ops_stream,
+                subjects=[names.ops_subjects],
+                retention=RetentionPolicy.LIMITS,
+                discard=DiscardPolicy.OLD,
+                max_msgs_per_subject=OPS_MAX_PER_SUBJECT,
                 storage=StorageType.FILE,
                 duplicate_window=self.duplicate_window_s,
             ),

@@ -129,6 +129,11 @@ class JetStreamNames:
         """The KV key of a domain partition's ownership lease."""
         return f"lease.{token(group)}"
 
+    def redrive_key(self, domain: str, entry_id: str) -> str:
+        """The KV key noting that one of a domain's dead letters was redriven (its value the
+        entry id the redrive appended)."""
+        return f"redriven.{token(domain)}.{token(entry_id)}"
+
     def heartbeat_key(self, domain: str, consumer: str) -> str:
         return f"beat.{token(domain)}.{token(consumer)}"
 

@@ -14,10 +14,13 @@ one MULTI/EXEC lives here in one value:
 - ``earlier``: per subject, ranges of sequences an earlier consumer had delivered without a
   commit (one delivery each); ``retries``: in-place redeliveries per entry. With the
   consumer's own count they give the durable attempt count (``deliveries``);
-- ``token``: the lease token of the owner that last wrote it.
+- ``token``: the lease token of the owner that last wrote it;
+- ``epoch``: how many times an operator replaced the state (state repair).
 
 Fencing: taking the lease rewrites the record (the new owner's token), so a stale owner's
-next write, made against the revision it knew, fails: ``LeaseLost``.
+next write, made against the revision it knew, fails: ``LeaseLost``. A state repair
+(``operator_admin``) rewrites it too, raising ``epoch``: the owner's next write fails the
+same way, and it reloads the repaired state.
 """
 
 from __future__ import annotations
@@ -53,6 +56,7 @@ class PartitionRecord:
     consumers: dict[str, str] = field(default_factory=dict)  # subject -> consumer name
     earlier: dict[str, list[list[int]]] = field(default_factory=dict)
     retries: dict[str, int] = field(default_factory=dict)  # "<subject> <seq>" -> count
+    epoch: int = 0
 
     def encode(self) -> bytes:
         header = {
@@ -63,6 +67,7 @@ class PartitionRecord:
             "consumers": self.consumers,
             "earlier": self.earlier,
             "retries": self.retries,
+            "epoch": self.epoch,
         }
         return orjson.dumps(header) + b"\n" + (self.state or b"")
 
@@ -80,6 +85,7 @@ class PartitionRecord:
             consumers=dict(header.get("consumers", {})),
             earlier={k: [list(r) for r in v] for k, v in header.get("earlier", {}).items()},
             retries=dict(header.get("retries", {})),
+            epoch=int(header.get("epoch", 0)),
         )
 
     def copy(self) -> PartitionRecord:
@@ -92,6 +98,7 @@ class PartitionRecord:
             consumers=dict(self.consumers),
             earlier={k: [list(r) for r in v] for k, v in self.earlier.items()},
             retries=dict(self.retries),
+            epoch=self.epoch,
         )
 
     def deliveries(self, subject: str, seq: int, delivered: int) -> int:
@@ -164,15 +171,24 @@ class Partition:
     async def current(self, token: int | None) -> PartitionRecord:
         """The record this owner may change: the one it holds when it knows the revision,
         else the stored one, which must carry its ``token`` (``LeaseLost`` otherwise: a
-        newer owner took the partition while this one could not tell)."""
+        newer owner took the partition while this one could not tell) and the state epoch
+        of the one it held (``LeaseLost`` otherwise: an operator repaired the state, which
+        this owner must reload rather than overwrite)."""
         if self.revision is not None:
             return self.record
+        held_epoch = self.record.epoch
         stored = await self.read()
         if token is not None and stored.token != token:
             self.revision = None
             raise LeaseLost(
                 f"{self.key}: the record belongs to lease token {stored.token} now, not to "
                 f"this owner's {token}; another owner took the partition over"
+            )
+        if token is not None and stored.epoch != held_epoch:
+            self.revision = None
+            raise LeaseLost(
+                f"{self.key}: its state was repaired (epoch {held_epoch} -> {stored.epoch}); "
+                "the owner reloads it and handles its pending entries again"
             )
         return stored
 

@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from runtime.core.keys import Keyspace
 
 _SAFE = re.compile(r"[A-Za-z0-9-]")
-# Joins the parts of a consumer name; ``token`` never emits "_-" (an escape's '_' is followed
-# by '_', 'u' or a hex digit), so a consumer name splits back unambiguously.
+# Joins the parts of a consumer name. An escape's '_' is followed by '_', 'u' or a hex digit,
+# never '-', so a name decoded left to right splits back unambiguously (``untoken_parts``);
+# a plain ``str.split`` would not: token("_-") is "__-".
 SEPARATOR = "_-"
 
 

@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from runtime.core.keys import Keyspace
 
 _SAFE = re.compile(r"[A-Za-z0-9-]")
-# Joins the parts of a consumer name; ``token`` never emits "_-" (an escape's '_' is followed
-# by '_', 'u' or a hex digit), so a consumer name splits back unambiguously.
+# Joins the parts of a consumer name. An escape's '_' is followed by '_', 'u' or a hex digit,
+# never '-', so a name decoded left to right splits back unambiguously (``untoken_parts``);
+# a plain ``str.split`` would not: token("_-") is "__-".
 SEPARATOR = "_-"
 
 
@@ -143,3 +144,54 @@ class JetStreamNames:
         new positioning) gets a new name, so a stale owner can never pull its successor's
         entries."""
         return SEPARATOR.join((token(group), token(subject), f"t{lease_token}", f"g{generation}"))
+
+
+def untoken_parts(text: str) -> list[str] | None:
+    """The texts ``token`` made of ``text``'s ``SEPARATOR``-joined parts, decoded left to
+    right (so a '_' that ends an escaped "__" never starts a separator); None when ``text``
+    is not such a join."""
+    parts: list[str] = []
+    out: list[str] = []
+    i, n = 0, len(text)
+    while i < n:
+        char = text[i]
+        if char != "_":
+            if not _SAFE.match(char):
+                return None
+            out.append(char)
+            i += 1
+            continue
+        mark = text[i + 1 : i + 2]
+        if mark == "_":
+            out.append("_")
+            i += 2
+        elif mark == "-":
+            parts.append("".join(out))
+            out = []
+            i += 2
+        else:
+            width = 7 if mark == "u" else 2
+            digits = text[i + 2 : i + 1 + width] if mark == "u" else text[i + 1 : i + 3]
+            if len(digits) != (6 if mark == "u" else 2) or not _HEX.fullmatch(digits):
+                return None
+            out.append(chr(int(digits, 16)))
+            i += 1 + width
+    parts.append("".join(out))
+    return parts
+
+
+_HEX = re.compile(r"[0-9a-f]+")
+
+
+def split_consumer(name: str) -> tuple[str, str, int, int] | None:
+    """The (group, subject, lease token, generation) ``JetStreamNames.consumer`` made
+    ``name`` of; None for a consumer named otherwise (a read's, a KV watcher's)."""
+    parts = untoken_parts(name)
+    if parts is None or len(parts) != 4:
+        return None
+    group, subject, lease, generation = parts
+    if not (lease[:1] == "t" and lease[1:].isdigit() and generation[:1] == "g"):
+        return None
+    if not generation[1:].isdigit():
+        return None
+    return group, subject, int(lease[1:]), int(generation[1:])

@@ -342,7 +342,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="quantum control-plane", description="Serve the gRPC control plane alone."
     )
-    parser.add_argument("--redis-url", default=os.environ.get("REDIS_URL"))
+    parser.add_argument(
+        "--redis-url",
+        default=os.environ.get("REDIS_URL"),
+        help="the engine's URL (redis://, redis+cluster://, nats://); default: $REDIS_URL",
+    )
     parser.add_argument("--namespace", default="quantum")
     parser.add_argument(
         "--stream-partitions",

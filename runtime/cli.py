@@ -219,8 +219,9 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--redis-url",
         default=os.environ.get("REDIS_URL"),
-        help="Redis to use (default: $REDIS_URL, else 127.0.0.1:6379 when it answers, "
-        "else a private redis-server for the run)",
+        help="the engine's URL: redis://, rediss://, unix://, redis+cluster://host:port[,...] "
+        "or nats://host:port (JetStream); default: $REDIS_URL, else 127.0.0.1:6379 when it "
+        "answers, else a private redis-server for the run",
     )
     parser.add_argument(
         "--namespace",

@@ -56,7 +56,9 @@ _log = get_logger("runtime.adapters.nats.policy")
 
 KEY = "current"
 HISTORY = 64
-MAX_HISTORY_PAGE = 64
+# The Redis store's ceiling, which the control plane pages by (WatchPolicy asks for this
+# many); a page holds at most the HISTORY versions the bucket keeps.
+MAX_HISTORY_PAGE = 1000
 _MAX_WRITE_ATTEMPTS = 20
 _SUBSCRIBER_BUFFER = 256
 

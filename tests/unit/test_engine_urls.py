@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
+from runtime.bootstrap import engine_problem
 from runtime.core.keys import Keyspace
-from runtime.engines import EngineSettings, UnknownEngine, engine_kind, open_engine
+from runtime.core.operator_store import OperationUnsupported
+from runtime.engines import (
+    EngineSettings,
+    UnknownEngine,
+    engine_kind,
+    open_engine,
+    open_operator_side,
+)
 
 
 @pytest.mark.parametrize(
@@ -34,3 +44,28 @@ async def test_a_nats_url_opens_the_jetstream_engine_without_connecting_yet() ->
     )
     assert engine.kind == "jetstream"
     await engine.close()  # never connected: nothing to close but the object
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["redis://127.0.0.1:6379/0", "redis+cluster://127.0.0.1:7000", "nats://127.0.0.1:4222", None],
+)
+def test_quantum_run_takes_every_broker_engine(url: str | None) -> None:
+    assert engine_problem(url) is None
+
+
+@pytest.mark.parametrize(
+    ("url", "why"),
+    [("memory://", "quantum backtest"), ("kafka://127.0.0.1:9092", "nats://")],
+)
+def test_quantum_run_refuses_an_engine_it_cannot_run_on_saying_why(url: str, why: str) -> None:
+    problem = engine_problem(url)
+    assert problem is not None
+    assert why in problem
+
+
+async def test_the_in_memory_engine_has_no_operator_side_and_says_why() -> None:
+    engine = open_engine("memory://", Keyspace("units"))
+    with pytest.raises(OperationUnsupported, match="in-memory engine of backtests"):
+        open_operator_side("memory://", engine, state_dir=Path("unused"))
+    await engine.close()

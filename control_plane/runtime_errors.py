@@ -22,7 +22,7 @@ from runtime.adapters.redis.errors import (
     RedisUnreachable,
     ResponseError,
 )
-from runtime.core.operator_store import OperationUnsupported
+from runtime.core.operator_store import OperationUnsupported, StoreContended
 from runtime.core.policy.errors import PolicyUnavailable, PolicyValidationError, VersionConflict
 
 # The broker (Redis or NATS) could not be reached or did not answer in time.
@@ -68,6 +68,8 @@ def translate(exc: BaseException) -> ControlPlaneError | None:
             f"JetStream refused the request ({type(exc).__name__}: {exc})",
             Reason.BROKER_UNAVAILABLE,
         )
+    if isinstance(exc, StoreContended):
+        return ControlPlaneError(grpc.StatusCode.ABORTED, str(exc), Reason.STORE_CONTENDED)
     if isinstance(exc, OperationUnsupported):
         return ControlPlaneError(
             grpc.StatusCode.UNIMPLEMENTED, str(exc), Reason.OPERATION_UNSUPPORTED

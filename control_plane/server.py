@@ -63,6 +63,7 @@ from control_plane.replay_servicer import ActorFactory, EnvelopePublisher, Repla
 from control_plane.runtime_servicer import RuntimeServicer
 from control_plane.span_interceptor import SpanPerCall
 from control_plane.trace_servicer import TraceServicer
+from runtime.adapters.nats.errors import NatsAccessDenied
 from runtime.adapters.redis.errors import AccessDenied
 from runtime.adapters.redis.operator_store import RedisOperatorStore
 from runtime.adapters.redis.publishers import StreamPublisher, open_publisher
@@ -72,6 +73,7 @@ from runtime.core.keys import Keyspace
 from runtime.core.logs import add_logging_arguments, get_logger
 from runtime.core.operator_store import OperatorStore
 from runtime.core.partitioning import Partitioning
+from runtime.core.policy.errors import PolicyUnavailable
 from runtime.core.policy.ports import PolicyService
 from runtime.core.policy.status import PolicyHealth
 from runtime.core.registry import EventRegistry, default_registry
@@ -413,14 +415,22 @@ async def serve(
     partitioning = given if isinstance(given, Partitioning) else Partitioning.parse(given or "")
     with contextlib.ExitStack() as stack:
         url = args.redis_url or stack.enter_context(redis_url())
-        engine = open_engine(url, Keyspace(args.namespace), partitioning=partitioning)
-        side = open_operator_side(url, engine, state_dir=Path(args.state_dir), socket_timeout=5.0)
-        # Replays and redrives publish through the engine's publisher; on Redis the control
-        # plane opens its own (ControlPlane).
-        bus = engine.publisher(producer="control_plane") if engine.kind == "jetstream" else None
-        store = side.policy
-        try:
+        async with contextlib.AsyncExitStack() as opened:  # closed in reverse, on any path
+            engine = open_engine(url, Keyspace(args.namespace), partitioning=partitioning)
+            opened.push_async_callback(engine.close)
+            side = open_operator_side(
+                url, engine, state_dir=Path(args.state_dir), socket_timeout=5.0
+            )
+            opened.push_async_callback(side.close)
+            # Replays and redrives publish through the engine's publisher; on Redis the
+            # control plane opens its own (ControlPlane).
+            bus = None
+            if engine.kind == "jetstream":
+                bus = engine.publisher(producer="control_plane")
+                opened.push_async_callback(bus.close)
+            store = side.policy
             await store.start()
+            opened.push_async_callback(store.stop)
             plane = ControlPlane(
                 side.store,
                 engine.keyspace,
@@ -430,11 +440,7 @@ async def serve(
                 partitioning=partitioning,
                 publisher=bus,
             )
-        except BaseException:
-            await side.close()
-            await engine.close()
-            raise
-        try:
+            opened.push_async_callback(plane.stop)
             await plane.start()
             if ready is not None:
                 ready(plane)
@@ -443,13 +449,6 @@ async def serve(
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, stop.set)
             await stop.wait()
-        finally:
-            await plane.stop()
-            if bus is not None:
-                await bus.close()
-            await store.stop()
-            await side.close()
-            await engine.close()
     return 0
 
 
@@ -464,7 +463,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         otel.configure_from_env()  # spans are exported only when OTEL_* variables ask
         return asyncio.run(serve(args))
-    except (ConfigError, ValueError) as exc:  # otel.OtelConfigError is a ValueError
+    except (ConfigError, ValueError, NatsAccessDenied, PolicyUnavailable) as exc:
+        # otel.OtelConfigError is a ValueError; a refused or unreachable broker ends here
         print(f"quantum control-plane: {exc}", flush=True)
         return 2
     except AccessDenied as exc:

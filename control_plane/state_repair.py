@@ -4,14 +4,17 @@ A poisoned state (written before a door check existed, or by hand) does not heal
 the runner restores it at every start. A repair builds a fresh actor from the same factory
 replays use, feeds it every input its streams still retain, in stream order (entries of
 several streams merged by entry id, as the runner reads them), skipping the ones it refuses,
-and stores the resulting snapshot under the runner's own key (``runner.state_key``).
+and stores the resulting snapshot where the runner keeps it (``OperatorStore
+.store_repaired_state``, ``state_name``).
 
-The store is one MULTI/EXEC: the state, an INCR of ``Keyspace.state_epoch(domain)`` and the
-repair record (on a Redis Cluster, the record first, then the state and the epoch of the
-partition's group, ``admin.state_epoch_key``). The epoch is the hand-over to a running
-runner, which holds its state in memory and would write it back at its next commit: a runner
-that sees the epoch move reloads the state from Redis first (and its commit refuses to
-overwrite a state newer than its epoch).
+The store replaces the state, raises the partition's state epoch and appends the repair
+record: on one Redis in one MULTI/EXEC (the state, an INCR of the epoch, the record); on a
+Redis Cluster the record first, then the state and the epoch of the partition's group; on
+JetStream the record first, then the partition's KV record (state and epoch) by
+compare-and-set. The epoch is the hand-over to a running runner, which holds its state in
+memory and would write it back at its next commit: a runner that sees the epoch move (on
+JetStream: whose compare-and-set fails) reloads the state first, and its commit never
+overwrites a state newer than its epoch.
 
 What a rebuild cannot know: it runs under today's policy, with outputs discarded and the
 paper exchange the factory builds, so a domain whose decisions depend on the policy of the

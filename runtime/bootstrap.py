@@ -34,8 +34,9 @@ from control_plane.metrics_http import MetricsEndpoint, RuntimeCollector, Snapsh
 from control_plane.server import ControlPlane, config_from_args
 from control_plane.server import main as control_plane_main
 from runtime import report
+from runtime.adapters.nats.errors import NatsAccessDenied, NatsUnreachable
 from runtime.adapters.redis.bus import ENVELOPE_FIELD, PublishTimeout
-from runtime.adapters.redis.errors import AccessDenied
+from runtime.adapters.redis.errors import AccessDenied, RedisError
 from runtime.core import otel
 from runtime.core.actor import Actor
 from runtime.core.delivery import RunnerConfig
@@ -48,6 +49,7 @@ from runtime.core.metrics import runtime_metrics
 from runtime.core.operator_store import OperatorStore
 from runtime.core.partitioning import UNPARTITIONED, Partitioning
 from runtime.core.policy import RiskMode, TradingState
+from runtime.core.policy.errors import PolicyUnavailable
 from runtime.core.policy.model import Policy
 from runtime.core.policy.ports import PolicyReader, PolicyService, PolicyWriter
 from runtime.core.publisher import DEFAULT_MAX_BUFFER, Publisher
@@ -221,17 +223,21 @@ def partition_problem(
     return None
 
 
+# A broker that refused the credentials (fail at once), or did not answer (go on).
+_REFUSED: tuple[type[Exception], ...] = (*AccessDenied, NatsAccessDenied)
+_UNREACHABLE: tuple[type[Exception], ...] = (RedisError, *NatsUnreachable, OSError, TimeoutError)
+
+
 async def _check_credentials(side: OperatorSide) -> None:
-    """Fail at once on a refused user or password (Redis's AuthenticationError,
-    NoPermissionError); an unreachable broker is the PolicyStore's to judge (it may start
-    from its snapshot)."""
+    """Fail at once on refused credentials (Redis's AuthenticationError, NoPermissionError;
+    NATS's authorization violation); an unreachable broker is the PolicyStore's to judge (it
+    may start from its snapshot)."""
     try:
         await side.store.ping()
-    except AccessDenied:
-        await side.close()
+    except _REFUSED:
         raise
-    except Exception:
-        pass
+    except _UNREACHABLE as exc:
+        log.warning("broker_not_answering_at_start", error=f"{type(exc).__name__}: {exc}")
 
 
 @dataclass
@@ -289,10 +295,13 @@ async def _services(
     )
     keyspace = engine.keyspace
     state_dir = Path(args.state_dir)
-    side = open_operator_side(url, engine, state_dir=state_dir)
+    side: OperatorSide | None = None
     try:
+        side = open_operator_side(url, engine, state_dir=state_dir)
         await _check_credentials(side)
     except BaseException:
+        if side is not None:
+            await side.close()
         await engine.close()
         raise
     reads, store = side.store, side.policy
@@ -492,17 +501,18 @@ async def _supervise(
         start = datetime.now(UTC)
         command = WorkerCommand(args, url, services.space.name, start, metrics.port_file)
         partitioning: Partitioning = args.stream_partitions
-        ticks_before = report.entries_added(services.since, TICK_STREAM, partitioning)
 
         async def argv(worker: Worker) -> list[str]:
             skip = 0
             if worker.starts and FEED_DOMAIN in worker.domains:  # resume after what is out
-                now = await report.stream_positions(services.reads, services.keyspace, partitioning)
+                appended = await report.appended(
+                    services.reads, services.keyspace, services.since, TICK_STREAM, partitioning
+                )
                 skip = await feed_resume_point(
                     services.reads,
                     services.keyspace,
                     feed_ticks(args, start),
-                    report.entries_added(now, TICK_STREAM, partitioning) - ticks_before,
+                    appended,
                     partitioning,
                 )
             return command.argv(worker.index, worker.domains, feed_skip=skip)
@@ -621,6 +631,9 @@ def run(args: argparse.Namespace) -> int:
         return 2
     except AccessDenied as exc:
         print(f"quantum run: {redis_access_denied(exc)}", file=sys.stderr)
+        return 2
+    except (NatsAccessDenied, PolicyUnavailable) as exc:  # refused, or down with no snapshot
+        print(f"quantum run: {exc}", file=sys.stderr)
         return 2
     finally:
         otel.shutdown()  # exports the spans still buffered

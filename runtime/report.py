@@ -3,8 +3,11 @@
 It reads the broker (``OperatorStore``) rather than in-process counters, so it tells the same
 story whether the domains ran in this process or in several (``quantum run --workers N`` or
 ``--domains ...``).
-Every figure is of this run only, and none depends on what the streams still retain:
-- events per type: each stream's ``entries-added`` counter, minus its value at the start;
+Every figure is of this run only:
+- events per type: what was appended to each stream after its position at the start
+  (``OperatorStore.appended_since``: Redis's ``entries-added`` counter, whatever was trimmed;
+  on JetStream the entries held past that position, so a run that appends more than a
+  subject keeps, retain + ceiling + overshoot entries, counts only those kept);
 - rejections by reason: a ``RejectionTally`` that follows the rejection stream while the run
   goes on and counts each one as it is published (a long run trims the stream far behind it);
 - PnL, equity and drawdown: the newest ``portfolio.pnl.updated``, which is cumulative.
@@ -72,7 +75,8 @@ class RunSummary:
 
 @dataclass(frozen=True, slots=True)
 class StreamPosition:
-    """Where a stream stood: its last entry id and how many entries were ever added to it."""
+    """Where a stream stood: its last entry id and its count (``OperatorStore
+    .stream_counters``), from which ``appended`` counts what came after."""
 
     last_id: str = "0-0"
     entries_added: int = 0
@@ -102,14 +106,22 @@ async def stream_positions(
     }
 
 
-def entries_added(
-    positions: dict[str, StreamPosition], event_type: str, partitioning: Partitioning
+async def appended(
+    store: OperatorStore,
+    keyspace: Keyspace,
+    since: dict[str, StreamPosition],
+    event_type: str,
+    partitioning: Partitioning,
 ) -> int:
-    """The entries ever added to an event type's log, over all its partitions."""
-    return sum(
-        positions.get(topic, StreamPosition()).entries_added
-        for topic in partitioning.topics(event_type)
-    )
+    """The entries appended to an event type's log after the ``since`` positions, over all
+    its partitions (``OperatorStore.appended_since``)."""
+    total = 0
+    for topic in partitioning.topics(event_type):
+        position = since.get(topic, StreamPosition())
+        total += await store.appended_since(
+            keyspace.stream(topic), position.last_id, position.entries_added
+        )
+    return total
 
 
 class RejectionTally:
@@ -180,15 +192,15 @@ async def summarize(
 ) -> RunSummary:
     """Summarise the events added to every topic after the ``since`` positions.
 
-    Counts come from each stream's ``entries-added`` counter (summed over a type's
-    partitions), so they stay exact when a stream was trimmed during a long run; rejection
-    reasons come from ``tally`` (given a finished one), else from one read of the entries
-    still retained.
+    Counts come from ``OperatorStore.appended_since`` (summed over a type's partitions): on
+    Redis each stream's ``entries-added`` counter, exact when a stream was trimmed during a
+    long run; on JetStream the entries each subject still holds past the run's start, exact
+    unless the run appended more than a subject keeps. Rejection reasons come from
+    ``tally`` (given a finished one), else from one read of the entries still retained.
     """
     summary = RunSummary()
-    now = await stream_positions(store, keyspace, partitioning)
     for name in default_registry().names():
-        added = entries_added(now, name, partitioning) - entries_added(since, name, partitioning)
+        added = await appended(store, keyspace, since, name, partitioning)
         if added <= 0:
             continue
         summary.events[name] = added

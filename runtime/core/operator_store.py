@@ -12,7 +12,9 @@ names a topic's log, ``keyspace.dlq(domain)`` a domain's dead letters, and so on
 spells those names its own way (hash tags on a Redis Cluster, subjects on JetStream).
 
 Entry ids read ``<ms>-<seq>`` on every engine and order the entries of one log; a range's
-bounds are ids, ``-`` and ``+`` for the ends, and a ``(`` before an id excludes it. A
+bounds are ids, ``-`` and ``+`` for the ends, and a ``(`` before an id excludes it. A bound
+of a time only (``<ms>``, or ``<ms>-0``) means that time on every engine; any other
+``<ms>-<seq>`` bound must be an id this store gave (JetStream compares its sequence). A
 stored event's fields hold its envelope under ``envelope``; a dead letter's the fields of
 ``runtime.core.dead_letters.DeadLetter.fields``.
 """
@@ -28,6 +30,10 @@ Entry = tuple[str, dict[bytes, bytes]]
 
 class OperationUnsupported(Exception):
     """The engine cannot do this operator's request (the message says why and what can)."""
+
+
+class StoreContended(Exception):
+    """A write kept losing to concurrent writers and gave up; the request can be retried."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,13 +95,22 @@ class OperatorStore(Protocol):
     async def read_after(
         self, last_ids: Mapping[str, str], count: int, block_ms: int | None
     ) -> list[tuple[str, list[Entry]]]:
-        """New entries of several logs after ``last_ids``, waiting up to ``block_ms`` for
-        some (None: not at all); the logs that have some, each with up to ``count``."""
+        """New entries of several logs after ``last_ids``, waiting up to ``block_ms`` (> 0)
+        for some (None: not at all; 0 is not a way to wait forever here); the logs that have
+        some, each with up to ``count``."""
         ...
 
     async def stream_counters(self, key: str) -> tuple[str, int] | None:
-        """A log's last id and how many entries were ever appended to it; None when there is
-        no such log."""
+        """A log's position: its last id and a count of its entries (on Redis the entries
+        ever appended, on JetStream those it holds); None when there is no such log. Only
+        ``appended_since`` compares two of them."""
+        ...
+
+    async def appended_since(self, key: str, last_id: str, counted: int) -> int:
+        """How many entries were appended to a log after the position ``stream_counters``
+        gave (``"0-0"``, 0: from the beginning). Exact on Redis (its entries-added counter,
+        trimming or not); on JetStream the entries still held after that position (exact
+        unless more were appended since than the subject keeps)."""
         ...
 
     # --- consumers ----------------------------------------------------------------------

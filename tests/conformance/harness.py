@@ -15,6 +15,9 @@ from runtime.core.keys import Keyspace
 from runtime.core.partitioning import Partitioning
 from runtime.core.redis_server import RedisServer, start_redis_server
 
+# What a harness's engine keeps of each log unless a test asks for less: all it appends.
+KEEP_ALL = 1_000_000
+
 
 class Harness(Protocol):
     """A broker this test started (on a free loopback port, in a temporary folder)."""
@@ -26,8 +29,11 @@ class Harness(Protocol):
         """The URL ``runtime.engines.open_engine`` (and ``quantum run --redis-url``) takes."""
         ...
 
-    def open(self, namespace: str, partitioning: Partitioning | None = None) -> Engine:
-        """A new engine on this broker (a new client: as a new process would have)."""
+    def open(
+        self, namespace: str, partitioning: Partitioning | None = None, *, keep: int = KEEP_ALL
+    ) -> Engine:
+        """A new engine on this broker (a new client: as a new process would have), each of
+        its logs kept to about ``keep`` entries (older ones trimmed)."""
         ...
 
     def kill(self) -> None:
@@ -59,7 +65,9 @@ class RedisHarness:
     def url(self) -> str:
         return self.server.url
 
-    def open(self, namespace: str, partitioning: Partitioning | None = None) -> Engine:
+    def open(
+        self, namespace: str, partitioning: Partitioning | None = None, *, keep: int = KEEP_ALL
+    ) -> Engine:
         from runtime.adapters.redis.engine import RedisEngine
         from runtime.adapters.redis.retention import RetentionPolicy
 
@@ -67,8 +75,8 @@ class RedisHarness:
             self.url,
             Keyspace(namespace),
             partitioning=partitioning,
-            maxlen=1_000_000,
-            retention=RetentionPolicy(retain=1_000_000),
+            maxlen=keep,
+            retention=RetentionPolicy(retain=keep),
         )
 
     def kill(self) -> None:

@@ -22,6 +22,7 @@ from runtime.core.engine import Engine
 from runtime.core.keys import Keyspace
 from runtime.core.partitioning import Partitioning
 from runtime.core.redis_server import DEFAULT_HOST, RedisServer, free_port, start_redis_server
+from tests.conformance.harness import KEEP_ALL
 
 MASTERS = 3
 CLUSTER_ARGS = (
@@ -105,13 +106,15 @@ class RedisClusterHarness:
     def url(self) -> str:
         return "redis+cluster://" + ",".join(f"{DEFAULT_HOST}:{p}" for p in self.ports)
 
-    def open(self, namespace: str, partitioning: Partitioning | None = None) -> Engine:
+    def open(
+        self, namespace: str, partitioning: Partitioning | None = None, *, keep: int = KEEP_ALL
+    ) -> Engine:
         return RedisClusterEngine.from_url(
             self.url,
             Keyspace(namespace),
             partitioning=partitioning,
-            maxlen=1_000_000,
-            retention=RetentionPolicy(retain=1_000_000),
+            maxlen=keep,
+            retention=RetentionPolicy(retain=keep),
         )
 
     def wait_ok(self) -> None:

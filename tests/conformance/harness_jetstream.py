@@ -14,6 +14,7 @@ from runtime.core.engine import Engine
 from runtime.core.keys import Keyspace
 from runtime.core.partitioning import Partitioning
 from runtime.core.redis_server import free_port
+from tests.conformance.harness import KEEP_ALL
 
 HOST = "127.0.0.1"
 INSTALL_HINT = (
@@ -56,10 +57,16 @@ class JetStreamHarness:
     def url(self) -> str:
         return f"nats://{HOST}:{self.port}"
 
-    def open(self, namespace: str, partitioning: Partitioning | None = None) -> Engine:
+    def open(
+        self, namespace: str, partitioning: Partitioning | None = None, *, keep: int = KEEP_ALL
+    ) -> Engine:
         from runtime.adapters.nats.engine import JetStreamEngine
+        from runtime.adapters.nats.retention import RetentionPolicy
 
-        return JetStreamEngine.from_url(self.url, Keyspace(namespace), partitioning=partitioning)
+        retention = None if keep == KEEP_ALL else RetentionPolicy(keep, keep, overshoot=1)
+        return JetStreamEngine.from_url(
+            self.url, Keyspace(namespace), partitioning=partitioning, retention=retention
+        )
 
     def kill(self) -> None:
         if self.process is not None and self.process.poll() is None:

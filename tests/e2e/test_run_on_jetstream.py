@@ -3,7 +3,8 @@
 A recorded feed, split in partitions, runs to its end and gives the backtest's signals and
 the summary; a live run answers the control plane's calls from the broker: health (NATS and
 every domain), the policy (a mode switch reaches the domains), ReadEvents, a trace through
-the domains, the dead letters; Ctrl-C then drains and prints the summary.
+the domains, the dead letters; Ctrl-C then drains, prints the summary and deletes the run's
+own namespace. Refused credentials and a broker that does not answer are one clear line.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import nats as nats_client
 import pytest
 from quantum.control.v1 import policy_service_pb2 as policy_pb
 from quantum.control.v1 import replay_service_pb2 as replay_pb
@@ -30,9 +32,11 @@ from quantum.events.v1 import policy_pb2 as policy_model_pb
 from quantum.events.v1.envelope_pb2 import Envelope
 
 from control_plane.local_token import LOCAL_TOKEN_FILE
+from runtime.adapters.nats.names import token
 from runtime.backtest import run_backtest
 from runtime.core.keys import Keyspace
 from runtime.core.partitioning import Partitioning
+from runtime.core.redis_server import free_port
 from runtime.engines import open_engine
 from tests.conformance.harness_jetstream import JetStreamHarness
 from tests.e2e.quantum_process import (
@@ -208,3 +212,73 @@ def test_the_control_plane_serves_a_live_run_on_jetstream(
     assert found["dead_letters"] == []
     assert SUMMARY_TITLE in out
     assert count(out, "market.tick") > 0
+    # The run's own namespace (none given) is deleted at its end: streams and buckets.
+    fresh = next(e["namespace"] for e in seen if e.get("event") == "run_started")
+    assert fresh.startswith("quantum-run-")
+    assert asyncio.run(_streams_of(nats.url, fresh)) == []
+
+
+async def _streams_of(url: str, namespace: str) -> list[str]:
+    """The JetStream streams (KV buckets included) whose names begin with the namespace's."""
+    prefix = token(namespace)
+    connection = await nats_client.connect(url)
+    try:
+        streams = await connection.jetstream().streams_info()
+        return sorted(
+            info.config.name or ""
+            for info in streams
+            if (info.config.name or "").removeprefix("KV_").startswith(prefix)
+        )
+    finally:
+        await connection.close()
+
+
+def test_credentials_nats_refuses_are_named_at_once_without_the_password(
+    tmp_path: Path,
+) -> None:
+    guarded = JetStreamHarness()
+    try:
+        guarded.args += ["--user", "alice", "--pass", "s3cret-pw"]
+        guarded.restart()
+        wrong = guarded.url.replace("nats://", "nats://alice:wrong-pw@")
+        refused = subprocess.run(
+            run_command(wrong, "guarded", tmp_path, "--duration", "5"),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        right = guarded.url.replace("nats://", "nats://alice:s3cret-pw@")
+        accepted = subprocess.run(
+            run_command(right, "guarded", tmp_path, "--duration", "3", "--workers", "1"),
+            capture_output=True,
+            text=True,
+            timeout=90,
+            check=False,
+        )
+    finally:
+        guarded.stop()
+    assert refused.returncode == 2, refused.stderr[-2000:]
+    assert "refused this connection's credentials" in refused.stderr
+    assert "wrong-pw" not in refused.stderr
+    assert "Traceback" not in refused.stderr
+    assert accepted.returncode == 0, accepted.stderr[-2000:]
+    assert SUMMARY_TITLE in accepted.stdout
+
+
+@pytest.mark.parametrize("scheme", ["nats", "redis"])
+def test_a_broker_that_does_not_answer_at_start_is_one_clear_line(
+    scheme: str, tmp_path: Path
+) -> None:
+    url = f"{scheme}://127.0.0.1:{free_port()}"
+    result = subprocess.run(
+        run_command(url, None, tmp_path, "--duration", "3", "--workers", "1"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "is unreachable" in result.stderr
+    assert "start it and retry" in result.stderr or "start Redis and retry" in result.stderr
+    assert "Traceback" not in result.stderr

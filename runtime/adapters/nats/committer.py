@@ -86,8 +86,10 @@ class JetStreamCommitter:
     async def load_state(self) -> bytes | None:
         partition = self.partition
         if partition.revision is not None:
+            partition.loaded_epoch = partition.record.epoch
             return partition.record.state
         stored, _ = await partition.peek()  # a read only: adopting its revision would unfence
+        partition.loaded_epoch = stored.epoch  # what the actor holds from now on
         return stored.state
 
     # -- commit -----------------------------------------------------------------------------

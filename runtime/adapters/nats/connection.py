@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import itertools
 from collections.abc import Sequence
+from urllib.parse import urlsplit, urlunsplit
 
 import nats
 import orjson
@@ -29,7 +30,7 @@ from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfi
 from nats.js.errors import BadRequestError, BucketNotFoundError
 from nats.js.kv import KeyValue
 
-from runtime.adapters.nats.errors import PublishRefused, Reconnected
+from runtime.adapters.nats.errors import NatsAccessDenied, PublishRefused, Reconnected
 from runtime.adapters.nats.names import JetStreamNames
 from runtime.core.dead_letters import DLQ_MAXLEN
 from runtime.core.logs import get_logger
@@ -103,6 +104,7 @@ class Connection:
         self._acks: dict[str, tuple[_PendingBatch, int]] = {}
         self._counter = itertools.count()
         self._closed = False
+        self._refused: Exception | None = None  # an authorization violation while connecting
 
     # -- opening ----------------------------------------------------------------------------
 
@@ -116,21 +118,17 @@ class Connection:
             if self._closed:
                 raise nats.errors.ConnectionClosedError
             if self._nc is None:
-                # Two attempts at first (nats-py would otherwise retry forever inside
-                # connect): the caller's backoff retries a broker that is not up yet.
-                self._nc = await nats.connect(
-                    self.url,
-                    name=self.name,
-                    allow_reconnect=True,
-                    max_reconnect_attempts=1,
-                    reconnect_time_wait=0.1,
-                    connect_timeout=2,
-                    ping_interval=5,
-                    max_outstanding_pings=2,
-                    disconnected_cb=self._on_disconnect,
-                    error_cb=self._on_error,
-                    pending_size=64 * 1024 * 1024,
-                )
+                self._refused = None
+                try:
+                    self._nc = await self._connect()
+                except nats.errors.NoServersError as exc:
+                    if self._refused is not None:
+                        raise NatsAccessDenied(
+                            f"NATS at {_without_credentials(self.url)} refused this "
+                            f"connection's credentials ({self._refused}): give the user and "
+                            "password in the URL (nats://USER:PASSWORD@HOST:PORT) or a token"
+                        ) from exc
+                    raise
                 self._nc.options["max_reconnect_attempts"] = -1  # connected: never give up
                 self._js = self._nc.jetstream(timeout=API_TIMEOUT_S)
                 self._ack_prefix = self._nc.new_inbox()
@@ -138,6 +136,23 @@ class Connection:
             if self._kv is None and ensure:
                 await self._ensure_streams()
             return self._nc
+
+    async def _connect(self) -> Client:
+        # Two attempts at first (nats-py would otherwise retry forever inside connect): the
+        # caller's backoff retries a broker that is not up yet.
+        return await nats.connect(
+            self.url,
+            name=self.name,
+            allow_reconnect=True,
+            max_reconnect_attempts=1,
+            reconnect_time_wait=0.1,
+            connect_timeout=2,
+            ping_interval=5,
+            max_outstanding_pings=2,
+            disconnected_cb=self._on_disconnect,
+            error_cb=self._on_error,
+            pending_size=64 * 1024 * 1024,
+        )
 
     async def jetstream(self, *, ensure: bool = True) -> JetStreamContext:
         """The JetStream context; with ``ensure`` False it creates no stream (to delete)."""
@@ -222,6 +237,12 @@ class Connection:
                 )
 
     async def _on_error(self, exc: Exception) -> None:
+        # nats-py reports the server's "-ERR 'Authorization Violation'" as a plain Error.
+        if (
+            isinstance(exc, nats.errors.AuthorizationError)
+            or "authorization violation" in str(exc).lower()
+        ):
+            self._refused = exc
         _log.debug("nats_connection_error", error=f"{type(exc).__name__}: {exc}")
 
     # -- publishing -------------------------------------------------------------------------
@@ -293,3 +314,11 @@ class Connection:
         if nc is not None and not nc.is_closed:
             with contextlib.suppress(Exception):
                 await nc.close()
+
+
+def _without_credentials(url: str) -> str:
+    """``url`` with any user, password or token taken out (for messages and logs)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))

@@ -18,6 +18,11 @@ class ConsumerGone(ConnectionError):
     the subscription positions again, which a stale owner cannot."""
 
 
+class NatsAccessDenied(Exception):
+    """The server refused this connection's credentials (user, password, token or nkey in
+    the URL): no retry helps, the URL or the server's accounts must change."""
+
+
 class PublishRefused(RuntimeError):
     """JetStream refused to store a message (its reply carried an error)."""
 

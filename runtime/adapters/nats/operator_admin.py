@@ -34,6 +34,11 @@ from runtime.adapters.nats.log import entry_id as make_entry_id
 from runtime.adapters.nats.log import seq_of
 from runtime.adapters.nats.operator_reads import JetStreamReads
 from runtime.adapters.nats.record import PartitionRecord, now_ms
+from runtime.core.operator_store import StoreContended
+
+# How many times a repair tries to replace a partition's record that keeps changing under
+# it (its owner commits between the read and the compare-and-set) before giving up.
+REPAIR_ATTEMPTS = 50
 
 
 class JetStreamOperatorStore(JetStreamReads):
@@ -119,14 +124,18 @@ class JetStreamOperatorStore(JetStreamReads):
         records_kept: int,
     ) -> int:
         """The repair record first, then the partition's record with ``state`` and its epoch
-        raised, compare-and-set; a write that came between (a commit, another repair) makes
-        this one try again, with a new record. The new epoch."""
+        raised, compare-and-set. A write that came between makes this one try again: the
+        owner's commit (same epoch: the record is not appended again) or another repair
+        (a new epoch: a new record). ``StoreContended`` after ``REPAIR_ATTEMPTS`` tries."""
         kv = await self.connection.kv()
         key = self._record_key(domain, partition, partitions)
-        while True:
+        recorded: int | None = None
+        for _ in range(REPAIR_ATTEMPTS):
             stored, revision = await self._record(key)
             epoch = stored.epoch + 1
-            await self._append(self.keyspace.state_repairs(), record(epoch), records_kept)
+            if recorded != epoch:
+                await self._append(self.keyspace.state_repairs(), record(epoch), records_kept)
+                recorded = epoch
             stored.state = state
             stored.epoch = epoch
             try:
@@ -135,8 +144,14 @@ class JetStreamOperatorStore(JetStreamReads):
                 else:
                     await kv.create(key, stored.encode())
             except KeyWrongLastSequenceError:
+                await asyncio.sleep(0.01)
                 continue
             return epoch
+        raise StoreContended(
+            f"the state of {domain} partition {partition}/{partitions} was written "
+            f"{REPAIR_ATTEMPTS} times while this repair tried to replace it; its record was "
+            "logged but the state not replaced: repair again (or stop the domain first)"
+        )
 
     # --- a run's namespace --------------------------------------------------------------
 

@@ -15,12 +15,14 @@ What JetStream makes different from Redis, each said again where it applies:
 - ``read_after`` polls (no blocking read of several subjects): per poll one stream-info
   call per stream, and a message lookup only for a subject whose stream grew;
 - ``stream_counters`` counts the messages the subject *holds*, not those ever appended
-  (JetStream keeps no per-subject append counter): after trimming the two differ;
+  (JetStream keeps no per-subject append counter), and ``appended_since`` those it holds
+  past a position: exact unless more were appended since than the subject keeps;
 - a group is the runner's newest durable consumer on a subject (``names.consumer``).
 
 How entries' fields are stored: an event's and a trace's message is the envelope
 (``envelope``); a dead letter's a JSON header and the payload (``dead_letters``); an
-operators' record (``ops`` stream: audit, repairs) one JSON object of text fields.
+operators' record on the ``ops`` stream: an audit entry one JSON object of text fields, a
+repair record its bytes (``record``).
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ class Bound:
     ms: int
     seq: int | None
     exclusive: bool
+    below: bool = False  # a time bound from "<ms>-0": as an end, only entries before ``ms``
 
     def admits_from(self, ms: int, seq: int) -> bool:
         """As a start: the entry is at or after it."""
@@ -71,8 +74,8 @@ class Bound:
 
     def admits_to(self, ms: int, seq: int) -> bool:
         """As an end: the entry is at or before it."""
-        if self.seq is None:
-            return ms <= self.ms  # "<ms>" is "<ms>-<max>"
+        if self.seq is None:  # "<ms>" is "<ms>-<max>"; "<ms>-0" is before any stored at ms
+            return ms < self.ms if self.below else ms <= self.ms
         return seq < self.seq if self.exclusive else seq <= self.seq
 
 
@@ -87,7 +90,11 @@ def parse_bound(text: str) -> Bound | None:
     raw = text[1:] if exclusive else text
     ms, dash, seq = raw.partition("-")
     try:
-        return Bound(int(ms), int(seq) if dash else None, exclusive)
+        number = int(seq) if dash else None
+        # Sequences start at 1: "<ms>-0" (Redis's first id of a millisecond) is a time.
+        if number == 0:
+            return Bound(int(ms), None, exclusive, below=True)
+        return Bound(int(ms), number, exclusive)
     except ValueError:
         raise ValueError(f"{text!r} is not an entry id, '-', '+' or '(' and an id") from None
 
@@ -128,23 +135,25 @@ class JetStreamReads:
         except ValueError:
             return None
 
-    def _fields(self, stream: str, entry: str, data: bytes) -> dict[bytes, bytes]:
+    def _fields(self, stream: str, key: str, entry: str, data: bytes) -> dict[bytes, bytes]:
         """A stored message as the fields its log's entries have (see the module doc)."""
         if stream == self.names.dlq_stream:
             return decode_letter(entry, data).fields()
         if stream == self.names.ops_stream:
+            if key == self.keyspace.state_repairs():
+                return {b"record": data}
             try:
                 loaded = orjson.loads(data)
             except orjson.JSONDecodeError:
                 loaded = None
-            if isinstance(loaded, dict):
-                return {str(k).encode(): str(v).encode() for k, v in loaded.items()}
-            return {b"record": data}
+            if not isinstance(loaded, dict):  # not an entry this system wrote
+                return {b"body": data}
+            return {str(k).encode(): str(v).encode() for k, v in loaded.items()}
         return {b"envelope": data}
 
-    def _entry(self, stream: str, ms: int, seq: int, data: bytes) -> Entry:
+    def _entry(self, stream: str, key: str, ms: int, seq: int, data: bytes) -> Entry:
         entry = entry_id(ms, seq)
-        return entry, self._fields(stream, entry, data)
+        return entry, self._fields(stream, key, entry, data)
 
     async def range(
         self, key: str, start: str = "-", end: str = "+", count: int | None = None
@@ -155,7 +164,7 @@ class JetStreamReads:
         if stream is None or start == "+" or end == "-" or count == 0:
             return []
         found = await self._read(stream, key, parse_bound(start), parse_bound(end), count)
-        return [self._entry(stream, ms, seq, data) for ms, seq, data in found]
+        return [self._entry(stream, key, ms, seq, data) for ms, seq, data in found]
 
     async def range_reverse(
         self, key: str, end: str = "+", start: str = "-", count: int | None = None
@@ -173,7 +182,7 @@ class JetStreamReads:
         low, high = parse_bound(start), parse_bound(end)
         if count is None or (high is not None and high.seq is None):
             found = await self._read(stream, key, low, high, None)
-            return [self._entry(stream, *item) for item in reversed(found)][: count or None]
+            return [self._entry(stream, key, *item) for item in reversed(found)][: count or None]
         last = await self._last(stream, key)
         if last is None:
             return []
@@ -184,7 +193,7 @@ class JetStreamReads:
             newest = (ms_of(last.time), top, last.data or b"")
             if low is not None and not low.admits_from(newest[0], newest[1]):
                 return []
-            return [self._entry(stream, *newest)]
+            return [self._entry(stream, key, *newest)]
         floor = 1
         if low is not None and low.seq is not None:
             floor = max(1, low.seq + 1 if low.exclusive else low.seq)
@@ -196,7 +205,7 @@ class JetStreamReads:
             )
             kept = found if low is None else [x for x in found if low.admits_from(x[0], x[1])]
             if first <= floor or len(kept) < len(found) or len(kept) >= count:
-                return [self._entry(stream, *item) for item in reversed(kept[-count:])]
+                return [self._entry(stream, key, *item) for item in reversed(kept[-count:])]
             window *= 8
 
     async def newest(self, key: str) -> Entry | None:
@@ -206,7 +215,7 @@ class JetStreamReads:
         last = await self._last(stream, key)
         if last is None:
             return None
-        return self._entry(stream, ms_of(last.time), last.seq or 0, last.data or b"")
+        return self._entry(stream, key, ms_of(last.time), last.seq or 0, last.data or b"")
 
     async def last_entry_ids(self, keys: Sequence[str]) -> dict[str, str]:
         async def last_id(key: str) -> str:
@@ -237,7 +246,7 @@ class JetStreamReads:
                 return None
             if msg.subject != key:
                 return None
-            return self._fields(stream, entry, msg.data or b"")
+            return self._fields(stream, key, entry, msg.data or b"")
 
         return list(await asyncio.gather(*(one(entry) for entry in entry_ids)))
 
@@ -279,7 +288,7 @@ class JetStreamReads:
                 start = Bound(0, first.seq or 0, exclusive=False)
                 items = await self._read(stream, key, start, None, count)
                 if items:
-                    found.append((key, [self._entry(stream, *item) for item in items]))
+                    found.append((key, [self._entry(stream, key, *item) for item in items]))
             if found or not block_ms or loop.time() >= deadline:
                 found.sort(key=lambda item: _order(item[1][0][0]))
                 return found
@@ -302,6 +311,17 @@ class JetStreamReads:
             return None
         held = (info.state.subjects or {}).get(key, 0)
         return entry_id(ms_of(last.time), last.seq or 0), held
+
+    async def appended_since(self, key: str, last_id: str, counted: int) -> int:
+        """The messages the subject holds past the position's sequence (JetStream keeps no
+        count of messages ever appended to a subject): exact unless more were appended
+        since than the subject keeps."""
+        stream = self._stream(key)
+        if stream is None:
+            return 0
+        _, _, seq = last_id.partition("-")
+        after = int(seq) if seq.isdigit() else 0
+        return await self._count_from(stream, key, after + 1)
 
     # --- consumers ----------------------------------------------------------------------
 
@@ -479,6 +499,36 @@ class JetStreamReads:
                 with contextlib.suppress(Exception):
                     await js.delete_consumer(stream, name)
         return out
+
+    async def _count_from(self, stream: str, subject: str, first_seq: int) -> int:
+        """How many messages of the subject the stream holds from ``first_seq`` on: the
+        pending count of a consumer of its own (acknowledging nothing), deleted after."""
+        js = await self.connection.jetstream()
+        try:
+            pull = await js.pull_subscribe(
+                subject,
+                stream=stream,
+                config=ConsumerConfig(
+                    ack_policy=AckPolicy.NONE,
+                    deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+                    opt_start_seq=max(1, first_seq),
+                    inactive_threshold=30.0,
+                    mem_storage=True,
+                ),
+            )
+        except NotFoundError:  # no such stream yet
+            return 0
+        name = ""
+        try:
+            info = await pull.consumer_info()
+            name = info.name
+            return info.num_pending or 0
+        finally:
+            with contextlib.suppress(Exception):
+                await pull.unsubscribe()
+            if name:
+                with contextlib.suppress(Exception):
+                    await js.delete_consumer(stream, name)
 
     async def _after_seq(self, js: JetStreamContext, stream: str, key: str, last: str) -> int:
         """The sequence ``read_after`` reads after, for the id it was given."""

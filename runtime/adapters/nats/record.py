@@ -148,6 +148,9 @@ class Partition:
         self.record = PartitionRecord()
         self.revision: int | None = None  # None: not known (read before the next write)
         self.token: int | None = None  # the lease token this process holds the partition by
+        # The state epoch of the state this owner's actor was restored from (None: not yet
+        # restored): a record of another epoch was repaired since, and must be reloaded.
+        self.loaded_epoch: int | None = None
         self.in_hand: dict[str, deque[tuple[int, str]]] = {}
         # Acknowledged entries still behind one that is not (a retry in place, or an entry
         # acknowledged when its batch was prepared): the watermark waits for the gap.
@@ -176,7 +179,7 @@ class Partition:
         this owner must reload rather than overwrite)."""
         if self.revision is not None:
             return self.record
-        held_epoch = self.record.epoch
+        held_epoch = self.loaded_epoch if self.loaded_epoch is not None else self.record.epoch
         stored = await self.read()
         if token is not None and stored.token != token:
             self.revision = None

@@ -73,6 +73,10 @@ class RedisOperatorStore:
     async def stream_counters(self, key: str) -> tuple[str, int] | None:
         return await reads.stream_counters(self.redis, key)
 
+    async def appended_since(self, key: str, last_id: str, counted: int) -> int:
+        now = await reads.stream_counters(self.redis, key)
+        return 0 if now is None else max(0, now[1] - counted)
+
     async def groups_each(self, keys: Sequence[str]) -> list[list[GroupFigures] | None]:
         replies = await reads.groups_each(self.redis, keys)
         return [

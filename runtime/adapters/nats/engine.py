@@ -13,17 +13,13 @@ multi-key transaction.
 
 from __future__ import annotations
 
-import contextlib
-
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-from nats.js.errors import KeyNotFoundError, NotFoundError
+from nats.js.errors import KeyNotFoundError
 from quantum.events.v1.envelope_pb2 import Envelope
 
 from runtime.adapters.nats.committer import JetStreamCommitter
 from runtime.adapters.nats.connection import DEFAULT_DUPLICATE_WINDOW_S, Connection
-from runtime.adapters.nats.dead_letters import decode_letter
 from runtime.adapters.nats.keys import JetStreamKeyspace
-from runtime.adapters.nats.log import JetStreamLog, entry_id
+from runtime.adapters.nats.log import JetStreamLog
 from runtime.adapters.nats.names import JetStreamNames
 from runtime.adapters.nats.operator_admin import JetStreamOperatorStore
 from runtime.adapters.nats.policy_store import JetStreamPolicyStore
@@ -40,9 +36,6 @@ from runtime.core.partitioning import UNPARTITIONED, Partitioning
 from runtime.core.policy.model import Policy
 from runtime.core.publisher import Publisher
 from runtime.core.registry import EventRegistry, default_registry
-
-READ_BATCH = 1_000
-READ_WAIT_S = 2.0
 
 
 class JetStreamPublisher(Publisher):
@@ -197,24 +190,17 @@ class JetStreamEngine:
         return JetStreamOperatorStore(self)
 
     async def read(self, topic: str, *, count: int = 10_000) -> list[tuple[str, bytes]]:
-        return [
-            (entry, data)
-            for entry, data in await self._read_subject(self.names.subject(topic), count)
-        ]
+        entries = await self.operator_store().range(self.names.subject(topic), count=count)
+        return [(entry, fields[b"envelope"]) for entry, fields in entries]
 
     async def dead_letters(self, domain: str, *, count: int = 10_000) -> list[DeadLetter]:
-        stored = await self._read_subject(
-            self.names.dlq(domain), count, stream=self.names.dlq_stream
-        )
-        return [decode_letter(entry, body) for entry, body in stored]
+        entries = await self.operator_store().range(self.names.dlq(domain), count=count)
+        return [DeadLetter.from_fields(entry, fields) for entry, fields in entries]
 
     async def trace(self, trace_id: str) -> list[Envelope]:
         """The indexed events of a trace, each once, ordered by event id (time order)."""
-        stored = await self._read_subject(
-            self.names.trace(trace_id), 10_000, stream=self.names.trace_stream
-        )
         seen: dict[str, Envelope] = {}
-        for _, data in stored:
+        for data in await self.operator_store().trace_items(trace_id):
             try:
                 envelope = decode_envelope(data)
             except EnvelopeError:
@@ -232,51 +218,6 @@ class JetStreamEngine:
         except KeyNotFoundError:
             return None
         return PartitionRecord.decode(entry.value).state
-
-    async def _read_subject(
-        self, subject: str, count: int, *, stream: str | None = None
-    ) -> list[tuple[str, bytes]]:
-        """The first ``count`` messages of a subject, oldest first, through a short-lived
-        consumer that acknowledges nothing (a read changes no group's position)."""
-        js = await self.connection.jetstream()
-        stream = stream or self.names.events_stream
-        pull = await js.pull_subscribe(
-            subject,
-            stream=stream,
-            config=ConsumerConfig(
-                ack_policy=AckPolicy.NONE,
-                deliver_policy=DeliverPolicy.ALL,
-                inactive_threshold=30.0,
-                mem_storage=True,
-            ),
-        )
-        out: list[tuple[str, bytes]] = []
-        name = ""
-        try:
-            info = await pull.consumer_info()
-            name = info.name
-            wanted = min(count, info.num_pending or 0)
-            while len(out) < wanted:
-                with contextlib.suppress(TimeoutError):
-                    for msg in await pull.fetch(min(READ_BATCH, wanted - len(out)), READ_WAIT_S):
-                        meta = msg.metadata
-                        out.append(
-                            (
-                                entry_id(
-                                    int(meta.timestamp.timestamp() * 1000), meta.sequence.stream
-                                ),
-                                msg.data,
-                            )
-                        )
-                    continue
-                break
-        finally:
-            with contextlib.suppress(Exception):
-                await pull.unsubscribe()
-            if name:
-                with contextlib.suppress(NotFoundError, Exception):
-                    await js.delete_consumer(stream, name)
-        return out
 
     async def close(self) -> None:
         await self.connection.close()

@@ -345,9 +345,13 @@ def build_parser() -> argparse.ArgumentParser:
         prog="quantum control-plane", description="Serve the gRPC control plane alone."
     )
     parser.add_argument(
+        "--engine-url",
         "--redis-url",
+        dest="redis_url",
+        metavar="URL",
         default=os.environ.get("REDIS_URL"),
-        help="the engine's URL (redis://, redis+cluster://, nats://); default: $REDIS_URL",
+        help="the engine's URL (redis://, redis+cluster://, nats://); --redis-url is the same "
+        "option; default: $REDIS_URL",
     )
     parser.add_argument("--namespace", default="quantum")
     parser.add_argument(

@@ -217,11 +217,15 @@ def _output_file(value: str) -> Path:
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
+        "--engine-url",
         "--redis-url",
+        dest="redis_url",
+        metavar="URL",
         default=os.environ.get("REDIS_URL"),
         help="the engine's URL: redis://, rediss://, unix://, redis+cluster://host:port[,...] "
-        "or nats://host:port (JetStream); default: $REDIS_URL, else 127.0.0.1:6379 when it "
-        "answers, else a private redis-server for the run",
+        "or nats://host:port (JetStream); --redis-url is the same option; default: "
+        "$REDIS_URL, else 127.0.0.1:6379 when it answers, else a private redis-server for the "
+        "run",
     )
     parser.add_argument(
         "--namespace",

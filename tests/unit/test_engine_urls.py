@@ -6,7 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from control_plane.server import build_parser as control_plane_parser
 from runtime.bootstrap import engine_problem
+from runtime.cli import build_parser
 from runtime.core.keys import Keyspace
 from runtime.core.operator_store import OperationUnsupported
 from runtime.engines import (
@@ -69,3 +71,10 @@ async def test_the_in_memory_engine_has_no_operator_side_and_says_why() -> None:
     with pytest.raises(OperationUnsupported, match="in-memory engine of backtests"):
         open_operator_side("memory://", engine, state_dir=Path("unused"))
     await engine.close()
+
+
+@pytest.mark.parametrize("flag", ["--engine-url", "--redis-url"])
+def test_the_engine_url_has_two_names_on_both_commands(flag: str) -> None:
+    url = "nats://127.0.0.1:4222"
+    assert build_parser().parse_args(["run", flag, url]).redis_url == url
+    assert control_plane_parser().parse_args([flag, url]).redis_url == url

@@ -23,18 +23,20 @@ from __future__ import annotations
 
 import contextlib
 import time
+from functools import partial
 from typing import Any
 
 import hiredis
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
+from runtime.adapters.redis import marks
 from runtime.adapters.redis.errors import CommitFailed, is_transient
 from runtime.adapters.redis.resp import RespConnection, pack
 from runtime.adapters.redis.retention import StreamRetention
 from runtime.adapters.redis.streams import StreamNames
 from runtime.core.dead_letters import DLQ_MAXLEN
-from runtime.core.keys import PROCESSED_BUCKET_CHARS, Keyspace
+from runtime.core.keys import Keyspace
 from runtime.core.logs import get_logger
 from runtime.core.trace_index import DEFAULT_MAX_TRACES, DEFAULT_TRACE_TTL_S
 from runtime.core.transport import Backpressure, Commit, Lease, LeaseLost
@@ -245,18 +247,8 @@ class RedisCommitter:
         group = self._group_b
         for stream, ids in commit.acks.items():
             parts.append(pack(b"XACK", stream, group, *ids))
-        buckets: dict[str, list[str]] = {}
-        cut = PROCESSED_BUCKET_CHARS
-        for event_id in commit.processed:  # the mark is the id less the bucket's prefix
-            marks = buckets.get(event_id[:cut])
-            if marks is None:
-                buckets[event_id[:cut]] = [event_id[cut:]]
-            else:
-                marks.append(event_id[cut:])
-        for head, marks in buckets.items():
-            key = self.keyspace.processed_bucket(self.domain, head)
-            parts.append(pack(b"SADD", key, *marks))
-            parts.append(pack(b"EXPIRE", key, self._processed_ttl))
+        bucket = partial(self.keyspace.processed_bucket, self.domain)
+        parts += marks.pack_marks(bucket, commit.processed, self._processed_ttl)
         if commit.state is not None:
             parts.append(pack(b"SET", self.state_key, commit.state))
         parts.append(_EXEC)

@@ -8,17 +8,18 @@ management) through redis-py.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from functools import partial
 from typing import Any
 
-import hiredis
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
+from runtime.adapters.redis import marks
 from runtime.adapters.redis.errors import is_missing_group, is_transient
 from runtime.adapters.redis.resp import RespConnection
 from runtime.adapters.redis.streams import ENVELOPE_FIELD
 from runtime.core.delivery import entry_order, merge_by_time
-from runtime.core.keys import PROCESSED_BUCKET_CHARS, Keyspace
+from runtime.core.keys import Keyspace
 from runtime.core.logs import get_logger
 from runtime.core.transport import Delivery, GroupPosition
 
@@ -152,60 +153,20 @@ class RedisSubscription:
 
     async def processed(self, event_ids: Sequence[str]) -> set[str]:
         # Grouped by bucket (the id's first characters): one SMISMEMBER per bucket.
-        buckets: dict[str, list[str]] = {}
-        cut = PROCESSED_BUCKET_CHARS
-        for event_id in event_ids:
-            ids = buckets.get(event_id[:cut])
-            if ids is None:
-                buckets[event_id[:cut]] = [event_id]
-            else:
-                ids.append(event_id)
-        bucket = self.keyspace.processed_bucket
-        replies = await self._conn.pipeline(
-            [
-                ("SMISMEMBER", bucket(self.domain, ids[0]), *[i[cut:] for i in ids])
-                for ids in buckets.values()
-            ]
-        )
-        found: set[str] = set()
-        for ids, flags in zip(buckets.values(), replies, strict=True):
-            if isinstance(flags, hiredis.ReplyError):
-                raise ResponseError(str(flags))
-            found.update(i for i, flag in zip(ids, flags, strict=True) if flag)
-        return found
+        buckets = marks.by_bucket(event_ids)
+        bucket = partial(self.keyspace.processed_bucket, self.domain)
+        return marks.found(buckets, await self._conn.pipeline(marks.lookups(bucket, buckets)))
 
     async def recreate(
         self, error: BaseException, after: Mapping[str, bytes]
     ) -> list[tuple[str, bytes]] | None:
-        if not is_missing_group(error):
-            return None
-        recreated: list[tuple[str, bytes]] = []
-        for stream in self._streams:
-            start = after.get(stream, self.start_id.encode())
-            try:
-                await self.redis.xgroup_create(stream, self.group, id=start, mkstream=True)
-            except ResponseError as exc:
-                if "BUSYGROUP" in str(exc):
-                    continue
-                raise
-            recreated.append((stream, start))
-        return recreated
+        return await recreate_groups(
+            self.redis, self._streams, self.group, self.start_id, error, after
+        )
 
     async def positions(self) -> list[GroupPosition]:
         """Pending and lag of this group on each stream (XINFO GROUPS)."""
-        out: list[GroupPosition] = []
-        for stream in self._streams:
-            for info in await self.redis.xinfo_groups(stream):
-                name = info.get("name")
-                if (name.decode() if isinstance(name, bytes) else name) != self.group:
-                    continue
-                lag = info.get("lag")
-                out.append(
-                    GroupPosition(
-                        stream, self.group, int(info["pending"]), None if lag is None else int(lag)
-                    )
-                )
-        return out
+        return await group_positions(self.redis, self._streams, self.group)
 
     def is_transient(self, exc: BaseException) -> bool:
         return is_transient(exc)
@@ -230,3 +191,50 @@ def envelope_field(fields: Any) -> bytes | None:
             value = fields[index + 1]
             return value if isinstance(value, bytes) else b""
     return b""
+
+
+# What one Redis and a cluster do alike through redis-py's client (a cluster client routes
+# each stream's command to its master).
+
+
+async def recreate_groups(
+    client: Any,
+    streams: Sequence[str],
+    group: str,
+    start_id: str,
+    error: BaseException,
+    after: Mapping[str, bytes],
+) -> list[tuple[str, bytes]] | None:
+    """After ``error`` said a group is missing (a stream deleted, or Redis restarted without
+    its data): create ``group`` again on each stream, after what was read (``after``), else at
+    ``start_id``; the (stream, start) of each one created. None for any other error."""
+    if not is_missing_group(error):
+        return None
+    recreated: list[tuple[str, bytes]] = []
+    for stream in streams:
+        start = after.get(stream, start_id.encode())
+        try:
+            await client.xgroup_create(stream, group, id=start, mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" in str(exc):
+                continue
+            raise
+        recreated.append((stream, start))
+    return recreated
+
+
+async def group_positions(client: Any, streams: Sequence[str], group: str) -> list[GroupPosition]:
+    """Pending and lag of ``group`` on each stream (XINFO GROUPS)."""
+    out: list[GroupPosition] = []
+    for stream in streams:
+        for info in await client.xinfo_groups(stream):
+            name = info.get("name")
+            if (name.decode() if isinstance(name, bytes) else name) != group:
+                continue
+            lag = info.get("lag")
+            out.append(
+                GroupPosition(
+                    stream, group, int(info["pending"]), None if lag is None else int(lag)
+                )
+            )
+    return out

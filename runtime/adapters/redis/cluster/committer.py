@@ -28,12 +28,14 @@ from __future__ import annotations
 
 import asyncio
 import time
+from functools import partial
 from typing import Any, cast
 
 import hiredis
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
+from runtime.adapters.redis import marks
 from runtime.adapters.redis.cluster.keys import ClusterKeyspace
 from runtime.adapters.redis.cluster.nodes import ClusterRouter, NodeConnections
 from runtime.adapters.redis.committer import (
@@ -48,7 +50,6 @@ from runtime.adapters.redis.resp import RespConnection, pack
 from runtime.adapters.redis.retention import StreamRetention
 from runtime.adapters.redis.streams import StreamNames
 from runtime.core.dead_letters import DLQ_MAXLEN, DeadLetter
-from runtime.core.keys import PROCESSED_BUCKET_CHARS
 from runtime.core.logs import get_logger
 from runtime.core.trace_index import DEFAULT_MAX_TRACES, DEFAULT_TRACE_TTL_S
 from runtime.core.transport import Backpressure, Commit, Lease, LeaseLost
@@ -231,18 +232,8 @@ class ClusterCommitter:
         parts = [_MULTI]
         if dead:
             parts += self._pack_dead(dead)
-        buckets: dict[str, list[str]] = {}
-        cut = PROCESSED_BUCKET_CHARS
-        for event_id in commit.processed:
-            marks = buckets.get(event_id[:cut])
-            if marks is None:
-                buckets[event_id[:cut]] = [event_id[cut:]]
-            else:
-                marks.append(event_id[cut:])
-        for head, marks in buckets.items():
-            key = self.keyspace.processed_bucket(self.group, head)
-            parts.append(pack(b"SADD", key, *marks))
-            parts.append(pack(b"EXPIRE", key, self._processed_ttl))
+        bucket = partial(self.keyspace.processed_bucket, self.group)
+        parts += marks.pack_marks(bucket, commit.processed, self._processed_ttl)
         if commit.state is not None:
             parts.append(pack(b"SET", self.state_key, commit.state))
         parts.append(_EXEC)

@@ -18,18 +18,19 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from functools import partial
 from typing import Any, TypeVar
 
 import hiredis
 from redis.exceptions import ResponseError
 
+from runtime.adapters.redis import marks
 from runtime.adapters.redis.cluster.keys import ClusterKeyspace
 from runtime.adapters.redis.cluster.nodes import ClusterRouter
-from runtime.adapters.redis.errors import is_missing_group, is_transient
+from runtime.adapters.redis.errors import is_transient
 from runtime.adapters.redis.resp import RespConnection, pack
-from runtime.adapters.redis.subscription import envelope_field
+from runtime.adapters.redis.subscription import envelope_field, group_positions, recreate_groups
 from runtime.core.delivery import entry_order, merge_by_time
-from runtime.core.keys import PROCESSED_BUCKET_CHARS
 from runtime.core.transport import Delivery, GroupPosition
 
 T = TypeVar("T")
@@ -288,64 +289,22 @@ class ClusterSubscription:
         return await self._routed(lambda: self._processed(event_ids))
 
     async def _processed(self, event_ids: Sequence[str]) -> set[str]:
-        buckets: dict[str, list[str]] = {}
-        cut = PROCESSED_BUCKET_CHARS
-        for event_id in event_ids:
-            ids = buckets.get(event_id[:cut])
-            if ids is None:
-                buckets[event_id[:cut]] = [event_id]
-            else:
-                ids.append(event_id)
+        buckets = marks.by_bucket(event_ids)
         if not buckets:
             return set()
-        bucket = self.keyspace.processed_bucket
-        owner = self._marks_owner
-        conn = self._control.of(bucket(owner, ""))  # every bucket: the partition's slot
-        replies = await conn.send_packed(
-            b"".join(
-                pack(b"SMISMEMBER", bucket(owner, ids[0]), *[i[cut:] for i in ids])
-                for ids in buckets.values()
-            ),
-            len(buckets),
-        )
-        found: set[str] = set()
-        for ids, flags in zip(buckets.values(), replies, strict=True):
-            if isinstance(flags, hiredis.ReplyError):
-                raise ResponseError(str(flags))
-            found.update(i for i, flag in zip(ids, flags, strict=True) if flag)
-        return found
+        bucket = partial(self.keyspace.processed_bucket, self._marks_owner)
+        conn = self._control.of(bucket(""))  # every bucket: the partition's slot
+        return marks.found(buckets, await conn.pipeline(marks.lookups(bucket, buckets)))
 
     async def recreate(
         self, error: BaseException, after: Mapping[str, bytes]
     ) -> list[tuple[str, bytes]] | None:
-        if not is_missing_group(error):
-            return None
-        recreated: list[tuple[str, bytes]] = []
-        for stream in self._streams:
-            start = after.get(stream, self.start_id.encode())
-            try:
-                await self.client.xgroup_create(stream, self.group, id=start, mkstream=True)
-            except ResponseError as exc:
-                if "BUSYGROUP" in str(exc):
-                    continue
-                raise
-            recreated.append((stream, start))
-        return recreated
+        return await recreate_groups(
+            self.client, self._streams, self.group, self.start_id, error, after
+        )
 
     async def positions(self) -> list[GroupPosition]:
-        out: list[GroupPosition] = []
-        for stream in self._streams:
-            for info in await self.client.xinfo_groups(stream):
-                name = info.get("name")
-                if (name.decode() if isinstance(name, bytes) else name) != self.group:
-                    continue
-                lag = info.get("lag")
-                out.append(
-                    GroupPosition(
-                        stream, self.group, int(info["pending"]), None if lag is None else int(lag)
-                    )
-                )
-        return out
+        return await group_positions(self.client, self._streams, self.group)
 
     def is_transient(self, exc: BaseException) -> bool:
         return is_transient(exc)

@@ -209,6 +209,14 @@ class DeliveryLoop:
         """Consume until ``stop()``; returns after the in-flight batch is committed."""
         if self._running:
             raise RuntimeError(f"runner of {self.domain} is already running")
+        try:
+            await self._run()
+        finally:
+            # What the engine opened for this loop (connections, watchers) closes with it.
+            await self.subscription.close()
+            await self.committer.close()
+
+    async def _run(self) -> None:
         self._running = True
         self._stopping = False
         self._stop_requested.clear()

@@ -106,12 +106,6 @@ class JetStreamRunner(DeliveryLoop):
             metrics=metrics,
         )
 
-    async def run(self) -> None:
-        try:
-            await super().run()
-        finally:
-            await self.subscription.close()
-
 
 class JetStreamEngine:
     """One NATS server (or cluster) with JetStream: see the module doc."""

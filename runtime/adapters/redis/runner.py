@@ -95,10 +95,3 @@ class DomainRunner(DeliveryLoop):
             registry=registry,
             metrics=metrics,
         )
-
-    async def run(self) -> None:
-        try:
-            await super().run()
-        finally:
-            await self.subscription.close()
-            await self.committer.close()

@@ -70,10 +70,3 @@ class ClusterDomainRunner(DeliveryLoop):
             registry=registry,
             metrics=metrics,
         )
-
-    async def run(self) -> None:
-        try:
-            await super().run()
-        finally:
-            await self.subscription.close()
-            await self.committer.close()

@@ -25,6 +25,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from runtime.core.dead_letters import DeadLetter
+
 Entry = tuple[str, dict[bytes, bytes]]
 
 
@@ -182,3 +184,22 @@ class OperatorStore(Protocol):
     async def delete_namespace(self) -> int:
         """Delete everything stored under the keyspace's namespace; how many things."""
         ...
+
+
+# ``Engine.read`` and ``Engine.dead_letters``, the same on every engine that has a store.
+
+
+async def read_log(store: OperatorStore, key: str, count: int) -> list[tuple[str, bytes]]:
+    """A log's first ``count`` entries: (entry id, envelope bytes as stored)."""
+    return [
+        (entry, fields.get(b"envelope", b""))
+        for entry, fields in await store.range(key, count=count)
+    ]
+
+
+async def read_letters(store: OperatorStore, key: str, count: int) -> list[DeadLetter]:
+    """A dead-letter log's first ``count`` letters."""
+    return [
+        DeadLetter.from_fields(entry, fields)
+        for entry, fields in await store.range(key, count=count)
+    ]

@@ -32,6 +32,7 @@ from runtime.core.delivery import DeliveryLoop, RunnerConfig, input_streams
 from runtime.core.envelope import EnvelopeError, decode_envelope
 from runtime.core.keys import Keyspace
 from runtime.core.metrics import RuntimeMetrics
+from runtime.core.operator_store import read_letters, read_log
 from runtime.core.partitioning import UNPARTITIONED, Partitioning
 from runtime.core.policy.model import Policy
 from runtime.core.publisher import Publisher
@@ -184,12 +185,10 @@ class JetStreamEngine:
         return JetStreamOperatorStore(self)
 
     async def read(self, topic: str, *, count: int = 10_000) -> list[tuple[str, bytes]]:
-        entries = await self.operator_store().range(self.names.subject(topic), count=count)
-        return [(entry, fields[b"envelope"]) for entry, fields in entries]
+        return await read_log(self.operator_store(), self.keyspace.stream(topic), count)
 
     async def dead_letters(self, domain: str, *, count: int = 10_000) -> list[DeadLetter]:
-        entries = await self.operator_store().range(self.names.dlq(domain), count=count)
-        return [DeadLetter.from_fields(entry, fields) for entry, fields in entries]
+        return await read_letters(self.operator_store(), self.keyspace.dlq(domain), count)
 
     async def trace(self, trace_id: str) -> list[Envelope]:
         """The indexed events of a trace, each once, ordered by event id (time order)."""

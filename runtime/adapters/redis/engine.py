@@ -7,10 +7,9 @@ from collections.abc import Mapping
 
 import redis.asyncio as aioredis
 
-from runtime.adapters.redis.bus import DEFAULT_MAXLEN, ENVELOPE_FIELD, EventBus
+from runtime.adapters.redis.bus import DEFAULT_MAXLEN, EventBus
 from runtime.adapters.redis.client import RedisClient
 from runtime.adapters.redis.operator_store import RedisOperatorStore
-from runtime.adapters.redis.reads import xrange
 from runtime.adapters.redis.retention import RetentionPolicy
 from runtime.adapters.redis.runner import DomainRunner
 from runtime.core.actor import Actor
@@ -18,6 +17,7 @@ from runtime.core.dead_letters import DeadLetter
 from runtime.core.delivery import DeliveryLoop, RunnerConfig
 from runtime.core.keys import Keyspace
 from runtime.core.metrics import RuntimeMetrics
+from runtime.core.operator_store import read_letters, read_log
 from runtime.core.partitioning import UNPARTITIONED, Partitioning
 from runtime.core.publisher import Publisher
 from runtime.core.trace_index import DEFAULT_MAX_TRACES
@@ -88,10 +88,10 @@ class RedisEngine:
         )
 
     async def read(self, topic: str, *, count: int = 10_000) -> list[tuple[str, bytes]]:
-        return await read_topic(self.redis, self.keyspace, topic, count)
+        return await read_log(self.operator_store(), self.keyspace.stream(topic), count)
 
     async def dead_letters(self, domain: str, *, count: int = 10_000) -> list[DeadLetter]:
-        return await read_dead_letters(self.redis, self.keyspace, domain, count)
+        return await read_letters(self.operator_store(), self.keyspace.dlq(domain), count)
 
     async def load_state(
         self, domain: str, partition: int = 0, partitions: int = 1
@@ -106,24 +106,8 @@ class RedisEngine:
             await self.redis.aclose()
 
 
-# The stored reads an Engine answers, the same on one Redis and on a cluster (whose client
+# The stored state an Engine answers, the same on one Redis and on a cluster (whose client
 # routes each key to its master): one place for both engines.
-
-
-async def read_topic(
-    client: RedisClient, keyspace: Keyspace, topic: str, count: int
-) -> list[tuple[str, bytes]]:
-    """A topic's first ``count`` entries: (entry id, envelope bytes as stored)."""
-    entries = await xrange(client, keyspace.stream(topic), count=count)
-    return [(entry_id, fields.get(ENVELOPE_FIELD, b"")) for entry_id, fields in entries]
-
-
-async def read_dead_letters(
-    client: RedisClient, keyspace: Keyspace, domain: str, count: int
-) -> list[DeadLetter]:
-    """A domain's first ``count`` dead letters."""
-    entries = await xrange(client, keyspace.dlq(domain), count=count)
-    return [DeadLetter.from_fields(entry_id, fields) for entry_id, fields in entries]
 
 
 async def load_state(

@@ -15,7 +15,7 @@ from runtime.adapters.redis.cluster.nodes import ClusterRouter
 from runtime.adapters.redis.cluster.runner import ClusterDomainRunner
 from runtime.adapters.redis.cluster.streams import ClusterEventBus
 from runtime.adapters.redis.cluster.url import parse_cluster_url
-from runtime.adapters.redis.engine import load_state, read_dead_letters, read_topic
+from runtime.adapters.redis.engine import load_state
 from runtime.adapters.redis.operator_store import RedisOperatorStore
 from runtime.adapters.redis.retention import RetentionPolicy
 from runtime.adapters.redis.streams import DEFAULT_MAXLEN
@@ -24,6 +24,7 @@ from runtime.core.dead_letters import DeadLetter
 from runtime.core.delivery import DeliveryLoop, RunnerConfig
 from runtime.core.keys import Keyspace
 from runtime.core.metrics import RuntimeMetrics
+from runtime.core.operator_store import read_letters, read_log
 from runtime.core.partitioning import Partitioning
 from runtime.core.publisher import Publisher
 from runtime.core.trace_index import DEFAULT_MAX_TRACES
@@ -111,10 +112,10 @@ class RedisClusterEngine:
 
     # The stored reads are the single-Redis engine's: the cluster client routes each key.
     async def read(self, topic: str, *, count: int = 10_000) -> list[tuple[str, bytes]]:
-        return await read_topic(self._reads, self.keyspace, topic, count)
+        return await read_log(self.operator_store(), self.keyspace.stream(topic), count)
 
     async def dead_letters(self, domain: str, *, count: int = 10_000) -> list[DeadLetter]:
-        return await read_dead_letters(self._reads, self.keyspace, domain, count)
+        return await read_letters(self.operator_store(), self.keyspace.dlq(domain), count)
 
     async def load_state(
         self, domain: str, partition: int = 0, partitions: int = 1

@@ -325,6 +325,37 @@ async def test_a_full_partition_stream_pushes_back_on_its_own_master(
         await engine.close()
 
 
+async def test_a_stopping_publisher_trims_each_partition_on_its_own_master(
+    cluster: RedisClusterHarness,
+) -> None:
+    engine = RedisClusterEngine.from_url(
+        cluster.url,
+        Keyspace(new_namespace()),
+        partitioning=SPLIT,
+        retention=RetentionPolicy(retain=10, refresh_s=3_600),
+    )
+    read, unread = engine.keyspace.stream("market.tick:2"), engine.keyspace.stream("market.tick:1")
+    assert cluster.port_of_slot(slot_of(read)) != cluster.port_of_slot(slot_of(unread))
+    for stream in (read, unread):
+        await engine.client.xgroup_create(stream, "g", id="0", mkstream=True)
+    publisher = engine.publisher(producer="test", metrics=RuntimeMetrics())
+    try:
+        await publisher.publish_many([tick("S2", i) for i in range(1, 301)], partition_key="S2")
+        await publisher.publish_many([tick("S7", i) for i in range(1, 301)], partition_key="S7")
+        await publisher.flush()
+        assert len(await engine.read("market.tick:2")) == 300  # no trim on the append path
+        entries = await engine.client.xreadgroup("g", "c", {read: ">"}, count=300)
+        await engine.client.xack(read, "g", *[entry_id for entry_id, _ in entries[0][1]])
+    finally:
+        await publisher.close()
+    try:
+        # Partition 2 was read: its history (10) and at most a node (100) of slack stay.
+        assert 10 <= await engine.client.xlen(read) <= 110
+        assert await engine.client.xlen(unread) == 300  # nothing of it was read
+    finally:
+        await engine.close()
+
+
 async def test_a_runner_follows_its_slots_to_another_master(cluster: RedisClusterHarness) -> None:
     engine = open_engine(cluster, new_namespace())
     publisher = engine.publisher(producer="test")

@@ -50,6 +50,56 @@ async def test_entries_a_group_has_not_read_are_never_trimmed(
     assert await aredis.xlen(stream) == 2_000  # 100 would be history; all 2,000 are unread
 
 
+async def test_a_stopping_publisher_trims_what_its_burst_left_beyond_history(
+    aredis: aioredis.Redis, keyspace: Keyspace
+) -> None:
+    # The positions are read once (refresh_s is long), so the burst is never trimmed on the
+    # append path: only the settle at close brings the stream back to its history.
+    once = RetentionPolicy(retain=100, refresh_s=3_600, backpressure_timeout_s=10)
+    stream = keyspace.stream("market.tick")
+    group = group_name(keyspace, TickCounter.name)
+    await aredis.xgroup_create(stream, group, id="0", mkstream=True)
+    bus = EventBus(aredis, keyspace, retention=once, metrics=RuntimeMetrics())
+    try:
+        await publish_in_chunks(bus, 1, 2_000)
+        assert await aredis.xlen(stream) == 2_000
+        actor = TickCounter()
+        async with running(DomainRunner(actor, aredis, keyspace, bus, RunnerConfig("c1"))):
+            await wait_until(lambda: actor.counts.get("BTC") == 2_000)
+            for _ in range(200):  # the runner acknowledges after its commit
+                (info,) = await aredis.xinfo_groups(stream)
+                if info["pending"] == 0:
+                    break
+                await asyncio.sleep(0.05)
+        newest = (await aredis.xrevrange(stream, count=1))[0]
+    finally:
+        await bus.close()
+    # XTRIM MAXLEN ~ frees whole nodes (100 entries each): history, at most a node more.
+    assert 100 <= await aredis.xlen(stream) <= 200
+    assert (await aredis.xrevrange(stream, count=1))[0] == newest
+
+
+async def test_a_stopping_publisher_keeps_what_a_group_has_not_read(
+    aredis: aioredis.Redis, keyspace: Keyspace
+) -> None:
+    once = RetentionPolicy(retain=100, refresh_s=3_600, backpressure_timeout_s=10)
+    stream = keyspace.stream("market.tick")
+    await aredis.xgroup_create(stream, group_name(keyspace, "slow"), id="0", mkstream=True)
+    bus = EventBus(aredis, keyspace, retention=once, metrics=RuntimeMetrics())
+    try:
+        await publish_in_chunks(bus, 1, 2_000)
+        entries = await aredis.xrange(stream, count=1_500)
+        await aredis.xreadgroup(group_name(keyspace, "slow"), "c", {stream: ">"}, count=1_500)
+        await aredis.xack(stream, group_name(keyspace, "slow"), *[e[0] for e in entries])
+    finally:
+        await bus.close()
+    # The newest max(retain, unread) entries stay: the 500 unread ones (plus node slack).
+    unread = await aredis.xrange(stream, min=b"(" + entries[-1][0], count=1_000)
+    assert len(unread) == 500
+    assert 500 <= await aredis.xlen(stream) <= 600
+    assert (await aredis.xrange(stream, count=1))[0][0] <= unread[0][0]
+
+
 async def test_a_full_stream_makes_publishes_wait_until_its_group_reads(
     aredis: aioredis.Redis, keyspace: Keyspace
 ) -> None:

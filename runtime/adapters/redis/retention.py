@@ -19,7 +19,10 @@ reported (log line, metric) and no longer holds the stream: an abandoned group m
 the system.
 
 The positions are read per stream at most every ``refresh_s`` (one XINFO GROUPS and one
-XLEN), on the append path of whoever appends: never per event.
+XLEN), on the append path of whoever appends: never per event. Trimming in steps there leaves a
+stream longer than its history after a burst; ``settle``, when the process that appended stops,
+trims each of its streams by the same rule, measured then, so a stream at rest holds its
+history and what some group still needs, not what the last burst left.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ _log = get_logger("runtime.adapters.redis.retention")
 DEFAULT_RETAIN = 10_000
 DEFAULT_BACKPRESSURE_TIMEOUT_S = 60.0
 DEFAULT_STUCK_AFTER_S = 600.0
+SETTLE_TIMEOUT_S = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,12 +147,26 @@ class StreamRetention:
         state = self._streams.get(stream)
         return state.backlog if state is not None else 0
 
-    async def _refresh(self, streams: list[str]) -> None:
+    async def settle(self, timeout_s: float = SETTLE_TIMEOUT_S) -> None:
+        """At stop: trim every stream this process appended to down to ``retain`` entries,
+        never below what a group has still to read or acknowledge (the append path's rule,
+        measured now). Best effort: a broker that does not answer within ``timeout_s`` keeps
+        its streams as they are, and the next append there trims them."""
+        streams = list(self._streams)
+        if not streams:
+            return
+        try:
+            await asyncio.wait_for(self._refresh(streams, settle=True), timeout_s)
+        except Exception as exc:  # at stop, whatever went wrong: the next append trims
+            _log.info("retention_not_settled", streams=len(streams), reason=repr(exc))
+
+    async def _refresh(self, streams: list[str], *, settle: bool = False) -> None:
         now = time.monotonic()
         stale = [
             s
             for s in streams
-            if now - self._streams.setdefault(s, _StreamState()).checked_at >= self.policy.refresh_s
+            if settle
+            or now - self._streams.setdefault(s, _StreamState()).checked_at >= self.policy.refresh_s
         ]
         if not stale:
             return
@@ -170,7 +188,8 @@ class StreamRetention:
             state.length = int(length)
             self._measure(stream, state, groups, int(length), now)
             keep = max(self.policy.retain, state.backlog)
-            if state.length > keep + max(100, keep // 10):  # trim in steps, not per entry
+            # Trim in steps, not per entry (a settle trims whatever is over).
+            if state.length > keep + (0 if settle else max(100, keep // 10)):
                 trims.append((stream, keep))
         if trims:
             async with self.redis.pipeline(transaction=False) as pipe:

@@ -119,4 +119,8 @@ class RedisEventLog:
         return is_transient(exc)
 
     async def close(self) -> None:
-        await self._conn.close()
+        """Trim what this process appended to its streams' history (``settle``), then close."""
+        try:
+            await self.retention.settle()
+        finally:
+            await self._conn.close()

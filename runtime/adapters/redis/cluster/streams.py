@@ -86,7 +86,11 @@ class ClusterEventLog:
         return is_transient(exc)
 
     async def close(self) -> None:
-        await self._conns.close()
+        """Trim what this process appended to its streams' history (``settle``), then close."""
+        try:
+            await self.retention.settle()
+        finally:
+            await self._conns.close()
 
 
 class ClusterEventBus(Publisher):

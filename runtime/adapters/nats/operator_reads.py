@@ -104,6 +104,11 @@ def ms_of(time: dt.datetime | None) -> int:
     return 0 if time is None else (time - _EPOCH) // _MS
 
 
+def _id_of(msg: RawStreamMsg) -> str:
+    """A message's entry id: ``<stored at, ms>-<stream sequence>``."""
+    return entry_id(ms_of(msg.time), msg.seq or 0)
+
+
 def _order(entry: str) -> tuple[int, int]:
     ms, _, seq = entry.partition("-")
     return int(ms), int(seq or 0)
@@ -209,19 +214,16 @@ class JetStreamReads:
             window *= 8
 
     async def newest(self, key: str) -> Entry | None:
-        stream = self._stream(key)
-        if stream is None:
+        tail = await self._tail(key)
+        if tail is None:
             return None
-        last = await self._last(stream, key)
-        if last is None:
-            return None
+        stream, last = tail
         return self._entry(stream, key, ms_of(last.time), last.seq or 0, last.data or b"")
 
     async def last_entry_ids(self, keys: Sequence[str]) -> dict[str, str]:
         async def last_id(key: str) -> str:
-            stream = self._stream(key)
-            last = None if stream is None else await self._last(stream, key)
-            return "0-0" if last is None else entry_id(ms_of(last.time), last.seq or 0)
+            tail = await self._tail(key)
+            return "0-0" if tail is None else _id_of(tail[1])
 
         ids = await asyncio.gather(*(last_id(key) for key in keys))
         return dict(zip(keys, ids, strict=True))
@@ -298,19 +300,17 @@ class JetStreamReads:
         """The subject's last id and the messages it holds now: JetStream keeps no count of
         the messages ever appended to a subject, so once the subject was trimmed this is
         less than Redis's entries-added. None when the subject holds nothing."""
-        stream = self._stream(key)
-        if stream is None:
+        tail = await self._tail(key)
+        if tail is None:
             return None
+        stream, last = tail
         js = await self.connection.jetstream()
-        last = await self._last(stream, key)
-        if last is None:
-            return None
         try:
             info = await js.stream_info(stream, subjects_filter=key)
         except NotFoundError:
             return None
         held = (info.state.subjects or {}).get(key, 0)
-        return entry_id(ms_of(last.time), last.seq or 0), held
+        return _id_of(last), held
 
     async def appended_since(self, key: str, last_id: str, counted: int) -> int:
         """The messages the subject holds past the position's sequence (JetStream keeps no
@@ -359,14 +359,12 @@ class JetStreamReads:
         """The subject's last id and, per group, the id of the last message its consumer
         delivered (the last id itself once it has nothing left to deliver) and how many it
         holds unacknowledged; None when the subject holds nothing."""
-        stream = self._stream(key)
-        if stream is None:
+        tail = await self._tail(key)
+        if tail is None:
             return None
+        stream, last = tail
         js = await self.connection.jetstream()
-        last = await self._last(stream, key)
-        if last is None:
-            return None
-        last_id = entry_id(ms_of(last.time), last.seq or 0)
+        last_id = _id_of(last)
         groups = (await self._groups(js)).get(key, {}) if stream == self.names.events_stream else {}
         positions = [
             GroupProgress(
@@ -418,6 +416,14 @@ class JetStreamReads:
         return [data for _, _, data in found]
 
     # --- helpers ------------------------------------------------------------------------
+
+    async def _tail(self, key: str) -> tuple[str, RawStreamMsg] | None:
+        """The subject's stream and its last message; None when it has neither."""
+        stream = self._stream(key)
+        if stream is None:
+            return None
+        last = await self._last(stream, key)
+        return None if last is None else (stream, last)
 
     async def _last(self, stream: str, subject: str) -> RawStreamMsg | None:
         js = await self.connection.jetstream()
@@ -613,7 +619,7 @@ class JetStreamReads:
         if last is None and not info.num_pending:
             last = await self._last(stream, subject)
         if last is not None and (not info.num_pending or seq >= (last.seq or 0)):
-            return entry_id(ms_of(last.time), last.seq or 0)
+            return _id_of(last)
         if seq < 1:
             return "0-0"
         try:
